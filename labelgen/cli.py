@@ -1,0 +1,194 @@
+"""The `labelgen` command. Each command loads the config, calls one library function, and says
+where the result went. Errors a user can cause are printed without a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from labelgen.config import load_recipe, recipe_path
+from labelgen.errors import ConfigError, DataError, LabelgenError
+
+log = logging.getLogger("labelgen")
+
+DATASETS = ("voc", "coco", "folder", "demo")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("distributed", "asyncio", "PIL", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _user_errors(fn):
+    """Turn a LabelgenError into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LabelgenError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _recipe(dataset: str, recipe: str | None, data_root: str | None, overrides: tuple[str, ...]):
+    overrides = (f"dataset.name={json.dumps(dataset)}", *overrides)
+    if data_root:
+        overrides = (*overrides, f"dataset.root={json.dumps(str(Path(data_root).resolve()))}")
+    return load_recipe(Path(recipe) if recipe else recipe_path(dataset), overrides)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """labelgen: dense pseudo-masks from image-level tags with WeakTr.
+
+    \b
+    Example:
+      labelgen run full --dataset demo
+      labelgen status --run-dir runs/demo
+    """
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Which data set layout.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder of the data set (not needed for demo).")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder [default: runs/<dataset>].")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML [default: the shipped one for --dataset].")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting; repeatable.")
+@click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler, e.g. tcp://host:8786.")
+@click.option("--workers", type=int, help="Worker processes of the local cluster [default: one per core].")
+@click.option("--force", multiple=True, metavar="STAGE", help="Recompute STAGE and what depends on it; repeatable.")
+@_user_errors
+def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, workers, force) -> None:
+    """Bring TARGET (a stage name, or `full`) and everything upstream of it up to date.
+
+    Finished stages and shards are skipped; a rerun after a crash does only what is missing.
+
+    \b
+    Examples:
+      labelgen run full --dataset demo
+      labelgen run pseudo_labels --dataset coco --data-root data/coco --set pseudo_labels.bg_threshold=0.42
+    """
+    from labelgen.pipeline.cluster import open_client
+    from labelgen.pipeline.runner import run_pipeline
+
+    resolved = _recipe(dataset, recipe, data_root, overrides)
+    run_path = Path(run_dir or Path("runs") / dataset).resolve()
+    with open_client(scheduler, workers) as client:
+        client.forward_logging("labelgen", level=logging.INFO)
+        artifacts = run_pipeline(resolved, run_path, target, client, force=tuple(force))
+    for name, art in artifacts.items():
+        click.echo(f"{name:14s} {art.path}")
+    report = artifacts.get("evaluate")
+    if report is not None:
+        click.echo(f"report: {report.path / 'report.md'}")
+
+
+@main.command()
+@click.option("--run-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_user_errors
+def status(run_dir: str, as_json: bool) -> None:
+    """Show every stage of a run: done, partial (k/n units), stale or missing, with key and path.
+
+    \b
+    Example:
+      labelgen status --run-dir runs/demo --json
+    """
+    from labelgen.status import run_status
+
+    rows = run_status(Path(run_dir).resolve())
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in rows], indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r.stage:14s} {r.state:8s} {r.key}  {r.detail}\n{'':14s} {r.path}")
+
+
+@main.group()
+def data() -> None:
+    """Index and validate data sets."""
+
+
+def _data_options(fn):
+    fn = click.option("--set", "overrides", multiple=True, metavar="dataset.KEY=VALUE", help="Dataset setting.")(fn)
+    fn = click.option("--split", "splits", multiple=True, help="Splits to index [default: the recipe's train and val].")(fn)
+    fn = click.option("--data-root", type=click.Path(file_okay=False), required=True)(fn)
+    fn = click.option("--dataset", type=click.Choice(DATASETS), required=True)(fn)
+    return fn
+
+
+def _dataset_params(dataset, data_root, splits, overrides):
+    recipe = _recipe(dataset, None, data_root, overrides)
+    params = recipe["dataset"]
+    if splits:
+        from dataclasses import replace
+
+        if len(splits) > 2:
+            raise ConfigError(f"--split given {len(splits)} times; give the train split and at most one val split")
+        params = replace(params, train_split=splits[0], val_split=splits[1] if len(splits) > 1 else "")
+    return params
+
+
+@data.command("index")
+@_data_options
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Manifest JSON to write.")
+@_user_errors
+def data_index(dataset, data_root, splits, overrides, out) -> None:
+    """Write a manifest (one row per usable image) and a problems report beside it.
+
+    \b
+    Example:
+      labelgen data index --dataset voc --data-root data/VOCdevkit --split train --out voc_train.json
+    """
+    from labelgen.stages.index import MANIFEST, PROBLEMS, index_dataset
+
+    params = _dataset_params(dataset, data_root, splits, overrides)
+    out_path = Path(out).resolve()
+    files = out_path.parent / f"{out_path.stem}_files"  # problems report and rasterised GT masks
+    manifest = index_dataset(params, Path(data_root).resolve(), files)
+    (files / MANIFEST).replace(out_path)
+    click.echo(f"{len(manifest.records)} images -> {out_path}; problems -> {files / PROBLEMS}")
+
+
+@data.command("check")
+@_data_options
+@_user_errors
+def data_check(dataset, data_root, splits, overrides) -> None:
+    """Validate a data set and list every problem with its file; exit 1 if there are any.
+
+    \b
+    Example:
+      labelgen data check --dataset folder --data-root my_images
+    """
+    import tempfile
+
+    from labelgen.stages.index import PROBLEMS, index_dataset
+
+    params = _dataset_params(dataset, data_root, splits, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            usable = len(index_dataset(params, Path(data_root).resolve(), Path(tmp)).records)
+        except DataError:  # nothing usable: still list why, from the problems report
+            usable = 0
+        problems = json.loads((Path(tmp) / PROBLEMS).read_text())
+    for p in problems:
+        click.echo(f"{p['file']}: {p['reason']} [{p['action']}]")
+    left_out = sum(p["action"] == "left out" for p in problems)
+    click.echo(f"{usable} usable images, {left_out} left out, {len(problems) - left_out} converted")
+    sys.exit(1 if left_out else 0)

@@ -1,0 +1,40 @@
+"""The DAG, in one place.
+
+    index -> train_cam -> export_cams -> pseudo_labels -> train_decoder -> predict
+                               \\______________\\___________________________\\__-> evaluate
+"""
+
+from __future__ import annotations
+
+from labelgen.pipeline.stage import Stage
+from labelgen.stages import index
+
+STAGES: dict[str, Stage] = {s.name: s for s in (index.STAGE,)}
+ORDER: tuple[str, ...] = ("index", "train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict", "evaluate")
+MASK_STAGES = ("export_cams", "pseudo_labels", "predict")  # what `evaluate` scores, where present
+TARGETS = (*ORDER, "full")
+
+
+def stages_for(target: str) -> list[str]:
+    """The stages a `labelgen run TARGET` brings up to date, in DAG order.
+
+    A mask-producing target is followed by `evaluate` over whatever masks the run holds;
+    `full` (and `evaluate`) means the whole DAG.
+    """
+    if target in ("full", "evaluate"):
+        target = ORDER[-2] if ORDER[-2] in STAGES else max(STAGES, key=ORDER.index)
+    if target not in STAGES:
+        raise ValueError(f"unknown stage {target!r}; allowed: {', '.join(t for t in TARGETS if t in STAGES or t == 'full')}")
+    needed = {target}
+    for name in reversed(ORDER):
+        if name in needed:
+            needed.update(STAGES[name].inputs)
+    names = [n for n in ORDER if n in needed]
+    if "evaluate" in STAGES and any(n in MASK_STAGES for n in names):
+        names.append("evaluate")
+    return names
+
+
+def stage_inputs(name: str, names: list[str]) -> list[str]:
+    """Inputs of `name` among the stages of this run (evaluate takes whichever mask stages are there)."""
+    return [i for i in STAGES[name].inputs if i in names]

@@ -1,0 +1,47 @@
+"""What a stage is: a name, its inputs, and two functions, `plan` and `finalize`.
+
+`plan` cuts the work into units (one per shard, or one for a training run). Each unit runs as one
+dask task, writes only inside the artifact folder, and returns the files it vouches for plus a
+small info dict; the runner records both in the shard's completion record. `finalize` runs once all
+units are done, on the driver, writes summary files, and returns what goes into `_SUCCESS.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labelgen.config import Recipe
+from labelgen.store.artifact import Artifact
+
+UnitResult = tuple[list[Path], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int  # shard index (0 for single-unit stages)
+    fn: Callable[..., UnitResult]  # module-level, so dask can pickle it
+    args: tuple[Any, ...]
+    label: str  # what a log line calls it, e.g. "shard 3 (images 96-127)"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    params: Any  # the stage's frozen params dataclass
+    recipe: Recipe
+    artifact: Artifact
+    inputs: dict[str, Artifact]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: int  # bump when the stage's output changes for the same params
+    section: str  # the recipe section holding its params
+    inputs: tuple[str, ...]
+    gpu: bool  # its units carry the dask resource annotation GPU=1 where workers declare GPUs
+    plan: Callable[[StageContext], list[Unit]]
+    finalize: Callable[[StageContext, list[dict[str, Any]]], dict[str, Any]]
+    key_extra: Callable[[Recipe, Path], dict[str, Any]] = field(default=lambda recipe, run_dir: {})

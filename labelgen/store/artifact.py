@@ -1,0 +1,195 @@
+"""Artifact folders: content-addressed keys, atomic completion records, shard records, locks.
+
+An artifact lives in `<run>/<stage>/<key>/`. It is complete only when `_SUCCESS.json` exists; that
+file is written last, atomically (temp file, fsync, rename). Sharded artifacts keep one record per
+shard in `_shards/<index>.json`; a shard without its record is rewritten whole. Records carry a
+checksum of the files they vouch for, so a shard damaged after completion is found and redone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from labelgen.errors import ArtifactError, LockHeldError
+
+SCHEMA_VERSION = 1
+SUCCESS = "_SUCCESS.json"
+SHARDS = "_shards"
+
+
+def stage_key(stage: str, version: int, params: dict[str, Any], input_keys: dict[str, str]) -> str:
+    """Short hash of a stage's identity: name, code version, significant params, upstream keys."""
+    payload = {
+        "stage": stage,
+        "version": version,
+        "schema": SCHEMA_VERSION,
+        "params": params,
+        "inputs": input_keys,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_digest(paths: list[Path], root: Path) -> dict[str, str]:
+    """Checksums of files, keyed by their path relative to `root`."""
+    return {str(p.relative_to(root)): file_digest(p) for p in sorted(paths)}
+
+
+def environment_record() -> dict[str, Any]:
+    """Package versions and host, recorded in every completion record."""
+    versions = {}
+    for pkg in ("labelgen", "torch", "timm", "dask", "distributed", "zarr", "numpy", "pydensecrf2"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"packages": versions, "host": socket.gethostname(), "python": platform.python_version()}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One stage output folder. Pure path logic plus the completion protocol."""
+
+    run_dir: Path
+    stage: str
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / self.stage / self.key
+
+    @property
+    def success_path(self) -> Path:
+        return self.path / SUCCESS
+
+    def is_complete(self) -> bool:
+        return self.success_path.is_file()
+
+    def success(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.success_path.read_text())
+        except FileNotFoundError as e:
+            raise ArtifactError(
+                f"{self.stage} artifact {self.path} is not complete (no {SUCCESS}); "
+                f"run `labelgen run {self.stage}` first"
+            ) from e
+
+    def shard_record_path(self, index: int) -> Path:
+        return self.path / SHARDS / f"{index:06d}.json"
+
+    def shard_record(self, index: int) -> dict[str, Any] | None:
+        path = self.shard_record_path(index)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # a torn record counts as missing; the shard is redone
+
+    def shard_is_valid(self, index: int) -> bool:
+        """A shard counts as done when its record exists and its files still match their checksums."""
+        record = self.shard_record(index)
+        if record is None:
+            return False
+        for rel, digest in record.get("files", {}).items():
+            file = self.path / rel
+            if not file.is_file() or file_digest(file) != digest:
+                return False
+        return True
+
+    def write_shard_record(self, index: int, files: list[Path], info: dict[str, Any]) -> None:
+        record = {"shard": index, "files": tree_digest(files, self.path), **info}
+        write_json_atomic(self.shard_record_path(index), record)
+
+    def write_success(self, params: dict[str, Any], inputs: dict[str, str], info: dict[str, Any]) -> None:
+        record = {
+            "stage": self.stage,
+            "key": self.key,
+            "params": params,
+            "inputs": inputs,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **environment_record(),
+            **info,
+        }
+        write_json_atomic(self.success_path, record)
+
+
+class ArtifactLock:
+    """An exclusive lock on one artifact, held by the process that computes it.
+
+    `flock` is released by the kernel when the holder dies, so a SIGKILLed run never leaves a
+    stale lock behind; a live holder makes the second writer fail at once with its pid and host.
+    """
+
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+        self.path = artifact.path.parent / f".{artifact.key}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 256).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise LockHeldError(
+                f"{self.artifact.stage} artifact {self.artifact.path} is being written by {holder}; "
+                "wait for that run to finish (or stop it) before starting another on the same run folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ArtifactLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
