@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+from labelgen.errors import ConfigError
 from labelgen.pipeline.stage import Stage
-from labelgen.stages import index
+from labelgen.stages import evaluate, export_cams, index, pseudo_labels, train_cam
 
-STAGES: dict[str, Stage] = {s.name: s for s in (index.STAGE,)}
+STAGES: dict[str, Stage] = {
+    s.name: s for s in (index.STAGE, train_cam.STAGE, export_cams.STAGE, pseudo_labels.STAGE, evaluate.STAGE)
+}
 ORDER: tuple[str, ...] = ("index", "train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict", "evaluate")
 MASK_STAGES = ("export_cams", "pseudo_labels", "predict")  # what `evaluate` scores, where present
 TARGETS = (*ORDER, "full")
@@ -19,18 +22,19 @@ def stages_for(target: str) -> list[str]:
     """The stages a `labelgen run TARGET` brings up to date, in DAG order.
 
     A mask-producing target is followed by `evaluate` over whatever masks the run holds;
-    `full` (and `evaluate`) means the whole DAG.
+    `full` (or `evaluate`) means every stage.
     """
+    producers = [n for n in ORDER if n in STAGES and n != "evaluate"]
     if target in ("full", "evaluate"):
-        target = ORDER[-2] if ORDER[-2] in STAGES else max(STAGES, key=ORDER.index)
-    if target not in STAGES:
-        raise ValueError(f"unknown stage {target!r}; allowed: {', '.join(t for t in TARGETS if t in STAGES or t == 'full')}")
+        target = producers[-1]
+    if target not in producers:
+        raise ConfigError(f"unknown stage {target!r}; allowed: {', '.join([*producers, 'evaluate', 'full'])}")
     needed = {target}
-    for name in reversed(ORDER):
+    for name in reversed(producers):
         if name in needed:
             needed.update(STAGES[name].inputs)
-    names = [n for n in ORDER if n in needed]
-    if "evaluate" in STAGES and any(n in MASK_STAGES for n in names):
+    names = [n for n in producers if n in needed]
+    if any(n in MASK_STAGES for n in names):
         names.append("evaluate")
     return names
 

@@ -18,6 +18,7 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from labelgen.config import Recipe, significant_params
+from labelgen.errors import ConfigError
 from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
 from labelgen.pipeline.stage import Stage, StageContext, Unit
@@ -69,7 +70,7 @@ def run_pipeline(
     forced: set[str] = set()
     for name in force:
         if name not in names:
-            raise ValueError(f"--force {name}: not part of this run ({', '.join(names)})")
+            raise ConfigError(f"--force {name}: not part of this run ({', '.join(names)})")
         forced |= descendants(name, names)
     write_json_atomic(run_dir / "recipe.json", {"source": recipe.source, "target": target, **recipe.to_dict()})
     todo = [p for p in plan if p.stage.name in forced or not p.artifact.is_complete()]

@@ -1,0 +1,45 @@
+"""The one implementation of segmentation scores: a streaming confusion matrix and what follows
+from it. CAMs, CRF pseudo-labels and predictions are all scored through here."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from labelgen.data.masks import IGNORE_INDEX
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """num_classes × num_classes counts, rows = GT label, columns = predicted label; GT 255 ignored."""
+    if gt.shape != pred.shape:
+        raise ValueError(f"GT shape {gt.shape} differs from prediction shape {pred.shape}")
+    valid = gt != IGNORE_INDEX
+    g = gt[valid].astype(np.int64)
+    p = pred[valid].astype(np.int64)
+    if g.size and (g.max() >= num_classes or p.max() >= num_classes):
+        raise ValueError(f"labels must be < {num_classes}; got GT max {g.max()}, prediction max {p.max()}")
+    return np.bincount(g * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def scores(cm: np.ndarray) -> dict[str, object]:
+    """mIoU (mean over classes that occur in GT or prediction), per-class IoU, precision, recall.
+
+    A class with neither GT nor predicted pixels has IoU NaN and is left out of the mean (as the
+    reference does for the 10 unused COCO ids); a predicted class absent from GT counts as IoU 0.
+    """
+    cm = cm.astype(np.float64)
+    tp = np.diag(cm)
+    gt_count = cm.sum(axis=1)
+    pred_count = cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (gt_count + pred_count - tp)
+        precision = tp / pred_count
+        recall = tp / gt_count
+    total = cm.sum()
+    return {
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
+        "iou": iou.tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "pixels": int(total),
+    }

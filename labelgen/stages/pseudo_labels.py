@@ -1,0 +1,74 @@
+"""pseudo_labels: background threshold + argmax + dense CRF on the label map -> `masks.zarr`
+(weaktr-method.md §1.8, §2). CPU work, one dask task per shard, in parallel worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelgen.cam import cam_argmax, indices_to_labels, resize_maps
+from labelgen.config import PseudoLabelsParams
+from labelgen.crf import CrfParams, crf_on_labels
+from labelgen.data.images import read_image
+from labelgen.data.manifest import ImageRecord
+from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.stages.export_cams import CAMS
+from labelgen.stages.index import load_manifest
+from labelgen.store.sharded import ImageArrays, StoreLayout, create_mask_store, write_mask_shard
+
+MASKS = "masks.zarr"
+
+
+def crf_params(p: PseudoLabelsParams) -> CrfParams:
+    return CrfParams(p.crf_gauss_sxy, p.crf_gauss_compat, p.crf_bilateral_sxy, p.crf_bilateral_srgb,
+                     p.crf_bilateral_compat, p.crf_iterations)
+
+
+def pseudo_label(image: np.ndarray, maps: np.ndarray, labels: np.ndarray, p: PseudoLabelsParams) -> np.ndarray:
+    """One image's pseudo-label (H×W uint8) from its normalised CAMs (k, h, w) and their labels."""
+    maps = resize_maps(maps, image.shape[:2])
+    index = cam_argmax(maps, p.bg_threshold)
+    if p.crf:
+        index = crf_on_labels(image, index, len(labels) + 1, crf_params(p), p.crf_gt_prob)
+    return indices_to_labels(index, labels)
+
+
+def label_shard(p: PseudoLabelsParams, cams_path: Path, records: list[ImageRecord], rows: range, layout: StoreLayout,
+                shard: int, store: Path, max_pixels: int) -> UnitResult:
+    cams = ImageArrays(cams_path)
+    masks = []
+    for i, r in zip(rows, records, strict=True):
+        assert cams.ids[i] == r.id, "cams.zarr rows follow the manifest's train split"
+        maps, labels = cams.cam(i)
+        masks.append(pseudo_label(read_image(r.image, max_pixels), maps, labels, p))
+    return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
+
+
+def _plan(ctx: StageContext) -> list[Unit]:
+    cams_path = ctx.inputs["export_cams"].path / CAMS
+    cams = ImageArrays(cams_path)
+    manifest = load_manifest(ctx.inputs["index"])
+    by_id = {r.id: r for r in manifest.records}
+    records = [by_id[i] for i in cams.ids]
+    shard_size = ctx.recipe["export_cams"].shard_size
+    layout = StoreLayout(tuple(cams.ids), tuple((r.height, r.width) for r in records), shard_size)
+    store = ctx.artifact.path / MASKS
+    if not (store / "zarr.json").is_file():
+        create_mask_store(store, layout, {"classes": list(manifest.classes), "split": ctx.recipe["dataset"].train_split})
+    max_pixels = ctx.recipe["dataset"].max_image_pixels
+    units = []
+    for shard in range(layout.num_shards):
+        rows = layout.shard_range(shard)
+        args = (ctx.params, cams_path, records[rows.start : rows.stop], rows, layout, shard, store, max_pixels)
+        units.append(Unit(shard, label_shard, args, f"shard {shard} (images {rows.start}-{rows.stop - 1})"))
+    return units
+
+
+def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"images": sum(r["images"] for r in records), "shards": len(records)}
+
+
+STAGE = Stage(name="pseudo_labels", version=1, section="pseudo_labels", inputs=("index", "export_cams"), gpu=False,
+              plan=_plan, finalize=_finalize)

@@ -1,0 +1,204 @@
+"""train_cam: train the WeakTr CAM network on image-level tags (weaktr-method.md §1.5–§1.6).
+
+Output: `model.pt` (selected weights + config), `last.pt` (resume state, replaced atomically every
+epoch), `log.jsonl` (one line per epoch). Every epoch seeds all RNGs from (seed, epoch) and the
+checkpoint holds model, optimizer and scheduler, so a run killed at any point and resumed from
+`last.pt` ends with exactly the weights of an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm.data
+import torch
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from labelgen.cam import cam_to_labels
+from labelgen.config import DatasetParams, TrainCamParams
+from labelgen.data.images import read_image
+from labelgen.data.manifest import Manifest
+from labelgen.data.masks import read_mask
+from labelgen.data.training import TaggedImages, normalisation, seed_worker
+from labelgen.errors import DataError
+from labelgen.metrics import confusion_matrix, scores
+from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
+from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
+from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.store.checkpoint import load_checkpoint, pick_device, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+MODEL = "model.pt"
+LAST = "last.pt"
+LOG = "log.jsonl"
+SELECTION_THRESHOLDS = tuple(np.round(np.arange(0.30, 0.61, 0.01), 2))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def loader_workers(requested: int) -> int:
+    """Daemonic processes (some dask workers) cannot start DataLoader workers: load in-process there."""
+    return 0 if multiprocessing.current_process().daemon else requested
+
+
+@dataclass
+class TrainState:
+    model: WeakTr
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    next_epoch: int
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None  # gt_miou selection: {"epoch", "miou", "threshold"}
+
+
+def build_state(params: TrainCamParams, num_classes: int, device: torch.device) -> TrainState:
+    seed_everything(params.seed)
+    config = WeakTrConfig(params.backbone, num_classes, params.fusion, params.aaf_reduction,
+                          params.aaf_feat_reduction, params.drop_path)
+    model = WeakTr(config, params.weights).to(device)
+    peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference
+    # uniform weight decay on every parameter, as the reference (timm 0.5.4 given model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=params.weight_decay, eps=1e-8)
+    scheduler = CosineLRScheduler(optimizer, t_initial=params.epochs, lr_min=params.min_lr,
+                                  warmup_lr_init=params.warmup_lr, warmup_t=params.warmup_epochs, t_in_epochs=True)
+    return TrainState(model, optimizer, scheduler, 0, [], None)
+
+
+def resume(state: TrainState, path: Path) -> None:
+    saved = load_checkpoint(path)
+    state.model.load_state_dict(saved["model"], strict=True)
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.next_epoch = saved["epoch"] + 1
+    state.history = saved["history"]
+    state.best = saved["best"]
+    log.info("train_cam: resuming after epoch %d from %s", saved["epoch"], path)
+
+
+def train_epoch(state: TrainState, loader: DataLoader, device: torch.device, amp: bool, epoch: int) -> dict[str, float]:
+    state.model.train()
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    n_images = 0
+    for images, targets in tqdm(loader, desc=f"train_cam epoch {epoch}", leave=False, mininterval=5):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            out = state.model(images)
+        loss, parts = weaktr_loss(out._replace(**{k: v.float() for k, v in out._asdict().items()}), targets)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n_images += images.shape[0]
+    batches = max(len(loader), 1)
+    seconds = time.perf_counter() - started
+    return {**{f"loss_{k}": v / batches for k, v in sums.items()}, "images_per_s": n_images / seconds, "seconds": seconds}
+
+
+def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, mean, std) -> tuple[float, float]:
+    """Best CAM mIoU (scale 1 + flip, no CRF) over background thresholds on labelled train images.
+    This uses pixel labels, which weak supervision does not have; it runs only when asked."""
+    model.eval()
+    cms = np.zeros((len(SELECTION_THRESHOLDS), num_labels, num_labels), np.int64)
+    for r in records:
+        image = read_image(r.image, dataset.max_image_pixels)
+        maps = multiscale_cams(model, [image], [r.tags], (1.0,), True, "fine", image.shape[:2], mean, std)[0]
+        gt = read_mask(r.mask)
+        labels = np.array(r.tags)
+        for j, t in enumerate(SELECTION_THRESHOLDS):
+            cms[j] += confusion_matrix(gt, cam_to_labels(maps, labels, t), num_labels)
+    mious = [scores(cm)["miou"] for cm in cms]
+    best = int(np.nanargmax(mious))
+    return mious[best], float(SELECTION_THRESHOLDS[best])
+
+
+def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:
+    """The dask task: train (or resume) and write model.pt."""
+    torch.set_num_threads(os.cpu_count() or 1)  # alone on its worker: use every core
+    manifest = Manifest.load(manifest_path)
+    records = manifest.split(dataset.train_split)
+    if len(records) < params.batch_size:
+        raise DataError(f"train split {dataset.train_split!r} has {len(records)} images, fewer than "
+                        f"train_cam.batch_size={params.batch_size}; lower the batch size")
+    device = pick_device("auto")
+    state = build_state(params, manifest.num_classes - 1, device)
+    if (out / LAST).is_file():
+        resume(state, out / LAST)
+    mean, std = normalisation(params.backbone)
+    transform = timm.data.create_transform(
+        params.input_size, is_training=True, scale=(params.min_crop_scale, 1.0), hflip=0.5,
+        auto_augment=params.auto_augment or None, re_prob=params.random_erasing, re_mode="pixel", re_count=1,
+        interpolation="bicubic", mean=mean, std=std,
+    )
+    data = TaggedImages(records, manifest.num_classes - 1, transform, dataset.max_image_pixels)
+    subset = [r for r in records if r.mask][: params.selection_subset]
+    if params.selection == "gt_miou" and not subset:
+        raise DataError("train_cam.selection='gt_miou' needs GT masks in the train split; use selection='last'")
+    for epoch in range(state.next_epoch, params.epochs):
+        seed_everything(params.seed * 1000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
+        loader = DataLoader(
+            data, batch_size=params.batch_size, shuffle=True, drop_last=True,
+            num_workers=loader_workers(params.num_workers), worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(params.seed * 1000 + epoch), pin_memory=device.type == "cuda",
+        )
+        lr = state.optimizer.param_groups[0]["lr"]
+        entry = {"epoch": epoch, "lr": lr, **train_epoch(state, loader, device, params.amp, epoch)}
+        # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
+        state.scheduler.step(epoch)
+        if params.selection == "gt_miou":
+            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_classes, mean, std)
+            entry.update(gt_miou=miou, gt_threshold=threshold)
+            if state.best is None or miou > state.best["miou"]:
+                state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}
+                save_checkpoint(out / "best.pt", cam_checkpoint(state.model, mean, std, epoch=epoch))
+        state.history.append(entry)
+        save_checkpoint(out / LAST, {
+            "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(), "epoch": epoch, "history": state.history, "best": state.best,
+        })
+        (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history))
+        log.info("train_cam: epoch %d/%d loss cls %.4f coarse %.4f fine %.4f lr %.2e %.1f img/s%s",
+                 epoch + 1, params.epochs, entry["loss_cls"], entry["loss_coarse"], entry["loss_fine"], lr,
+                 entry["images_per_s"], f" gt mIoU {entry['gt_miou']:.3f}" if "gt_miou" in entry else "")
+    if params.selection == "gt_miou":
+        selected = load_checkpoint(out / "best.pt")
+        note = (f"epoch {state.best['epoch']} selected by CAM mIoU {state.best['miou']:.4f} against pixel GT of "
+                f"{len(subset)} train images (not weakly supervised)")
+    else:
+        selected = cam_checkpoint(state.model, mean, std, epoch=params.epochs - 1)
+        note = f"last epoch ({params.epochs - 1}); no pixel labels used"
+    selected["selection"] = note
+    save_checkpoint(out / MODEL, selected)
+    last = state.history[-1]
+    return [out / MODEL], {"selection": note, "final_loss": {k: v for k, v in last.items() if k.startswith("loss_")},
+                           "images_per_s": last["images_per_s"]}
+
+
+def _plan(ctx: StageContext) -> list[Unit]:
+    args = (ctx.params, ctx.recipe["dataset"], ctx.inputs["index"].path / "manifest.json", ctx.artifact.path)
+    return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs")]
+
+
+def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: records[0][k] for k in ("selection", "final_loss", "images_per_s")}
+
+
+STAGE = Stage(name="train_cam", version=1, section="train_cam", inputs=("index",), gpu=True,
+              plan=_plan, finalize=_finalize)
