@@ -52,7 +52,7 @@ def read_mask(path: Path | str) -> np.ndarray:
 
 def write_mask(path: Path | str, mask: np.ndarray) -> None:
     """Save an H×W uint8 mask as a VOC-palette PNG."""
-    img = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    img = Image.fromarray(np.asarray(mask, dtype=np.uint8))  # mode L; putpalette makes it P
     img.putpalette(voc_palette())
     img.save(path, optimize=False)
 

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import timm
+import torch
+
+from labelgen.models.cam_inference import multiscale_cams
+from labelgen.models.vit import ViTBackbone
+from labelgen.models.weaktr import WeakTr, WeakTrConfig, stack_head_layers, weaktr_loss
+from labelgen.models.weights import create_vit
+
+ARCH = "deit_tiny_patch16_224"
+WEIGHTS = "hub:deit_tiny_patch16_224.fb_in1k"
+
+
+@pytest.fixture(scope="module")
+def weaktr():
+    torch.manual_seed(0)
+    return WeakTr(WeakTrConfig(ARCH, num_classes=4), WEIGHTS)
+
+
+def test_backbone_equals_timm_forward_on_real_weights():
+    vit = create_vit(ARCH, WEIGHTS).eval()
+    reference = timm.create_model(ARCH, num_classes=0).eval()
+    reference.load_state_dict(vit.state_dict())
+    backbone = ViTBackbone(vit, num_prefix=1).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference.forward_features(x)
+        traced = backbone.forward_features(x, trace=True)
+        fused = backbone.forward_features(x, trace=False)
+    assert torch.allclose(backbone.norm(traced.tokens), expected, atol=1e-4)
+    assert torch.allclose(traced.tokens, fused.tokens, atol=1e-4)
+    assert len(traced.attn_maps) == 12 and traced.attn_maps[0].shape == (2, 3, 197, 197)
+    assert torch.allclose(traced.attn_maps[0].sum(-1), torch.ones(2, 3, 197), atol=1e-5)  # softmax rows
+
+
+def test_class_tokens_copy_the_pretrained_cls_token(weaktr):
+    vit = create_vit(ARCH, WEIGHTS)
+    tokens = weaktr.backbone.prefix_tokens
+    assert tokens.shape == (1, 4, 192)
+    for c in range(4):
+        assert torch.equal(tokens[0, c], vit.cls_token[0, 0])
+        assert torch.equal(weaktr.backbone.prefix_pos[0, c], vit.pos_embed[0, 0])
+
+
+def test_any_input_size_and_grid(weaktr):
+    out = weaktr(torch.randn(1, 3, 100, 170))  # not multiples of 16: remainder pixels dropped
+    assert out.fine_cam.shape == (1, 4, 6, 10)
+
+
+def test_head_layer_order_is_head_major():
+    b, n, heads, layers, hd = 1, 3, 2, 3, 4
+    maps = [torch.full((b, heads, n, n), float(l)) + torch.arange(heads).view(1, heads, 1, 1) * 10 for l in range(layers)]
+    outs = [torch.arange(hd * heads).float().repeat(b, n, 1) + 100 * l for l in range(layers)]
+    m, f = stack_head_layers(maps, outs, heads)
+    assert m[0, :, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]  # j = h·L + l
+    assert f[0, 0, 0].tolist() == [0, 2, 4, 6]  # head 0 owns channels 0, 2, 4, 6 (strided split)
+    assert f[0, 1, 0].tolist() == [100, 102, 104, 106]  # head 0, layer 1
+    assert f[0, 3, 0].tolist() == [1, 3, 5, 7]  # head 1, layer 0
+
+
+def test_gradient_paths(weaktr):
+    weaktr.zero_grad()
+    out = weaktr(torch.randn(2, 3, 64, 64))
+    targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.float32)
+    assert not out.coarse_cam.requires_grad
+    torch.nn.functional.multilabel_soft_margin_loss(out.fine_logits, targets).backward()
+    with_grad = {n for n, p in weaktr.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad and all(n.startswith("fusion.") for n in with_grad)  # fine loss reaches AAF only
+    weaktr.zero_grad()
+    out = weaktr(torch.randn(2, 3, 64, 64))
+    torch.nn.functional.multilabel_soft_margin_loss(out.coarse_logits, targets).backward()
+    with_grad = {n for n, p in weaktr.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "head.weight" in with_grad and "blocks.0.attn.qkv.weight" in {n.removeprefix("backbone.") for n in with_grad}
+    assert not any(n.startswith("fusion.") for n in with_grad)
+    loss, parts = weaktr_loss(weaktr(torch.randn(2, 3, 64, 64)), targets)
+    assert set(parts) == {"cls", "coarse", "fine"} and loss.item() == pytest.approx(sum(parts.values()), rel=1e-5)
+
+
+def test_mean_fusion_ablation_has_no_fusion_parameters():
+    model = WeakTr(WeakTrConfig(ARCH, num_classes=3, fusion="mean"), WEIGHTS)
+    assert not any(n.startswith("fusion.") for n, _ in model.named_parameters())
+    assert model(torch.randn(1, 3, 64, 64)).fine_cam.shape == (1, 3, 4, 4)
+
+
+def test_multiscale_cams_are_normalised_per_tag(weaktr):
+    weaktr.eval()
+    images = [np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8) for i in range(2)]
+    maps = multiscale_cams(weaktr, images, [(1, 3), (2,)], (1.0, 1.2), True, "fine", (70, 90),
+                           (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert maps[0].shape == (2, 70, 90) and maps[1].shape == (1, 70, 90)
+    for m in maps:  # each map spans [0, 1], or is all zero where the untrained head gave ReLU(M) = 0
+        top = m.max(axis=(1, 2))
+        assert np.all(np.isclose(top, 1.0, atol=1e-3) | (top == 0.0))
+        assert np.allclose(m.min(axis=(1, 2)), 0.0, atol=1e-6)
+    assert maps[0].max() > 0.99
