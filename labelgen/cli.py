@@ -192,3 +192,7 @@ def data_check(dataset, data_root, splits, overrides) -> None:
     left_out = sum(p["action"] == "left out" for p in problems)
     click.echo(f"{usable} usable images, {left_out} left out, {len(problems) - left_out} converted")
     sys.exit(1 if left_out else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from labelgen.cli import main
+
+main()

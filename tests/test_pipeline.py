@@ -1,0 +1,104 @@
+"""The engine's promises, on real stages, a real LocalCluster and real files."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labelgen.pipeline.runner import plan_run, run_pipeline
+from labelgen.store.sharded import ImageArrays
+from tests.conftest import TINY_RECIPE, tiny_recipe
+
+
+def success_times(run_dir: Path) -> dict[str, float]:
+    return {p.parent.parent.name: p.stat().st_mtime for p in run_dir.glob("*/*/_SUCCESS.json")}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, client):
+    run_dir = tmp_path_factory.mktemp("run")
+    run_pipeline(tiny_recipe(), run_dir, "pseudo_labels", client)
+    return run_dir
+
+
+def test_pseudo_labels_run_reports_cam_and_label_miou(demo_run):
+    metrics = json.loads(next(demo_run.glob("evaluate/*/metrics.json")).read_text())
+    assert 0.2 < metrics["cams"]["miou"] <= 1.0  # a trained CAM beats chance on the demo shapes
+    assert 0.2 < metrics["pseudo_labels"]["miou"] <= 1.0
+    assert metrics["cams"]["images"] == 24 and len(metrics["cams"]["sweep"]) == 7
+    report = next(demo_run.glob("evaluate/*/report.md")).read_text()
+    assert "pseudo_labels" in report and "overlays.png" in report
+    assert next(demo_run.glob("evaluate/*/overlays.png")).stat().st_size > 0
+
+
+def test_second_run_does_no_work(demo_run, client, caplog):
+    before = success_times(demo_run)
+    with caplog.at_level(logging.INFO, logger="labelgen"):
+        run_pipeline(tiny_recipe(), demo_run, "pseudo_labels", client)
+    assert success_times(demo_run) == before
+    skipped = [r.message for r in caplog.records if "skipped" in r.message]
+    assert len(skipped) == 5 and not any("running" in r.message for r in caplog.records)
+
+
+def test_changing_one_parameter_recomputes_that_stage_and_dependants_only(demo_run, client):
+    old = {p.stage.name: p.artifact.key for p in plan_run(tiny_recipe(), demo_run, "pseudo_labels")}
+    changed = tiny_recipe("pseudo_labels.bg_threshold=0.5")
+    new = {p.stage.name: p.artifact.key for p in plan_run(changed, demo_run, "pseudo_labels")}
+    assert [s for s in old if old[s] != new[s]] == ["pseudo_labels", "evaluate"]
+    assert plan_run(tiny_recipe("export_cams.batch_size=1"), demo_run, "pseudo_labels")[2].artifact.key == old["export_cams"]
+    before = success_times(demo_run)
+    run_pipeline(changed, demo_run, "pseudo_labels", client)
+    after = success_times(demo_run)
+    for stage in ("index", "train_cam", "export_cams"):
+        assert after[stage] == before[stage]
+    assert len(list(demo_run.glob("pseudo_labels/*/_SUCCESS.json"))) == 2  # the old output is kept
+
+
+def test_second_writer_is_refused(demo_run, client):
+    from labelgen.errors import LockHeldError
+    from labelgen.store.artifact import ArtifactLock
+
+    recipe = tiny_recipe("pseudo_labels.bg_threshold=0.3")
+    art = plan_run(recipe, demo_run, "pseudo_labels")[3].artifact
+    with ArtifactLock(art):  # as if another labelgen run were computing it
+        with pytest.raises(LockHeldError, match="being written by pid"):
+            run_pipeline(recipe, demo_run, "pseudo_labels", client)
+
+
+def test_sigkill_mid_stage_then_rerun_does_only_missing_shards(tmp_path, client, caplog):
+    overrides = ("export_cams.shard_size=2",)
+    uninterrupted = tmp_path / "a"
+    run_pipeline(tiny_recipe(*overrides), uninterrupted, "train_cam", client)
+    killed = tmp_path / "b"
+    shutil.copytree(uninterrupted, killed)
+    cmd = [sys.executable, "-m", "labelgen.cli", "run", "export_cams", "--dataset", "demo", "--recipe",
+           str(TINY_RECIPE), "--run-dir", str(killed), "--workers", "1", *[f"--set={o}" for o in overrides]]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(killed.glob("export_cams/*/_shards/*.json")):
+        assert time.time() < deadline and proc.poll() is None, "the run ended before a shard was done"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, the scheduler and the workers at once
+    proc.wait()
+    assert not list(killed.glob("export_cams/*/_SUCCESS.json"))
+    done_before = len(list(killed.glob("export_cams/*/_shards/*.json")))
+    assert 0 < done_before < 12
+    with caplog.at_level(logging.INFO, logger="labelgen"):
+        run_pipeline(tiny_recipe(*overrides), killed, "export_cams", client)
+    running = next(r.message for r in caplog.records if "export_cams" in r.message and "running" in r.message)
+    assert f"running {12 - done_before} of 12 unit(s) ({done_before} already done)" in running
+    run_pipeline(tiny_recipe(*overrides), uninterrupted, "export_cams", client)
+    a = ImageArrays(next(uninterrupted.glob("export_cams/*/cams.zarr")))
+    b = ImageArrays(next(killed.glob("export_cams/*/cams.zarr")))
+    assert a.ids == b.ids
+    for i in range(len(a)):
+        (ma, la), (mb, lb) = a.cam(i), b.cam(i)
+        assert np.array_equal(ma, mb) and np.array_equal(la, lb)
