@@ -194,5 +194,29 @@ def data_check(dataset, data_root, splits, overrides) -> None:
     sys.exit(1 if left_out else 0)
 
 
+@main.command()
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="A run folder.")
+@click.option("--what", type=click.Choice(["pseudo_labels", "predictions"]), required=True,
+              help="CRF pseudo-labels of the train split, or the Segmenter's predictions of every split.")
+@click.option("--format", "fmt", type=click.Choice(["voc", "mmseg", "coco"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
+@click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler.")
+@click.option("--workers", type=int, help="Worker processes of the local cluster.")
+@_user_errors
+def export(run_dir, what, fmt, out, scheduler, workers) -> None:
+    """Export masks for another segmenter: VOC palette PNGs, mmsegmentation layout, or COCO RLE JSON.
+
+    \b
+    Example:
+      labelgen export --run-dir runs/demo --what pseudo_labels --format coco --out exported/
+    """
+    from labelgen.export import export_masks
+    from labelgen.pipeline.cluster import open_client
+
+    with open_client(scheduler, workers) as client:
+        counts = export_masks(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), client)
+    click.echo(f"exported {counts} -> {Path(out).resolve()}")
+
+
 if __name__ == "__main__":
     main()

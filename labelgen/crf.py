@@ -19,6 +19,12 @@ class CrfParams:
     bilateral_compat: float
     iterations: int
 
+    @classmethod
+    def of(cls, params) -> CrfParams:
+        """From a stage's params, which name these settings `crf_*`."""
+        return cls(params.crf_gauss_sxy, params.crf_gauss_compat, params.crf_bilateral_sxy,
+                   params.crf_bilateral_srgb, params.crf_bilateral_compat, params.crf_iterations)
+
 
 def _infer(image: np.ndarray, unary: np.ndarray, n_labels: int, p: CrfParams) -> np.ndarray:
     h, w = image.shape[:2]

@@ -52,10 +52,10 @@ def open_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
             threads_per_worker=1,
             processes=True,
             resources=resources,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.WARNING,
         )
-    log.info("started a LocalCluster with %d worker process(es)", n_workers)
+    log.info("started a LocalCluster with %d worker process(es); dashboard %s", n_workers, cluster.dashboard_link)
     with cluster, Client(cluster) as client:
         yield client
 

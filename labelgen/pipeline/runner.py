@@ -40,24 +40,24 @@ class PlannedStage:
 
 def plan_run(recipe: Recipe, run_dir: Path, target: str) -> list[PlannedStage]:
     """Resolve the key of every stage the target needs, upstream first. Pure: touches no files."""
-    names = stages_for(target)
+    names = stages_for(target, recipe)
     planned: dict[str, PlannedStage] = {}
     for name in names:
         stage = STAGES[name]
         params = recipe[stage.section]
-        inputs = {i: planned[i].artifact for i in stage_inputs(name, names)}
+        inputs = {i: planned[i].artifact for i in stage_inputs(name, names, recipe)}
         key_params = {**significant_params(params), **stage.key_extra(recipe, run_dir)}
         key = stage_key(name, stage.version, key_params, {i: a.key for i, a in inputs.items()})
         planned[name] = PlannedStage(stage, Artifact(run_dir, name, key), params, key_params, inputs)
     return list(planned.values())
 
 
-def descendants(stage: str, names: list[str]) -> set[str]:
-    """`stage` and every stage in `names` that depends on it, directly or not."""
+def descendants(stage: str, plan: list[PlannedStage]) -> set[str]:
+    """`stage` and every planned stage that depends on it, directly or not."""
     out = {stage}
-    for name in names:  # `names` is in DAG order, so one pass suffices
-        if any(i in out for i in stage_inputs(name, names)):
-            out.add(name)
+    for p in plan:  # the plan is in DAG order, so one pass suffices
+        if any(i in out for i in p.inputs):
+            out.add(p.stage.name)
     return out
 
 
@@ -71,7 +71,7 @@ def run_pipeline(
     for name in force:
         if name not in names:
             raise ConfigError(f"--force {name}: not part of this run ({', '.join(names)})")
-        forced |= descendants(name, names)
+        forced |= descendants(name, plan)
     write_json_atomic(run_dir / "recipe.json", {"source": recipe.source, "target": target, **recipe.to_dict()})
     todo = [p for p in plan if p.stage.name in forced or not p.artifact.is_complete()]
     locks = [ArtifactLock(p.artifact) for p in todo]

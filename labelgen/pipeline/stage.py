@@ -45,3 +45,8 @@ class Stage:
     plan: Callable[[StageContext], list[Unit]]
     finalize: Callable[[StageContext, list[dict[str, Any]]], dict[str, Any]]
     key_extra: Callable[[Recipe, Path], dict[str, Any]] = field(default=lambda recipe, run_dir: {})
+    # the inputs this recipe really uses, where that depends on a setting (default: all of `inputs`)
+    used_inputs: Callable[[Recipe], tuple[str, ...]] | None = None
+
+    def inputs_for(self, recipe: Recipe) -> tuple[str, ...]:
+        return self.used_inputs(recipe) if self.used_inputs else self.inputs

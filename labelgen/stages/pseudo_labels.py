@@ -21,17 +21,12 @@ from labelgen.store.sharded import ImageArrays, StoreLayout, create_mask_store, 
 MASKS = "masks.zarr"
 
 
-def crf_params(p: PseudoLabelsParams) -> CrfParams:
-    return CrfParams(p.crf_gauss_sxy, p.crf_gauss_compat, p.crf_bilateral_sxy, p.crf_bilateral_srgb,
-                     p.crf_bilateral_compat, p.crf_iterations)
-
-
 def pseudo_label(image: np.ndarray, maps: np.ndarray, labels: np.ndarray, p: PseudoLabelsParams) -> np.ndarray:
     """One image's pseudo-label (H×W uint8) from its normalised CAMs (k, h, w) and their labels."""
     maps = resize_maps(maps, image.shape[:2])
     index = cam_argmax(maps, p.bg_threshold)
     if p.crf:
-        index = crf_on_labels(image, index, len(labels) + 1, crf_params(p), p.crf_gt_prob)
+        index = crf_on_labels(image, index, len(labels) + 1, CrfParams.of(p), p.crf_gt_prob)
     return indices_to_labels(index, labels)
 
 

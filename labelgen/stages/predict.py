@@ -1,0 +1,124 @@
+"""predict: multi-scale + flip + sliding-window Segmenter inference, optional softmax CRF
+(weaktr-method.md §3.4, §2) -> `masks_<split>.zarr` for the train split (refined pseudo-masks) and
+the val split. One dask task per shard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelgen.config import PredictParams
+from labelgen.crf import CrfParams, crf_on_probs
+from labelgen.data.images import read_image
+from labelgen.data.manifest import ImageRecord
+from labelgen.models.segmenter import Segmenter
+from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.stages.index import dataset_splits, load_manifest
+from labelgen.stages.train_decoder import MODEL, load_segmenter
+from labelgen.store.checkpoint import pick_device
+from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering [0, length); the last window is aligned to the border."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+@torch.no_grad()
+def sliding_logits(model: Segmenter, x: torch.Tensor, window: int, stride: int, depth_blend: float) -> torch.Tensor:
+    """x 1, 3, H, W -> probabilities 1, L, H, W, averaged over overlapping windows.
+
+    With depth_blend > 0 the result is softmax(last depth) + depth_blend·softmax(previous depth),
+    the reference's hidden default of 0.8, here an explicit option."""
+    _, _, h, w = x.shape
+    total, count = None, torch.zeros(1, 1, h, w, device=x.device)
+    for y in window_starts(h, window, stride):
+        for x0 in window_starts(w, window, stride):
+            crop = x[..., y : y + window, x0 : x0 + window]
+            outs = model(crop, all_depths=depth_blend > 0)
+            probs = outs[-1].float().softmax(1)
+            if depth_blend > 0:
+                probs = probs + depth_blend * outs[-2].float().softmax(1)
+            if total is None:
+                total = torch.zeros(1, probs.shape[1], h, w, device=x.device)
+            total[..., y : y + crop.shape[-2], x0 : x0 + crop.shape[-1]] += probs
+            count[..., y : y + crop.shape[-2], x0 : x0 + crop.shape[-1]] += 1
+    return total / count
+
+
+@torch.no_grad()
+def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, std) -> np.ndarray:
+    """Average class probabilities (L, H, W) over scales × flips for one H×W×3 uint8 image."""
+    device = next(model.parameters()).device
+    h, w = image.shape[:2]
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
+    x = (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
+    total = None
+    for ratio in p.scales:
+        short = max(p.resize_short * ratio, p.window)  # short sides below the window are upsampled to it
+        scale = short / min(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flip in (False, True) if p.flip else (False,):
+            inp = scaled.flip(-1) if flip else scaled
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                probs = sliding_logits(model, inp, p.window, p.window_stride, p.depth_blend)
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            probs = probs.flip(-1) if flip else probs
+            total = probs if total is None else total + probs
+    return (total[0] / total[0].sum(0, keepdim=True)).cpu().numpy()
+
+
+def probs_to_mask(image: np.ndarray, probs: np.ndarray, p: PredictParams) -> np.ndarray:
+    """Argmax, refined by a CRF over the classes present in the argmax (not renormalised, as the reference)."""
+    labels = probs.argmax(0)
+    if not p.crf:
+        return labels.astype(np.uint8)
+    present = np.unique(labels)
+    refined = crf_on_probs(image, probs[present], CrfParams.of(p))
+    return present[refined.argmax(0)].astype(np.uint8)
+
+
+def predict_shard(p: PredictParams, model_path: Path, records: list[ImageRecord], layout: StoreLayout, shard: int,
+                  store: Path, max_pixels: int) -> UnitResult:
+    device = pick_device(p.device)
+    model, mean, std = load_segmenter(model_path, device)
+    masks = []
+    for r in records:
+        image = read_image(r.image, max_pixels)
+        masks.append(probs_to_mask(image, predict_probs(model, image, p, mean, std), p))
+    return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
+
+
+def _plan(ctx: StageContext) -> list[Unit]:
+    p: PredictParams = ctx.params
+    manifest = load_manifest(ctx.inputs["index"])
+    model = ctx.inputs["train_decoder"].path / MODEL
+    max_pixels = ctx.recipe["dataset"].max_image_pixels
+    units = []
+    for split in dataset_splits(ctx.recipe["dataset"]):
+        records = manifest.split(split)
+        layout = StoreLayout(tuple(r.id for r in records), tuple((r.height, r.width) for r in records), p.shard_size)
+        store = ctx.artifact.path / f"masks_{split}.zarr"
+        if not (store / "zarr.json").is_file():
+            create_mask_store(store, layout, {"classes": list(manifest.classes), "split": split})
+        for shard in range(layout.num_shards):
+            rows = layout.shard_range(shard)
+            args = (p, model, records[rows.start : rows.stop], layout, shard, store, max_pixels)
+            units.append(Unit(len(units), predict_shard, args, f"{split} shard {shard} (images {rows.start}-{rows.stop - 1})"))
+    return units
+
+
+def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"images": sum(r["images"] for r in records), "shards": len(records)}
+
+
+STAGE = Stage(name="predict", version=1, section="predict", inputs=("index", "train_decoder"), gpu=True,
+              plan=_plan, finalize=_finalize)

@@ -1,0 +1,190 @@
+"""train_decoder: online retraining of a Segmenter on the pseudo-masks with the gradient-clipping
+loss (weaktr-method.md §3). Output: `model.pt`, `last.pt` (resume state), `log.jsonl`.
+
+Masks come from the `pseudo_labels` artifact, or from any folder of `<image id>.png` masks the user
+points `train_decoder.masks` at (retraining on one's own pseudo-labels).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from labelgen.config import DatasetParams, TrainDecoderParams
+from labelgen.data.images import read_image
+from labelgen.data.manifest import ImageRecord, Manifest
+from labelgen.data.masks import read_mask
+from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
+from labelgen.data.training import normalisation, seed_worker
+from labelgen.errors import DataError
+from labelgen.models.losses import GradientClippingLoss
+from labelgen.models.segmenter import Segmenter, SegmenterConfig
+from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.stages.pseudo_labels import MASKS
+from labelgen.stages.train_cam import LAST, LOG, MODEL, loader_workers, seed_everything
+from labelgen.store.checkpoint import load_checkpoint, pick_device, save_checkpoint
+from labelgen.store.sharded import ImageArrays
+
+log = logging.getLogger(__name__)
+
+
+def poly_lr(step: int, total: int, base: float, floor: float, power: float) -> float:
+    """(base − floor)·(1 − step/total)^power + floor, the reference's per-iteration schedule."""
+    return (base - floor) * (1 - step / total) ** power + floor
+
+
+class PseudoMaskImages(Dataset):
+    """(normalised image crop, mask crop) pairs with the reference's augmentation."""
+
+    def __init__(self, records: list[ImageRecord], masks: str, p: TrainDecoderParams, mean, std, max_pixels: int):
+        self.records, self.masks, self.p, self.max_pixels = records, masks, p, max_pixels
+        self.mean = np.array(mean, np.float32) * 255
+        self.std = np.array(std, np.float32) * 255
+        self._store: ImageArrays | None = None  # opened lazily, once per loader process
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _mask(self, i: int) -> np.ndarray:
+        if Path(self.masks).suffix == ".zarr":
+            if self._store is None:
+                self._store = ImageArrays(Path(self.masks))
+            return self._store.mask(i)
+        return read_mask(Path(self.masks) / f"{self.records[i].id}.png")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(torch.randint(0, 2**63 - 1, ()).item())  # follows the seeded torch RNG
+        image = read_image(self.records[i].image, self.max_pixels)
+        mask = self._mask(i)
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"mask of {self.records[i].id} is {mask.shape}, its image {image.shape[:2]}")
+        p = self.p
+        image, mask = random_resize(image, mask, p.resize_short, p.scale_range, rng)
+        image, mask = random_crop(image, mask, p.crop_size, p.cat_max_ratio, rng)
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        image = photometric_distortion(np.ascontiguousarray(image), rng)
+        image, mask = pad_to(image, np.ascontiguousarray(mask), p.crop_size)
+        x = torch.from_numpy(((image - self.mean) / self.std).transpose(2, 0, 1).astype(np.float32))
+        return x, torch.from_numpy(mask.astype(np.int64))
+
+
+def _mask_source(p: TrainDecoderParams, ctx_inputs: dict, records: list[ImageRecord]) -> str:
+    if p.masks == "pseudo_labels":
+        store = ctx_inputs["pseudo_labels"].path / MASKS
+        ids = ImageArrays(store).ids
+        if ids != [r.id for r in records]:
+            raise DataError(f"{store} does not hold the train split's images in manifest order")
+        return str(store)
+    folder = Path(p.masks).expanduser().resolve()
+    missing = [r.id for r in records if not (folder / f"{r.id}.png").is_file()]
+    if missing:
+        raise DataError(f"train_decoder.masks={folder}: no mask for {len(missing)} train images, e.g. "
+                        f"{folder / (missing[0] + '.png')}; name masks <image id>.png")
+    return str(folder)
+
+
+def train_decoder(p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path) -> UnitResult:
+    """The dask task: train (or resume) the Segmenter and write model.pt."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    manifest = Manifest.load(manifest_path)
+    records = manifest.split(dataset.train_split)
+    if len(records) < p.batch_size:
+        raise DataError(f"{len(records)} train images, fewer than train_decoder.batch_size={p.batch_size}")
+    device = pick_device("auto")
+    seed_everything(p.seed)
+    config = SegmenterConfig(p.backbone, manifest.num_classes, p.decoder_layers, p.decoder_dropout, p.drop_path)
+    model = Segmenter(config, p.weights).to(device)
+    encoder, decoder = model.param_groups()
+    optimizer = torch.optim.SGD([{"params": encoder, "lr_mult": p.encoder_lr_mult}, {"params": decoder, "lr_mult": 1.0}],
+                                lr=p.lr, momentum=p.momentum, nesterov=True, weight_decay=p.weight_decay)
+    criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
+    mean, std = normalisation(p.backbone)
+    data = PseudoMaskImages(records, masks, p, mean, std, dataset.max_image_pixels)
+    steps_per_epoch = len(data) // p.batch_size
+    total = steps_per_epoch * p.epochs
+    start_epoch, history = 0, []
+    if (out / LAST).is_file():
+        saved = load_checkpoint(out / LAST)
+        model.load_state_dict(saved["model"], strict=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        start_epoch, history = saved["epoch"] + 1, saved["history"]
+        log.info("train_decoder: resuming after epoch %d from %s", saved["epoch"], out / LAST)
+    for epoch in range(start_epoch, p.epochs):
+        seed_everything(p.seed * 1000 + epoch)
+        loader = DataLoader(data, batch_size=p.batch_size, shuffle=True, drop_last=True,
+                            num_workers=loader_workers(p.num_workers), worker_init_fn=seed_worker,
+                            generator=torch.Generator().manual_seed(p.seed * 1000 + epoch),
+                            pin_memory=device.type == "cuda")
+        model.train()
+        started, losses, clipped = time.perf_counter(), [], []
+        for i, (images, targets) in enumerate(tqdm(loader, desc=f"train_decoder epoch {epoch}", leave=False, mininterval=5)):
+            lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.amp and device.type == "cuda"):
+                logits = model(images)[0]
+            loss, stats = criterion(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            clipped.append(stats.clipped_fraction if stats.clipping else 0.0)
+        seconds = time.perf_counter() - started
+        entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), "clipped_fraction": float(np.mean(clipped)),
+                 "images_per_s": steps_per_epoch * p.batch_size / seconds, "seconds": seconds}
+        history.append(entry)
+        save_checkpoint(out / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "epoch": epoch, "history": history})
+        (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
+        log.info("train_decoder: epoch %d/%d loss %.4f clipped %.3f lr %.2e %.1f img/s", epoch + 1, p.epochs,
+                 entry["loss"], entry["clipped_fraction"], lr, entry["images_per_s"])
+    save_checkpoint(out / MODEL, {"config": asdict(config), "mean": list(mean), "std": list(std),
+                                  "model": model.state_dict(), "epoch": p.epochs - 1})
+    return [out / MODEL], {"final_loss": history[-1]["loss"], "images_per_s": history[-1]["images_per_s"]}
+
+
+def load_segmenter(path: Path, device: torch.device) -> tuple[Segmenter, tuple, tuple]:
+    state = load_checkpoint(path)
+    model = Segmenter(SegmenterConfig(**state["config"]), weights=None)
+    model.load_state_dict(state["model"], strict=True)
+    return model.to(device).eval(), tuple(state["mean"]), tuple(state["std"])
+
+
+def _plan(ctx: StageContext) -> list[Unit]:
+    dataset: DatasetParams = ctx.recipe["dataset"]
+    manifest_path = ctx.inputs["index"].path / "manifest.json"
+    records = Manifest.load(manifest_path).split(dataset.train_split)
+    masks = _mask_source(ctx.params, ctx.inputs, records)
+    return [Unit(0, train_decoder, (ctx.params, dataset, manifest_path, masks, ctx.artifact.path),
+                 f"{ctx.params.epochs} epochs")]
+
+
+def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: records[0][k] for k in ("final_loss", "images_per_s")}
+
+
+def _key_extra(recipe, run_dir: Path) -> dict[str, Any]:
+    """A user's mask folder is identified by its path; the pseudo_labels artifact by its key (an input)."""
+    masks = recipe["train_decoder"].masks
+    return {} if masks == "pseudo_labels" else {"masks_folder": str(Path(masks).expanduser().resolve())}
+
+
+def _used_inputs(recipe) -> tuple[str, ...]:
+    """Retraining on a user's own mask folder needs no CAM stages at all."""
+    return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
+
+
+STAGE = Stage(name="train_decoder", version=1, section="train_decoder", inputs=("index", "pseudo_labels"), gpu=True,
+              plan=_plan, finalize=_finalize, key_extra=_key_extra, used_inputs=_used_inputs)
