@@ -2,12 +2,7 @@
 
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +10,8 @@ import pytest
 
 from labelgen.pipeline.runner import plan_run, run_pipeline
 from labelgen.store.sharded import ImageArrays
-from tests.conftest import TINY_RECIPE, tiny_recipe
+from tests.conftest import tiny_recipe
+from tests.killing import kill_when, run_cmd
 
 
 def success_times(run_dir: Path) -> dict[str, float]:
@@ -79,15 +75,7 @@ def test_sigkill_mid_stage_then_rerun_does_only_missing_shards(tmp_path, client,
     run_pipeline(tiny_recipe(*overrides), uninterrupted, "train_cam", client)
     killed = tmp_path / "b"
     shutil.copytree(uninterrupted, killed)
-    cmd = [sys.executable, "-m", "labelgen.cli", "run", "export_cams", "--dataset", "demo", "--recipe",
-           str(TINY_RECIPE), "--run-dir", str(killed), "--workers", "1", *[f"--set={o}" for o in overrides]]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(killed.glob("export_cams/*/_shards/*.json")):
-        assert time.time() < deadline and proc.poll() is None, "the run ended before a shard was done"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, the scheduler and the workers at once
-    proc.wait()
+    kill_when(run_cmd("export_cams", killed, *overrides), killed, "export_cams/*/_shards/*.json")
     assert not list(killed.glob("export_cams/*/_SUCCESS.json"))
     done_before = len(list(killed.glob("export_cams/*/_shards/*.json")))
     assert 0 < done_before < 12

@@ -7,9 +7,11 @@ parallel across workers. (A stage's shard count comes from the manifest, which i
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from labelgen.config import Recipe, significant_params
-from labelgen.errors import ConfigError
+from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
 from labelgen.pipeline.stage import Stage, StageContext, Unit
@@ -121,16 +123,32 @@ def _execute(client: Client, stage: Stage, art: Artifact, units: list[Unit]) -> 
     if not units:
         return
     resources = {"GPU": 1} if stage.gpu and workers_have_gpus(client) else None
+    attempt = uuid.uuid4().hex[:8]  # fresh keys: a retry must not get an earlier attempt's (erred) result
     futures = {
-        client.submit(run_unit, art, u, key=f"{stage.name}-{art.key}-{u.index}", pure=False, resources=resources): u
+        client.submit(run_unit, art, u, key=f"{stage.name}-{u.index}-{attempt}", pure=False, resources=resources): u
         for u in units
     }
-    with tqdm(total=len(units), desc=stage.name, unit="unit", disable=len(units) < 2) as bar:
-        for future in as_completed(futures):
-            unit = futures[future]
-            record = future.result()  # re-raises the task's exception with its traceback
-            log.info("stage %-13s %s done in %.1fs", stage.name, unit.label, record["seconds"])
-            bar.update()
+    try:
+        with tqdm(total=len(units), desc=stage.name, unit="unit", disable=len(units) < 2) as bar:
+            for future in as_completed(futures):
+                unit = futures[future]
+                record = _result(future, stage, art, unit)
+                log.info("stage %-13s %s done in %.1fs", stage.name, unit.label, record["seconds"])
+                bar.update()
+    finally:
+        client.cancel(list(futures))  # after a failure, stop the rest rather than let it write on
+
+
+def _result(future: Any, stage: Stage, art: Artifact, unit: Unit) -> dict[str, Any]:
+    try:
+        return future.result()  # re-raises the task's exception with its traceback
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise ArtifactError(
+            f"disk full while {stage.name} wrote {unit.label} under {art.path} ({e}); free space and "
+            "rerun the same command: finished shards and stages are kept"
+        ) from e
 
 
 def run_unit(art: Artifact, unit: Unit) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from labelgen.metrics import confusion_matrix, scores
 from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
-from labelgen.store.checkpoint import load_checkpoint, pick_device, save_checkpoint
+from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ def build_state(params: TrainCamParams, num_classes: int, device: torch.device) 
 
 
 def resume(state: TrainState, path: Path) -> None:
-    saved = load_checkpoint(path)
+    saved = load_resume_state(path)
+    if saved is None:
+        return
     state.model.load_state_dict(saved["model"], strict=True)
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -139,8 +141,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
                         f"train_cam.batch_size={params.batch_size}; lower the batch size")
     device = pick_device("auto")
     state = build_state(params, manifest.num_classes - 1, device)
-    if (out / LAST).is_file():
-        resume(state, out / LAST)
+    resume(state, out / LAST)
     mean, std = normalisation(params.backbone)
     transform = timm.data.create_transform(
         params.input_size, is_training=True, scale=(params.min_crop_scale, 1.0), hflip=0.5,

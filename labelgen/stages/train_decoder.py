@@ -32,7 +32,7 @@ from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.stages.pseudo_labels import MASKS
 from labelgen.stages.train_cam import LAST, LOG, MODEL, loader_workers, seed_everything
-from labelgen.store.checkpoint import load_checkpoint, pick_device, save_checkpoint
+from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ def train_decoder(p: TrainDecoderParams, dataset: DatasetParams, manifest_path: 
     steps_per_epoch = len(data) // p.batch_size
     total = steps_per_epoch * p.epochs
     start_epoch, history = 0, []
-    if (out / LAST).is_file():
-        saved = load_checkpoint(out / LAST)
+    saved = load_resume_state(out / LAST)
+    if saved is not None:
         model.load_state_dict(saved["model"], strict=True)
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, history = saved["epoch"] + 1, saved["history"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from labelgen.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -31,6 +35,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise ArtifactError(f"{path}: not a labelgen checkpoint (no 'model' entry)")
     return state
+
+
+def load_resume_state(path: Path) -> dict[str, Any] | None:
+    """A training's resume state, or None when there is none. A damaged file (a crash mid-write, a
+    bad disk) is moved aside with a warning and training restarts: it is never read as valid."""
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path)
+    except ArtifactError as e:
+        damaged = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, damaged)
+        log.warning("%s; moved to %s, training starts again from epoch 0", e, damaged)
+        return None
 
 
 def pick_device(requested: str) -> torch.device:

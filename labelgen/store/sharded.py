@@ -38,14 +38,23 @@ class StoreLayout:
         return max(h for h, _ in self.sizes), max(w for _, w in self.sizes)
 
 
-def _chunk_files(root: Path, name: str, shard: int, ndim: int) -> list[Path]:
-    """The files a shard's write touches: the shard of `name` and the aligned `shape` (and `classes`)
-    chunk. Only files that exist are returned (an all-fill chunk is not written by zarr)."""
-    files = [root / name / "c" / str(shard) / Path(*["0"] * (ndim - 1))]
-    files.append(root / "shape" / "c" / str(shard) / "0")
+def _shard_files(root: Path, name: str, shard: int, ndim: int) -> list[Path]:
+    """The files one shard owns: the shard of `name` and the aligned `shape` (and `classes`) chunk."""
+    files = [root / name / "c" / str(shard) / Path(*["0"] * (ndim - 1)), root / "shape" / "c" / str(shard) / "0"]
     if name == "cams":
         files.append(root / "classes" / "c" / str(shard) / "0")
-    return [f for f in files if f.is_file()]
+    return files
+
+
+def _clear(files: list[Path]) -> None:
+    """Remove a shard's old files before rewriting it: zarr's sharding codec reads an existing shard
+    before writing (read-modify-write), so a torn file from a killed run would make the rewrite fail."""
+    for f in files:
+        f.unlink(missing_ok=True)
+
+
+def _written(files: list[Path]) -> list[Path]:
+    return [f for f in files if f.is_file()]  # zarr writes no file for an all-fill chunk
 
 
 def create_mask_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
@@ -76,13 +85,15 @@ def write_mask_shard(path: Path, layout: StoreLayout, shard: int, masks: Sequenc
     """Write one whole shard of masks (H×W uint8 each, in shard order); return the files written."""
     rows = layout.shard_range(shard)
     assert len(masks) == len(rows), "a shard is written whole"
+    files = _shard_files(path, "masks", shard, 3)
+    _clear(files)
     group = zarr.open_group(path, mode="r+")
     block = np.full((len(rows), *group["masks"].shape[1:]), IGNORE_INDEX, np.uint8)
     for j, m in enumerate(masks):
         block[j, : m.shape[0], : m.shape[1]] = m
     group["masks"][rows.start : rows.stop] = block
     group["shape"][rows.start : rows.stop] = np.array([m.shape for m in masks], np.int32)
-    return _chunk_files(path, "masks", shard, 3)
+    return _written(files)
 
 
 def write_cam_shard(
@@ -91,6 +102,8 @@ def write_cam_shard(
     """Write one whole shard of CAMs: per image a (k, H, W) float array and the k class labels."""
     rows = layout.shard_range(shard)
     assert len(cams) == len(rows), "a shard is written whole"
+    files = _shard_files(path, "cams", shard, 4)
+    _clear(files)
     group = zarr.open_group(path, mode="r+")
     _, k_max, h_max, w_max = group["cams"].shape
     block = np.zeros((len(rows), k_max, h_max, w_max), np.float16)
@@ -104,7 +117,7 @@ def write_cam_shard(
     group["cams"][rows.start : rows.stop] = block
     group["classes"][rows.start : rows.stop] = classes
     group["shape"][rows.start : rows.stop] = shapes
-    return _chunk_files(path, "cams", shard, 4)
+    return _written(files)
 
 
 class ImageArrays:
