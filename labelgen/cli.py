@@ -69,12 +69,21 @@ def main(verbose: bool) -> None:
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder of the data set (not needed for demo).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder [default: runs/<dataset>].")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML [default: the shipped one for --dataset].")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting; repeatable.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting; repeatable."
+)
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler, e.g. tcp://host:8786.")
 @click.option("--workers", type=int, help="Worker processes of the local cluster [default: one per core].")
+@click.option(
+    "--cluster",
+    type=click.Choice(["local", "local-cuda"]),
+    default="local",
+    show_default=True,
+    help="Local cluster kind when no --scheduler: CPU processes, or one worker per GPU (dask-cuda).",
+)
 @click.option("--force", multiple=True, metavar="STAGE", help="Recompute STAGE and what depends on it; repeatable.")
 @_user_errors
-def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, workers, force) -> None:
+def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, workers, cluster, force) -> None:
     """Bring TARGET (a stage name, or `full`) and everything upstream of it up to date.
 
     Finished stages and shards are skipped; a rerun after a crash does only what is missing.
@@ -89,8 +98,7 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
 
     resolved = _recipe(dataset, recipe, data_root, overrides)
     run_path = Path(run_dir or Path("runs") / dataset).resolve()
-    with open_client(scheduler, workers) as client:
-        client.forward_logging("labelgen", level=logging.INFO)
+    with open_client(scheduler, workers, cluster) as client:
         artifacts = run_pipeline(resolved, run_path, target, client, force=tuple(force))
     for name, art in artifacts.items():
         click.echo(f"{name:14s} {art.path}")
@@ -127,7 +135,9 @@ def data() -> None:
 
 def _data_options(fn):
     fn = click.option("--set", "overrides", multiple=True, metavar="dataset.KEY=VALUE", help="Dataset setting.")(fn)
-    fn = click.option("--split", "splits", multiple=True, help="Splits to index [default: the recipe's train and val].")(fn)
+    fn = click.option(
+        "--split", "splits", multiple=True, help="Splits to index [default: the recipe's train and val]."
+    )(fn)
     fn = click.option("--data-root", type=click.Path(file_okay=False), required=True)(fn)
     fn = click.option("--dataset", type=click.Choice(DATASETS), required=True)(fn)
     return fn
@@ -196,8 +206,12 @@ def data_check(dataset, data_root, splits, overrides) -> None:
 
 @main.command()
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="A run folder.")
-@click.option("--what", type=click.Choice(["pseudo_labels", "predictions"]), required=True,
-              help="CRF pseudo-labels of the train split, or the Segmenter's predictions of every split.")
+@click.option(
+    "--what",
+    type=click.Choice(["pseudo_labels", "predictions"]),
+    required=True,
+    help="CRF pseudo-labels of the train split, or the Segmenter's predictions of every split.",
+)
 @click.option("--format", "fmt", type=click.Choice(["voc", "mmseg", "coco"]), required=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler.")

@@ -22,8 +22,14 @@ class CrfParams:
     @classmethod
     def of(cls, params) -> CrfParams:
         """From a stage's params, which name these settings `crf_*`."""
-        return cls(params.crf_gauss_sxy, params.crf_gauss_compat, params.crf_bilateral_sxy,
-                   params.crf_bilateral_srgb, params.crf_bilateral_compat, params.crf_iterations)
+        return cls(
+            params.crf_gauss_sxy,
+            params.crf_gauss_compat,
+            params.crf_bilateral_sxy,
+            params.crf_bilateral_srgb,
+            params.crf_bilateral_compat,
+            params.crf_iterations,
+        )
 
 
 def _infer(image: np.ndarray, unary: np.ndarray, n_labels: int, p: CrfParams) -> np.ndarray:
@@ -31,8 +37,12 @@ def _infer(image: np.ndarray, unary: np.ndarray, n_labels: int, p: CrfParams) ->
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(np.ascontiguousarray(unary))
     d.addPairwiseGaussian(sxy=p.gauss_sxy, compat=p.gauss_compat)
-    d.addPairwiseBilateral(sxy=p.bilateral_sxy, srgb=p.bilateral_srgb,
-                           rgbim=np.require(image, np.uint8, ["C", "W"]), compat=p.bilateral_compat)
+    d.addPairwiseBilateral(
+        sxy=p.bilateral_sxy,
+        srgb=p.bilateral_srgb,
+        rgbim=np.require(image, np.uint8, ["C", "W"]),
+        compat=p.bilateral_compat,
+    )
     q = np.array(d.inference(p.iterations)).reshape(n_labels, h, w)
     return q
 

@@ -37,7 +37,9 @@ def mask_stores(run_dir: Path, what: str) -> tuple[dict[str, Path], dict[str, Im
     plan = {p.stage.name: p.artifact for p in plan_run(recipe, run_dir, "full")}
     art = plan[WHATS[what]]
     if not art.is_complete():
-        raise ArtifactError(f"{WHATS[what]} of {run_dir} is not finished ({art.path}); run `labelgen run {WHATS[what]}` first")
+        raise ArtifactError(
+            f"{WHATS[what]} of {run_dir} is not finished ({art.path}); run `labelgen run {WHATS[what]}` first"
+        )
     manifest = load_manifest(plan["index"])
     if what == "pseudo_labels":
         stores = {recipe["dataset"].train_split: art.path / MASKS}
@@ -67,11 +69,16 @@ def _rle_task(store: Path, rows: range, image_ids: dict[str, int]) -> list[dict[
             if label in (0, IGNORE_INDEX):
                 continue
             rle = coco_mask.encode(np.asfortranarray((mask == label).astype(np.uint8)))
-            annotations.append({
-                "image_id": image_ids[arrays.ids[i]], "category_id": int(label), "iscrowd": 0,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                "area": float(coco_mask.area(rle)), "bbox": [float(v) for v in coco_mask.toBbox(rle)],
-            })
+            annotations.append(
+                {
+                    "image_id": image_ids[arrays.ids[i]],
+                    "category_id": int(label),
+                    "iscrowd": 0,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                    "area": float(coco_mask.area(rle)),
+                    "bbox": [float(v) for v in coco_mask.toBbox(rle)],
+                }
+            )
     return annotations
 
 
@@ -98,8 +105,15 @@ def export_masks(run_dir: Path, what: str, fmt: str, out: Path, client: Client) 
             for n, a in enumerate(annotations, 1):
                 a["id"] = n
             doc = {
-                "images": [{"id": image_ids[i], "file_name": Path(by_id[i].image).name, "height": by_id[i].height,
-                            "width": by_id[i].width} for i in ids],
+                "images": [
+                    {
+                        "id": image_ids[i],
+                        "file_name": Path(by_id[i].image).name,
+                        "height": by_id[i].height,
+                        "width": by_id[i].width,
+                    }
+                    for i in ids
+                ],
                 "categories": [{"id": k, "name": name} for k, name in enumerate(classes) if k > 0],
                 "annotations": annotations,
             }
@@ -115,11 +129,14 @@ def export_masks(run_dir: Path, what: str, fmt: str, out: Path, client: Client) 
                 image_dir.mkdir(parents=True, exist_ok=True)
             mask_dir.mkdir(parents=True, exist_ok=True)
             list_file.parent.mkdir(parents=True, exist_ok=True)
-            client.gather([client.submit(_png_task, store, rows, mask_dir, image_dir, by_id, pure=False) for rows in chunks])
+            client.gather(
+                [client.submit(_png_task, store, rows, mask_dir, image_dir, by_id, pure=False) for rows in chunks]
+            )
             list_file.write_text("".join(f"{i}\n" for i in ids))
         counts[split] = len(ids)
         log.info("export: %d %s masks of split %s as %s -> %s", len(ids), what, split, fmt, out)
     if fmt == "mmseg":
-        (out / "classes.json").write_text(json.dumps({"classes": list(classes), "reduce_zero_label": False,
-                                                       "ignore_index": IGNORE_INDEX}, indent=1))
+        (out / "classes.json").write_text(
+            json.dumps({"classes": list(classes), "reduce_zero_label": False, "ignore_index": IGNORE_INDEX}, indent=1)
+        )
     return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ def bar_chart(names: list[str], series: dict[str, list[float]], path: Path, bar:
         draw.text((4, y0), name[:20], fill="black")
         for s, values in enumerate(series.values()):
             v = values[i]
-            if v == v:  # not NaN
+            if not math.isnan(v):
                 y = y0 + s * bar
                 draw.rectangle([label_w, y, label_w + plot_w * v, y + bar - 2], fill=_SERIES_COLOURS[s % 6])
     y = 24 + group * len(names)

@@ -17,8 +17,19 @@ def labelgen_cmd(*args: str) -> list[str]:
 
 
 def run_cmd(target: str, run_dir: Path, *overrides: str) -> list[str]:
-    return labelgen_cmd("run", target, "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir),
-                        "--workers", "1", *[f"--set={o}" for o in overrides])
+    return labelgen_cmd(
+        "run",
+        target,
+        "--dataset",
+        "demo",
+        "--recipe",
+        str(TINY_RECIPE),
+        "--run-dir",
+        str(run_dir),
+        "--workers",
+        "1",
+        *[f"--set={o}" for o in overrides],
+    )
 
 
 def kill_when(cmd: list[str], evidence: Path, pattern: str, timeout: float = 180) -> None:

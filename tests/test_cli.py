@@ -13,8 +13,9 @@ def test_data_check_names_every_broken_file(tmp_path):
     files = write_corpus(root / "images")
     (root / "classes.txt").write_text("cat\n")
     (root / "tags.csv").write_text("image,tags\n" + "".join(f"images/{n},cat\n" for n in files))
-    result = CliRunner().invoke(main, ["data", "check", "--dataset", "folder", "--data-root", str(root),
-                                       "--set", "dataset.val_split="])
+    result = CliRunner().invoke(
+        main, ["data", "check", "--dataset", "folder", "--data-root", str(root), "--set", "dataset.val_split="]
+    )
     assert result.exit_code == 1
     for name, why in [("truncated.jpg", "truncated"), ("empty.jpg", "zero-byte"), ("text.jpg", "not a readable")]:
         line = next(ln for ln in result.output.splitlines() if name in ln)
@@ -24,16 +25,31 @@ def test_data_check_names_every_broken_file(tmp_path):
 
 def test_data_index_writes_a_manifest(tmp_path):
     out = tmp_path / "coco.json"
-    result = CliRunner().invoke(main, ["data", "index", "--dataset", "coco", "--data-root", str(COCO128),
-                                       "--split", "train2017", "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        ["data", "index", "--dataset", "coco", "--data-root", str(COCO128), "--split", "train2017", "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.read_text())
     assert manifest["schema"] == 1 and len(manifest["records"]) == 126
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
-    result = CliRunner().invoke(main, ["run", "index", "--dataset", "coco", "--data-root", str(tmp_path),
-                                       "--run-dir", str(tmp_path / "r"), "--set", "train_cam.epoch=1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "index",
+            "--dataset",
+            "coco",
+            "--data-root",
+            str(tmp_path),
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--set",
+            "train_cam.epoch=1",
+        ],
+    )
     assert result.exit_code == 2
     assert "did you mean 'epochs'" in result.output and "Traceback" not in result.output
 

@@ -12,8 +12,9 @@ def test_shipped_recipes_resolve():
 
 
 def test_override_types_are_parsed_and_checked():
-    r = tiny_recipe("train_cam.epochs=3", "export_cams.scales=[1.0, 0.8]", "pseudo_labels.crf=false",
-                    "dataset.val_split=")
+    r = tiny_recipe(
+        "train_cam.epochs=3", "export_cams.scales=[1.0, 0.8]", "pseudo_labels.crf=false", "dataset.val_split="
+    )
     assert r["train_cam"].epochs == 3
     assert r["export_cams"].scales == (1.0, 0.8)
     assert r["pseudo_labels"].crf is False

@@ -49,8 +49,10 @@ def test_killed_worker_task_is_retried_and_the_run_completes(cam_ready, tmp_path
     base, reference = cam_ready
     run_dir = tmp_path / "run"
     shutil.copytree(base, run_dir)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         pids = list(client.run(os.getpid).values())
         errors = []
         thread = threading.Thread(target=lambda: _run_catching(client, run_dir, errors))
@@ -123,7 +125,9 @@ def small_disk(tmp_path):
 def test_disk_full_is_a_clear_error_and_the_rerun_completes(cam_ready, small_disk, client):
     base, reference = cam_ready
     run_dir = small_disk / "run"
-    shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("last.pt"))  # the finished training, not its resume state
+    shutil.copytree(
+        base, run_dir, ignore=shutil.ignore_patterns("last.pt")
+    )  # the finished training, not its resume state
     train = next(run_dir.glob("train_cam/*"))
     model_before = (train / "model.pt").read_bytes()
     filler = small_disk / "filler"
@@ -141,8 +145,12 @@ def test_second_labelgen_run_on_the_same_folder_stops_clearly(cam_ready, tmp_pat
     base, _ = cam_ready
     run_dir = tmp_path / "run"
     shutil.copytree(base, run_dir)
-    first = subprocess.Popen(run_cmd("export_cams", run_dir, *SHARDS), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        run_cmd("export_cams", run_dir, *SHARDS),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not list(run_dir.glob("export_cams/*/_plan.json")):
@@ -233,8 +241,11 @@ def test_mask_size_and_values_are_checked_at_index_time(tmp_path):
 
     root = tmp_path / "data"
     (root / "masks").mkdir(parents=True)
-    for name, mask in [("small", np.zeros((10, 10), np.uint8)), ("values", np.full((40, 48), 7, np.uint8)),
-                       ("ok", np.ones((40, 48), np.uint8))]:
+    for name, mask in [
+        ("small", np.zeros((10, 10), np.uint8)),
+        ("values", np.full((40, 48), 7, np.uint8)),
+        ("ok", np.ones((40, 48), np.uint8)),
+    ]:
         Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(root / f"{name}.png")
         Image.fromarray(mask).save(root / "masks" / f"{name}.png")
     (root / "classes.txt").write_text("cat\n")
@@ -247,12 +258,15 @@ def test_mask_size_and_values_are_checked_at_index_time(tmp_path):
 
 # ----------------------------------------------------------- SIGKILL in every stage (heavier: marked slow)
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,evidence", [
-    ("pseudo_labels", "pseudo_labels/*/_shards/*.json"),
-    ("train_decoder", "train_decoder/*/last.pt"),
-    ("predict", "predict/*/_shards/*.json"),
-    ("evaluate", "evaluate/*/_shards/*.json"),
-])
+@pytest.mark.parametrize(
+    "stage,evidence",
+    [
+        ("pseudo_labels", "pseudo_labels/*/_shards/*.json"),
+        ("train_decoder", "train_decoder/*/last.pt"),
+        ("predict", "predict/*/_shards/*.json"),
+        ("evaluate", "evaluate/*/_shards/*.json"),
+    ],
+)
 def test_sigkill_in_each_stage_then_rerun_equals_uninterrupted(stage, evidence, tmp_path, client):
     """Bit for bit on CPU: masks (pseudo_labels, predict), weights (train_decoder), metrics (evaluate)."""
     overrides = (*SHARDS, "predict.shard_size=2", "train_decoder.epochs=3")
@@ -284,12 +298,25 @@ def test_sigkill_during_export_then_rerun(tmp_path, client):
     run_dir = tmp_path / "run"
     run_pipeline(tiny_recipe(), run_dir, "pseudo_labels", client)
     out = tmp_path / "voc"
-    cmd = labelgen_cmd("export", "--run-dir", str(run_dir), "--what", "pseudo_labels", "--format", "voc",
-                       "--out", str(out), "--workers", "1")
+    cmd = labelgen_cmd(
+        "export",
+        "--run-dir",
+        str(run_dir),
+        "--what",
+        "pseudo_labels",
+        "--format",
+        "voc",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+    )
     kill_when(cmd, out, "SegmentationClass/*.png")
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     stored = ImageArrays(next(run_dir.glob("pseudo_labels/*/masks.zarr")))
     from labelgen.data.masks import read_mask
 
-    assert all(np.array_equal(read_mask(out / "SegmentationClass" / f"{i}.png"), stored.mask(n))
-               for n, i in enumerate(stored.ids))
+    assert all(
+        np.array_equal(read_mask(out / "SegmentationClass" / f"{i}.png"), stored.mask(n))
+        for n, i in enumerate(stored.ids)
+    )

@@ -27,8 +27,9 @@ def test_conversions_are_reported(corpus):
     assert sixteen.max() > 200  # scaled, not clipped to 255/65535
 
 
-@pytest.mark.parametrize("name,why", [("truncated.jpg", "truncated"), ("empty.jpg", "zero-byte"),
-                                      ("text.jpg", "not a readable image")])
+@pytest.mark.parametrize(
+    "name,why", [("truncated.jpg", "truncated"), ("empty.jpg", "zero-byte"), ("text.jpg", "not a readable image")]
+)
 def test_broken_files_name_the_file_and_reason(corpus, name, why):
     with pytest.raises(DataError, match=why) as e:
         read_image(corpus[name])

@@ -50,8 +50,11 @@ def test_any_input_size_and_grid(weaktr):
 
 def test_head_layer_order_is_head_major():
     b, n, heads, layers, hd = 1, 3, 2, 3, 4
-    maps = [torch.full((b, heads, n, n), float(l)) + torch.arange(heads).view(1, heads, 1, 1) * 10 for l in range(layers)]
-    outs = [torch.arange(hd * heads).float().repeat(b, n, 1) + 100 * l for l in range(layers)]
+    maps = [
+        torch.full((b, heads, n, n), float(layer)) + torch.arange(heads).view(1, heads, 1, 1) * 10
+        for layer in range(layers)
+    ]
+    outs = [torch.arange(hd * heads).float().repeat(b, n, 1) + 100 * layer for layer in range(layers)]
     m, f = stack_head_layers(maps, outs, heads)
     assert m[0, :, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]  # j = h·L + l
     assert f[0, 0, 0].tolist() == [0, 2, 4, 6]  # head 0 owns channels 0, 2, 4, 6 (strided split)
@@ -86,8 +89,9 @@ def test_mean_fusion_ablation_has_no_fusion_parameters():
 def test_multiscale_cams_are_normalised_per_tag(weaktr):
     weaktr.eval()
     images = [np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8) for i in range(2)]
-    maps = multiscale_cams(weaktr, images, [(1, 3), (2,)], (1.0, 1.2), True, "fine", (70, 90),
-                           (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    maps = multiscale_cams(
+        weaktr, images, [(1, 3), (2,)], (1.0, 1.2), True, "fine", (70, 90), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    )
     assert maps[0].shape == (2, 70, 90) and maps[1].shape == (1, 70, 90)
     for m in maps:  # each map spans [0, 1], or is all zero where the untrained head gave ReLU(M) = 0
         top = m.max(axis=(1, 2))

@@ -49,7 +49,10 @@ def test_changing_one_parameter_recomputes_that_stage_and_dependants_only(demo_r
     changed = tiny_recipe("pseudo_labels.bg_threshold=0.5")
     new = {p.stage.name: p.artifact.key for p in plan_run(changed, demo_run, "pseudo_labels")}
     assert [s for s in old if old[s] != new[s]] == ["pseudo_labels", "evaluate"]
-    assert plan_run(tiny_recipe("export_cams.batch_size=1"), demo_run, "pseudo_labels")[2].artifact.key == old["export_cams"]
+    assert (
+        plan_run(tiny_recipe("export_cams.batch_size=1"), demo_run, "pseudo_labels")[2].artifact.key
+        == old["export_cams"]
+    )
     before = success_times(demo_run)
     run_pipeline(changed, demo_run, "pseudo_labels", client)
     after = success_times(demo_run)
@@ -64,9 +67,8 @@ def test_second_writer_is_refused(demo_run, client):
 
     recipe = tiny_recipe("pseudo_labels.bg_threshold=0.3")
     art = plan_run(recipe, demo_run, "pseudo_labels")[3].artifact
-    with ArtifactLock(art):  # as if another labelgen run were computing it
-        with pytest.raises(LockHeldError, match="being written by pid"):
-            run_pipeline(recipe, demo_run, "pseudo_labels", client)
+    with ArtifactLock(art), pytest.raises(LockHeldError, match="being written by pid"):  # as if another run held it
+        run_pipeline(recipe, demo_run, "pseudo_labels", client)
 
 
 def test_sigkill_mid_stage_then_rerun_does_only_missing_shards(tmp_path, client, caplog):

@@ -3,7 +3,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from labelgen.config import DatasetParams
 from labelgen.data.masks import read_mask
@@ -55,11 +54,15 @@ def test_folder_reports_each_bad_row(tmp_path):
     root = tmp_path / "data"
     files = write_corpus(root / "images")
     (root / "classes.txt").write_text("cat\ndog\n")
-    rows = ["image,tags"] + [f"images/{name},cat" for name in files] + [
-        "images/good.jpg,unicorn",  # unknown class
-        "../../etc/passwd,cat",  # outside the root
-        "images/gray.jpg,",  # no tags
-    ]
+    rows = (
+        ["image,tags"]
+        + [f"images/{name},cat" for name in files]
+        + [
+            "images/good.jpg,unicorn",  # unknown class
+            "../../etc/passwd,cat",  # outside the root
+            "images/gray.jpg,",  # no tags
+        ]
+    )
     (root / "tags.csv").write_text("\n".join(rows) + "\n")
     params = DatasetParams(name="folder", val_split="")
     manifest = index_dataset(replace(params, index_slice=3), root, tmp_path / "out")

@@ -38,8 +38,10 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, manifest):
     _train(straight, manifest, 3)
     resumed = tmp_path / "resumed"
     resumed.mkdir()
-    code = (f"from tests.test_train_cam import _train; from pathlib import Path; "
-            f"_train(Path({str(resumed)!r}), Path({str(manifest)!r}), 3)")
+    code = (
+        f"from tests.test_train_cam import _train; from pathlib import Path; "
+        f"_train(Path({str(resumed)!r}), Path({str(manifest)!r}), 3)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env={**os.environ})
     deadline = time.time() + 120
     while not (resumed / LAST).is_file():
@@ -57,7 +59,7 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, manifest):
 
 def test_gt_selection_says_it_used_pixel_labels(tmp_path, manifest):
     recipe = tiny_recipe("train_cam.epochs=1", "train_cam.selection=gt_miou", "train_cam.selection_subset=4")
-    files, info = train_cam(recipe["train_cam"], recipe["dataset"], manifest, tmp_path)
+    _files, info = train_cam(recipe["train_cam"], recipe["dataset"], manifest, tmp_path)
     assert "pixel GT" in info["selection"] and "not weakly supervised" in info["selection"]
     assert load_checkpoint(tmp_path / MODEL)["selection"] == info["selection"]
 

@@ -45,8 +45,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, name: str, cx: float, cy: float, r: f
         h = r * 0.85
         draw.polygon(rotated([(-h, -h), (h, -h), (h, h), (-h, h)]), fill=255)
     elif name == "triangle":
-        draw.polygon(rotated([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]),
-                     fill=255)
+        draw.polygon(
+            rotated([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]),
+            fill=255,
+        )
     elif name == "cross":
         w = r * 0.33
         draw.polygon(rotated([(-r, -w), (r, -w), (r, w), (-r, w)]), fill=255)

@@ -88,8 +88,5 @@ def inspect_image(path: Path | str, max_pixels: int = 40_000_000) -> ImageInfo:
     array = read_image(path, max_pixels)
     with Image.open(path) as img:
         mode = img.mode
-    if mode == "RGB":
-        converted = None
-    else:
-        converted = _CONVERSIONS.get(mode, f"mode {mode} converted to RGB")
+    converted = None if mode == "RGB" else _CONVERSIONS.get(mode, f"mode {mode} converted to RGB")
     return ImageInfo(width=array.shape[1], height=array.shape[0], mode=mode, converted=converted)

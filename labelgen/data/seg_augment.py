@@ -10,8 +10,9 @@ from PIL import Image
 from labelgen.data.masks import IGNORE_INDEX
 
 
-def random_resize(image: np.ndarray, mask: np.ndarray, short: int, ratio_range: tuple[float, float],
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_resize(
+    image: np.ndarray, mask: np.ndarray, short: int, ratio_range: tuple[float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep-ratio resize to short side ≈ short·r (long side at most 8·short·r), r ~ U(ratio_range)."""
     r = rng.uniform(*ratio_range)
     h, w = mask.shape
@@ -22,8 +23,9 @@ def random_resize(image: np.ndarray, mask: np.ndarray, short: int, ratio_range: 
     return image, mask
 
 
-def random_crop(image: np.ndarray, mask: np.ndarray, crop: int, cat_max_ratio: float,
-                rng: np.random.Generator, tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(
+    image: np.ndarray, mask: np.ndarray, crop: int, cat_max_ratio: float, rng: np.random.Generator, tries: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """A crop×crop window (smaller images are kept whole) in which no single class covers more than
     cat_max_ratio of the labelled pixels, if one is found in `tries` draws (mmseg's rule)."""
     h, w = mask.shape

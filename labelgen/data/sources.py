@@ -74,9 +74,7 @@ def _list_voc(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
                 tags = _voc_xml_tags(base / "Annotations" / f"{image_id}.xml", names, listing)
                 if tags is None:
                     continue
-            listing.items.append(
-                SourceItem(image_id, base / "JPEGImages" / f"{image_id}.jpg", split, tags, item_mask)
-            )
+            listing.items.append(SourceItem(image_id, base / "JPEGImages" / f"{image_id}.jpg", split, tags, item_mask))
     return listing
 
 
@@ -166,15 +164,22 @@ def _read_tags_file(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{no}: not a JSON object ({e})") from e
-            rows.append((no, {"image": row.get("image", ""), "tags": list(row.get("tags", [])),
-                              "split": row.get("split")}))
+            rows.append(
+                (no, {"image": row.get("image", ""), "tags": list(row.get("tags", [])), "split": row.get("split")})
+            )
         return rows
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None or not {"image", "tags"} <= set(reader.fieldnames):
         raise DataError(f"{path}: the CSV header must name the columns image,tags (and optionally split)")
     return [
-        (no, {"image": row["image"], "tags": [t.strip() for t in (row["tags"] or "").split(";") if t.strip()],
-              "split": row.get("split")})
+        (
+            no,
+            {
+                "image": row["image"],
+                "tags": [t.strip() for t in (row["tags"] or "").split(";") if t.strip()],
+                "split": row.get("split"),
+            },
+        )
         for no, row in enumerate(reader, 2)
     ]
 

@@ -32,7 +32,9 @@ class MaskTransformer(nn.Module):
         self.proj_dec = nn.Linear(dim, dim)
         self.cls_emb = nn.Parameter(torch.zeros(1, num_labels, dim))
         trunc_normal_(self.cls_emb, std=0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout) for _ in range(layers)
+        )
         self.decoder_norm = nn.LayerNorm(dim)
         scale = dim**-0.5
         self.proj_patch = nn.Parameter(scale * torch.randn(dim, dim))
@@ -64,8 +66,13 @@ class Segmenter(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), num_prefix=1)
-        self.decoder = MaskTransformer(self.encoder.embed_dim, self.encoder.num_heads, config.num_labels,
-                                       config.decoder_layers, config.decoder_dropout)
+        self.decoder = MaskTransformer(
+            self.encoder.embed_dim,
+            self.encoder.num_heads,
+            config.num_labels,
+            config.decoder_layers,
+            config.decoder_dropout,
+        )
         self.decoder.apply(_init_linear)
 
     def forward(self, images: Tensor, all_depths: bool = False) -> list[Tensor]:
@@ -78,7 +85,9 @@ class Segmenter(nn.Module):
         out = self.encoder.forward_features(padded)
         tokens = self.encoder.norm(out.tokens)[:, 1:]
         masks = self.decoder(tokens, out.grid, all_depths)
-        return [F.interpolate(m, size=padded.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w] for m in masks]
+        return [
+            F.interpolate(m, size=padded.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w] for m in masks
+        ]
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(encoder parameters, decoder parameters), for their different learning rates."""

@@ -41,7 +41,9 @@ class AdaptiveAttentionFusion(nn.Module):
 
     def __init__(self, num_maps: int, head_dim: int, reduction: int, feat_reduction: int):
         super().__init__()
-        self.squeeze = nn.Sequential(nn.Linear(head_dim, head_dim // feat_reduction), nn.Linear(head_dim // feat_reduction, 1))
+        self.squeeze = nn.Sequential(
+            nn.Linear(head_dim, head_dim // feat_reduction), nn.Linear(head_dim // feat_reduction, 1)
+        )
         self.excite = nn.Sequential(
             nn.Linear(num_maps, num_maps // reduction, bias=False),
             nn.ReLU(),

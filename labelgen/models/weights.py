@@ -37,8 +37,11 @@ def create_vit(arch: str, weights: str | None, drop_path: float = 0.0) -> nn.Mod
     if weights is None:
         return model
     if weights == "none":
-        log.warning("!!! %s starts from RANDOM weights: WeakTr needs ImageNet-pretrained weights for useful CAMs; "
-                    "set weights to hub:<timm name> or a file", arch)
+        log.warning(
+            "!!! %s starts from RANDOM weights: WeakTr needs ImageNet-pretrained weights for useful CAMs; "
+            "set weights to hub:<timm name> or a file",
+            arch,
+        )
         return model
     path = resolve_weights_file(weights, arch)
     if path is None:

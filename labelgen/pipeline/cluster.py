@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import dask
 from distributed import Client, LocalCluster
 
+from labelgen.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,19 +28,44 @@ def _quiet_dask_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-@contextlib.contextmanager
-def open_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
-    """Attach to `scheduler` if given; otherwise start a LocalCluster of worker processes.
+CLUSTERS = ("local", "local-cuda")
 
-    Processes, not threads: the CRF and the image decoding hold the GIL. On a machine with GPUs the
-    workers declare a `GPU` resource so that GPU tasks land one per device.
+
+@contextlib.contextmanager
+def open_client(scheduler: str | None, workers: int | None, cluster: str = "local") -> Iterator[Client]:
+    """Attach to `scheduler` if given; otherwise start a local cluster of worker processes.
+
+    `local`: a LocalCluster, processes not threads (the CRF and image decoding hold the GIL).
+    `local-cuda`: dask-cuda's LocalCUDACluster, one worker per GPU, each declaring GPU=1.
+    Log records of the `labelgen` loggers on the workers are forwarded to this process.
     """
     _quiet_dask_logs()
+    with _client(scheduler, workers, cluster) as client:
+        client.forward_logging("labelgen", level=logging.INFO)
+        yield client
+
+
+@contextlib.contextmanager
+def _client(scheduler: str | None, workers: int | None, cluster: str) -> Iterator[Client]:
     if scheduler:
         log.info("attaching to the dask scheduler at %s", scheduler)
         with Client(scheduler) as client:
             yield client
         return
+    if cluster == "local-cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as e:
+            raise ConfigError("--cluster local-cuda needs dask-cuda: pip install 'labelgen[gpu]'") from e
+        with (
+            LocalCUDACluster(resources={"GPU": 1}, dashboard_address=":0") as cuda_cluster,
+            Client(cuda_cluster) as client,
+        ):
+            log.info("started a LocalCUDACluster: one worker per GPU; dashboard %s", cuda_cluster.dashboard_link)
+            yield client
+        return
+    if cluster != "local":
+        raise ConfigError(f"--cluster {cluster!r}; allowed: {', '.join(CLUSTERS)}")
     n_workers = workers or os.cpu_count() or 1
     gpus = local_gpu_count()
     # A LocalCluster gives every worker the same resources, so GPU=1 is declared only when there is

@@ -1,20 +1,27 @@
 """The DAG, in one place.
 
-    index -> train_cam -> export_cams -> pseudo_labels -> train_decoder -> predict
-                               \\______________\\___________________________\\__-> evaluate
+index -> train_cam -> export_cams -> pseudo_labels -> train_decoder -> predict
+                           \\______________\\___________________________\\__-> evaluate
 """
 
 from __future__ import annotations
 
+from labelgen.config import Recipe
 from labelgen.errors import ConfigError
 from labelgen.pipeline.stage import Stage
-from labelgen.config import Recipe
 from labelgen.stages import evaluate, export_cams, index, predict, pseudo_labels, train_cam, train_decoder
 
 STAGES: dict[str, Stage] = {
     s.name: s
-    for s in (index.STAGE, train_cam.STAGE, export_cams.STAGE, pseudo_labels.STAGE, train_decoder.STAGE, predict.STAGE,
-              evaluate.STAGE)
+    for s in (
+        index.STAGE,
+        train_cam.STAGE,
+        export_cams.STAGE,
+        pseudo_labels.STAGE,
+        train_decoder.STAGE,
+        predict.STAGE,
+        evaluate.STAGE,
+    )
 }
 ORDER: tuple[str, ...] = ("index", "train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict", "evaluate")
 MASK_STAGES = ("export_cams", "pseudo_labels", "predict")  # what `evaluate` scores, where present

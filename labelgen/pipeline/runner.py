@@ -106,16 +106,18 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
     missing = [u for u in units if not art.shard_is_valid(u.index)]
     log.info(
         "stage %-13s running %d of %d unit(s) (%d already done) -> %s",
-        p.stage.name, len(missing), len(units), len(units) - len(missing), art.path,
+        p.stage.name,
+        len(missing),
+        len(units),
+        len(units) - len(missing),
+        art.path,
     )
     _execute(client, p.stage, art, missing)
     records = [art.shard_record(u.index) for u in units]
     assert all(r is not None for r in records), "every unit writes its record before returning"
     info = p.stage.finalize(ctx, records)
     elapsed = time.perf_counter() - started
-    art.write_success(
-        p.key_params, {k: a.key for k, a in p.inputs.items()}, {"seconds": round(elapsed, 2), **info}
-    )
+    art.write_success(p.key_params, {k: a.key for k, a in p.inputs.items()}, {"seconds": round(elapsed, 2), **info})
     log.info("stage %-13s done in %.1fs -> %s", p.stage.name, elapsed, art.path)
 
 

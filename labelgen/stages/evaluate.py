@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,9 @@ def mask_sources(ctx: StageContext) -> dict[str, Path]:
     return sources
 
 
-def score_shard(store: Path, rows: range, records: list[ImageRecord], num_labels: int,
-                thresholds: tuple[float, ...], out: Path) -> UnitResult:
+def score_shard(
+    store: Path, rows: range, records: list[ImageRecord], num_labels: int, thresholds: tuple[float, ...], out: Path
+) -> UnitResult:
     """Confusion matrices of one shard: (T, L, L) for CAMs (one per threshold), else (1, L, L)."""
     arrays = ImageArrays(store)
     count = len(thresholds) if arrays.kind == "cams" else 1
@@ -82,7 +84,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
     units = []
     shard_size = ctx.recipe["export_cams"].shard_size
     for name, store in mask_sources(ctx).items():
-        arrays, records = _records_of(store, by_id)
+        _arrays, records = _records_of(store, by_id)
         for start in range(0, len(records), shard_size):
             rows = range(start, min(start + shard_size, len(records)))
             out = parts / f"{name}_{start // shard_size:06d}.npy"
@@ -101,9 +103,16 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         cm = sum(np.load(f) for f in sorted((out / "parts").glob(f"{name}_*.npy")))
         scored = sum(r["scored"] for r in records if r["label"].startswith(name + " "))
         if name == "cams":
-            sweep = [{"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(p.sweep_thresholds, cm, strict=True)]
+            sweep = [
+                {"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(p.sweep_thresholds, cm, strict=True)
+            ]
             at = int(np.argmin([abs(t - bg) for t in p.sweep_thresholds]))
-            metrics[name] = {**scores(cm[at]), "threshold": float(p.sweep_thresholds[at]), "sweep": sweep, "images": scored}
+            metrics[name] = {
+                **scores(cm[at]),
+                "threshold": float(p.sweep_thresholds[at]),
+                "sweep": sweep,
+                "images": scored,
+            }
         else:
             metrics[name] = {**scores(cm[0]), "images": scored}
     (out / METRICS).write_text(json.dumps(metrics, indent=1))
@@ -123,16 +132,29 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], out: Path) -> None:
         m = metrics[s]
         lines.append(f"| {s} | {m['images']} | {100 * m['miou']:.2f} | {100 * m['pixel_accuracy']:.2f} |")
     if "cams" in metrics:
-        lines += ["", f"CAM mIoU (no CRF) is at background threshold {metrics['cams']['threshold']}. "
-                  "Threshold sweep (chosen with pixel GT, reported only; the recipe's threshold is what is used):", "",
-                  "| threshold | " + " | ".join(f"{e['threshold']:.2f}" for e in metrics["cams"]["sweep"]) + " |",
-                  "|---|" + "---|" * len(metrics["cams"]["sweep"]),
-                  "| mIoU | " + " | ".join(f"{100 * e['miou']:.2f}" for e in metrics["cams"]["sweep"]) + " |"]
+        lines += [
+            "",
+            (
+                f"CAM mIoU (no CRF) is at background threshold {metrics['cams']['threshold']}. "
+                "Threshold sweep (chosen with pixel GT, reported only; the recipe's threshold is what is used):"
+            ),
+            "",
+            "| threshold | " + " | ".join(f"{e['threshold']:.2f}" for e in metrics["cams"]["sweep"]) + " |",
+            "|---|" + "---|" * len(metrics["cams"]["sweep"]),
+            "| mIoU | " + " | ".join(f"{100 * e['miou']:.2f}" for e in metrics["cams"]["sweep"]) + " |",
+        ]
     if train_cam is not None and train_cam.is_complete():
         lines += ["", f"CAM checkpoint selection: {train_cam.success().get('selection', 'n/a')}."]
     bar_chart(classes, {s: metrics[s]["iou"] for s in sources}, out / "per_class_iou.png")
-    lines += ["", "## Per-class IoU", "", "![per-class IoU](per_class_iou.png)", "",
-              "| class | " + " | ".join(f"{s} IoU / P / R" for s in sources) + " |", "|---|" + "---|" * len(sources)]
+    lines += [
+        "",
+        "## Per-class IoU",
+        "",
+        "![per-class IoU](per_class_iou.png)",
+        "",
+        "| class | " + " | ".join(f"{s} IoU / P / R" for s in sources) + " |",
+        "|---|" + "---|" * len(sources),
+    ]
     for c, name in enumerate(classes):
         cells = [" / ".join(_pct(metrics[s][k][c]) for k in ("iou", "precision", "recall")) for s in sources]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -142,7 +164,7 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], out: Path) -> None:
 
 
 def _pct(v: float) -> str:
-    return "–" if v != v else f"{100 * v:.1f}"
+    return "–" if math.isnan(v) else f"{100 * v:.1f}"
 
 
 def _overlays(ctx: StageContext, path: Path) -> bool:
@@ -166,6 +188,12 @@ def _overlays(ctx: StageContext, path: Path) -> bool:
     return bool(rows)
 
 
-STAGE = Stage(name="evaluate", version=1, section="evaluate",
-              inputs=("index", "train_cam", "export_cams", "pseudo_labels", "predict"), gpu=False,
-              plan=_plan, finalize=_finalize)
+STAGE = Stage(
+    name="evaluate",
+    version=1,
+    section="evaluate",
+    inputs=("index", "train_cam", "export_cams", "pseudo_labels", "predict"),
+    gpu=False,
+    plan=_plan,
+    finalize=_finalize,
+)

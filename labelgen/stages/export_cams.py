@@ -31,8 +31,15 @@ def stored_size(record: ImageRecord, stride: int) -> tuple[int, int]:
     return -(-record.height // stride), -(-record.width // stride)
 
 
-def export_shard(params: ExportCamsParams, model_path: Path, records: list[ImageRecord], layout: StoreLayout,
-                 shard: int, store: Path, max_pixels: int) -> UnitResult:
+def export_shard(
+    params: ExportCamsParams,
+    model_path: Path,
+    records: list[ImageRecord],
+    layout: StoreLayout,
+    shard: int,
+    store: Path,
+    max_pixels: int,
+) -> UnitResult:
     """The dask task: CAMs of one shard's images, batched by image size, written as one shard."""
     device = pick_device(params.device)
     model, mean, std = load_cam_model(model_path, device)
@@ -40,12 +47,21 @@ def export_shard(params: ExportCamsParams, model_path: Path, records: list[Image
     for j, r in enumerate(records):
         by_size[(r.height, r.width)].append(j)
     cams: list[Any] = [None] * len(records)
-    for (h, w), members in by_size.items():
+    for members in by_size.values():
         for start in range(0, len(members), params.batch_size):
             batch = members[start : start + params.batch_size]
             images = [read_image(records[j].image, max_pixels) for j in batch]
-            maps = multiscale_cams(model, images, [records[j].tags for j in batch], params.scales, params.flip,
-                                   params.cam, stored_size(records[batch[0]], params.stride), mean, std)
+            maps = multiscale_cams(
+                model,
+                images,
+                [records[j].tags for j in batch],
+                params.scales,
+                params.flip,
+                params.cam,
+                stored_size(records[batch[0]], params.stride),
+                mean,
+                std,
+            )
             for j, m in zip(batch, maps, strict=True):
                 cams[j] = (m, records[j].tags)
     files = write_cam_shard(store, layout, shard, cams)
@@ -67,8 +83,9 @@ def _plan(ctx: StageContext) -> list[Unit]:
     layout = StoreLayout(tuple(r.id for r in records), tuple(stored_size(r, p.stride) for r in records), p.shard_size)
     store = ctx.artifact.path / CAMS
     if not (store / "zarr.json").is_file():  # created once; a resumed run keeps the finished shards
-        create_cam_store(store, layout, max(len(r.tags) for r in records),
-                         {"stride": p.stride, "classes": list(manifest.classes)})
+        create_cam_store(
+            store, layout, max(len(r.tags) for r in records), {"stride": p.stride, "classes": list(manifest.classes)}
+        )
     model = ctx.inputs["train_cam"].path / MODEL
     max_pixels = ctx.recipe["dataset"].max_image_pixels
     units = []
@@ -85,5 +102,12 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     return {"images": images, "shards": len(records), "task_seconds": round(seconds, 2)}
 
 
-STAGE = Stage(name="export_cams", version=1, section="export_cams", inputs=("index", "train_cam"), gpu=True,
-              plan=_plan, finalize=_finalize)
+STAGE = Stage(
+    name="export_cams",
+    version=1,
+    section="export_cams",
+    inputs=("index", "train_cam"),
+    gpu=True,
+    plan=_plan,
+    finalize=_finalize,
+)

@@ -104,7 +104,13 @@ def _plan(ctx: StageContext) -> list[Unit]:
     (out / "slices").mkdir(exist_ok=True)
     units = []
     for i, items in enumerate(_slices(listing.items, params.index_slice)):
-        args = (items, len(listing.classes), params.max_image_pixels, out / "gt_masks", out / "slices" / f"{i:06d}.json")
+        args = (
+            items,
+            len(listing.classes),
+            params.max_image_pixels,
+            out / "gt_masks",
+            out / "slices" / f"{i:06d}.json",
+        )
         units.append(Unit(i, _index_slice, args, f"slice {i} ({len(items)} images)"))
     return units
 
@@ -132,6 +138,12 @@ def _key_extra(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="index", version=1, section="dataset", inputs=(), gpu=False,
-    plan=_plan, finalize=_finalize, key_extra=_key_extra,
+    name="index",
+    version=1,
+    section="dataset",
+    inputs=(),
+    gpu=False,
+    plan=_plan,
+    finalize=_finalize,
+    key_extra=_key_extra,
 )

@@ -86,8 +86,15 @@ def probs_to_mask(image: np.ndarray, probs: np.ndarray, p: PredictParams) -> np.
     return present[refined.argmax(0)].astype(np.uint8)
 
 
-def predict_shard(p: PredictParams, model_path: Path, records: list[ImageRecord], layout: StoreLayout, shard: int,
-                  store: Path, max_pixels: int) -> UnitResult:
+def predict_shard(
+    p: PredictParams,
+    model_path: Path,
+    records: list[ImageRecord],
+    layout: StoreLayout,
+    shard: int,
+    store: Path,
+    max_pixels: int,
+) -> UnitResult:
     device = pick_device(p.device)
     model, mean, std = load_segmenter(model_path, device)
     masks = []
@@ -112,7 +119,9 @@ def _plan(ctx: StageContext) -> list[Unit]:
         for shard in range(layout.num_shards):
             rows = layout.shard_range(shard)
             args = (p, model, records[rows.start : rows.stop], layout, shard, store, max_pixels)
-            units.append(Unit(len(units), predict_shard, args, f"{split} shard {shard} (images {rows.start}-{rows.stop - 1})"))
+            units.append(
+                Unit(len(units), predict_shard, args, f"{split} shard {shard} (images {rows.start}-{rows.stop - 1})")
+            )
     return units
 
 
@@ -120,5 +129,12 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     return {"images": sum(r["images"] for r in records), "shards": len(records)}
 
 
-STAGE = Stage(name="predict", version=1, section="predict", inputs=("index", "train_decoder"), gpu=True,
-              plan=_plan, finalize=_finalize)
+STAGE = Stage(
+    name="predict",
+    version=1,
+    section="predict",
+    inputs=("index", "train_decoder"),
+    gpu=True,
+    plan=_plan,
+    finalize=_finalize,
+)

@@ -30,8 +30,16 @@ def pseudo_label(image: np.ndarray, maps: np.ndarray, labels: np.ndarray, p: Pse
     return indices_to_labels(index, labels)
 
 
-def label_shard(p: PseudoLabelsParams, cams_path: Path, records: list[ImageRecord], rows: range, layout: StoreLayout,
-                shard: int, store: Path, max_pixels: int) -> UnitResult:
+def label_shard(
+    p: PseudoLabelsParams,
+    cams_path: Path,
+    records: list[ImageRecord],
+    rows: range,
+    layout: StoreLayout,
+    shard: int,
+    store: Path,
+    max_pixels: int,
+) -> UnitResult:
     cams = ImageArrays(cams_path)
     masks = []
     for i, r in zip(rows, records, strict=True):
@@ -51,7 +59,9 @@ def _plan(ctx: StageContext) -> list[Unit]:
     layout = StoreLayout(tuple(cams.ids), tuple((r.height, r.width) for r in records), shard_size)
     store = ctx.artifact.path / MASKS
     if not (store / "zarr.json").is_file():
-        create_mask_store(store, layout, {"classes": list(manifest.classes), "split": ctx.recipe["dataset"].train_split})
+        create_mask_store(
+            store, layout, {"classes": list(manifest.classes), "split": ctx.recipe["dataset"].train_split}
+        )
     max_pixels = ctx.recipe["dataset"].max_image_pixels
     units = []
     for shard in range(layout.num_shards):
@@ -65,5 +75,12 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     return {"images": sum(r["images"] for r in records), "shards": len(records)}
 
 
-STAGE = Stage(name="pseudo_labels", version=1, section="pseudo_labels", inputs=("index", "export_cams"), gpu=False,
-              plan=_plan, finalize=_finalize)
+STAGE = Stage(
+    name="pseudo_labels",
+    version=1,
+    section="pseudo_labels",
+    inputs=("index", "export_cams"),
+    gpu=False,
+    plan=_plan,
+    finalize=_finalize,
+)

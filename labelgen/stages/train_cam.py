@@ -69,14 +69,21 @@ class TrainState:
 
 def build_state(params: TrainCamParams, num_classes: int, device: torch.device) -> TrainState:
     seed_everything(params.seed)
-    config = WeakTrConfig(params.backbone, num_classes, params.fusion, params.aaf_reduction,
-                          params.aaf_feat_reduction, params.drop_path)
+    config = WeakTrConfig(
+        params.backbone, num_classes, params.fusion, params.aaf_reduction, params.aaf_feat_reduction, params.drop_path
+    )
     model = WeakTr(config, params.weights).to(device)
     peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference
     # uniform weight decay on every parameter, as the reference (timm 0.5.4 given model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=params.weight_decay, eps=1e-8)
-    scheduler = CosineLRScheduler(optimizer, t_initial=params.epochs, lr_min=params.min_lr,
-                                  warmup_lr_init=params.warmup_lr, warmup_t=params.warmup_epochs, t_in_epochs=True)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=params.epochs,
+        lr_min=params.min_lr,
+        warmup_lr_init=params.warmup_lr,
+        warmup_t=params.warmup_epochs,
+        t_in_epochs=True,
+    )
     return TrainState(model, optimizer, scheduler, 0, [], None)
 
 
@@ -111,7 +118,11 @@ def train_epoch(state: TrainState, loader: DataLoader, device: torch.device, amp
         n_images += images.shape[0]
     batches = max(len(loader), 1)
     seconds = time.perf_counter() - started
-    return {**{f"loss_{k}": v / batches for k, v in sums.items()}, "images_per_s": n_images / seconds, "seconds": seconds}
+    return {
+        **{f"loss_{k}": v / batches for k, v in sums.items()},
+        "images_per_s": n_images / seconds,
+        "seconds": seconds,
+    }
 
 
 def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, mean, std) -> tuple[float, float]:
@@ -137,16 +148,26 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < params.batch_size:
-        raise DataError(f"train split {dataset.train_split!r} has {len(records)} images, fewer than "
-                        f"train_cam.batch_size={params.batch_size}; lower the batch size")
+        raise DataError(
+            f"train split {dataset.train_split!r} has {len(records)} images, fewer than "
+            f"train_cam.batch_size={params.batch_size}; lower the batch size"
+        )
     device = pick_device("auto")
     state = build_state(params, manifest.num_classes - 1, device)
     resume(state, out / LAST)
     mean, std = normalisation(params.backbone)
     transform = timm.data.create_transform(
-        params.input_size, is_training=True, scale=(params.min_crop_scale, 1.0), hflip=0.5,
-        auto_augment=params.auto_augment or None, re_prob=params.random_erasing, re_mode="pixel", re_count=1,
-        interpolation="bicubic", mean=mean, std=std,
+        params.input_size,
+        is_training=True,
+        scale=(params.min_crop_scale, 1.0),
+        hflip=0.5,
+        auto_augment=params.auto_augment or None,
+        re_prob=params.random_erasing,
+        re_mode="pixel",
+        re_count=1,
+        interpolation="bicubic",
+        mean=mean,
+        std=std,
     )
     data = TaggedImages(records, manifest.num_classes - 1, transform, dataset.max_image_pixels)
     subset = [r for r in records if r.mask][: params.selection_subset]
@@ -155,9 +176,14 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     for epoch in range(state.next_epoch, params.epochs):
         seed_everything(params.seed * 1000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
         loader = DataLoader(
-            data, batch_size=params.batch_size, shuffle=True, drop_last=True,
-            num_workers=loader_workers(params.num_workers), worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(params.seed * 1000 + epoch), pin_memory=device.type == "cuda",
+            data,
+            batch_size=params.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=loader_workers(params.num_workers),
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(params.seed * 1000 + epoch),
+            pin_memory=device.type == "cuda",
         )
         lr = state.optimizer.param_groups[0]["lr"]
         entry = {"epoch": epoch, "lr": lr, **train_epoch(state, loader, device, params.amp, epoch)}
@@ -170,26 +196,46 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
                 state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}
                 save_checkpoint(out / "best.pt", cam_checkpoint(state.model, mean, std, epoch=epoch))
         state.history.append(entry)
-        save_checkpoint(out / LAST, {
-            "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(), "epoch": epoch, "history": state.history, "best": state.best,
-        })
+        save_checkpoint(
+            out / LAST,
+            {
+                "model": state.model.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "epoch": epoch,
+                "history": state.history,
+                "best": state.best,
+            },
+        )
         (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history))
-        log.info("train_cam: epoch %d/%d loss cls %.4f coarse %.4f fine %.4f lr %.2e %.1f img/s%s",
-                 epoch + 1, params.epochs, entry["loss_cls"], entry["loss_coarse"], entry["loss_fine"], lr,
-                 entry["images_per_s"], f" gt mIoU {entry['gt_miou']:.3f}" if "gt_miou" in entry else "")
+        log.info(
+            "train_cam: epoch %d/%d loss cls %.4f coarse %.4f fine %.4f lr %.2e %.1f img/s%s",
+            epoch + 1,
+            params.epochs,
+            entry["loss_cls"],
+            entry["loss_coarse"],
+            entry["loss_fine"],
+            lr,
+            entry["images_per_s"],
+            f" gt mIoU {entry['gt_miou']:.3f}" if "gt_miou" in entry else "",
+        )
     if params.selection == "gt_miou":
         selected = load_checkpoint(out / "best.pt")
-        note = (f"epoch {state.best['epoch']} selected by CAM mIoU {state.best['miou']:.4f} against pixel GT of "
-                f"{len(subset)} train images (not weakly supervised)")
+        note = (
+            f"epoch {state.best['epoch']} selected by CAM mIoU {state.best['miou']:.4f} against pixel GT of "
+            f"{len(subset)} train images (not weakly supervised)"
+        )
     else:
         selected = cam_checkpoint(state.model, mean, std, epoch=params.epochs - 1)
         note = f"last epoch ({params.epochs - 1}); no pixel labels used"
     selected["selection"] = note
     save_checkpoint(out / MODEL, selected)
     last = state.history[-1]
-    return [out / MODEL], {"selection": note, "final_loss": {k: v for k, v in last.items() if k.startswith("loss_")},
-                           "images_per_s": last["images_per_s"]}
+    return [out / MODEL], {
+        "selection": note,
+        "final_loss": {k: v for k, v in last.items() if k.startswith("loss_")},
+        "images_per_s": last["images_per_s"],
+    }
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
@@ -201,5 +247,6 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     return {k: records[0][k] for k in ("selection", "final_loss", "images_per_s")}
 
 
-STAGE = Stage(name="train_cam", version=1, section="train_cam", inputs=("index",), gpu=True,
-              plan=_plan, finalize=_finalize)
+STAGE = Stage(
+    name="train_cam", version=1, section="train_cam", inputs=("index",), gpu=True, plan=_plan, finalize=_finalize
+)

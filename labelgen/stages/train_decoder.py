@@ -89,12 +89,16 @@ def _mask_source(p: TrainDecoderParams, ctx_inputs: dict, records: list[ImageRec
     folder = Path(p.masks).expanduser().resolve()
     missing = [r.id for r in records if not (folder / f"{r.id}.png").is_file()]
     if missing:
-        raise DataError(f"train_decoder.masks={folder}: no mask for {len(missing)} train images, e.g. "
-                        f"{folder / (missing[0] + '.png')}; name masks <image id>.png")
+        raise DataError(
+            f"train_decoder.masks={folder}: no mask for {len(missing)} train images, e.g. "
+            f"{folder / (missing[0] + '.png')}; name masks <image id>.png"
+        )
     return str(folder)
 
 
-def train_decoder(p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path) -> UnitResult:
+def train_decoder(
+    p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
+) -> UnitResult:
     """The dask task: train (or resume) the Segmenter and write model.pt."""
     torch.set_num_threads(os.cpu_count() or 1)
     manifest = Manifest.load(manifest_path)
@@ -106,8 +110,13 @@ def train_decoder(p: TrainDecoderParams, dataset: DatasetParams, manifest_path: 
     config = SegmenterConfig(p.backbone, manifest.num_classes, p.decoder_layers, p.decoder_dropout, p.drop_path)
     model = Segmenter(config, p.weights).to(device)
     encoder, decoder = model.param_groups()
-    optimizer = torch.optim.SGD([{"params": encoder, "lr_mult": p.encoder_lr_mult}, {"params": decoder, "lr_mult": 1.0}],
-                                lr=p.lr, momentum=p.momentum, nesterov=True, weight_decay=p.weight_decay)
+    optimizer = torch.optim.SGD(
+        [{"params": encoder, "lr_mult": p.encoder_lr_mult}, {"params": decoder, "lr_mult": 1.0}],
+        lr=p.lr,
+        momentum=p.momentum,
+        nesterov=True,
+        weight_decay=p.weight_decay,
+    )
     criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
     mean, std = normalisation(p.backbone)
     data = PseudoMaskImages(records, masks, p, mean, std, dataset.max_image_pixels)
@@ -122,13 +131,21 @@ def train_decoder(p: TrainDecoderParams, dataset: DatasetParams, manifest_path: 
         log.info("train_decoder: resuming after epoch %d from %s", saved["epoch"], out / LAST)
     for epoch in range(start_epoch, p.epochs):
         seed_everything(p.seed * 1000 + epoch)
-        loader = DataLoader(data, batch_size=p.batch_size, shuffle=True, drop_last=True,
-                            num_workers=loader_workers(p.num_workers), worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(p.seed * 1000 + epoch),
-                            pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            data,
+            batch_size=p.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=loader_workers(p.num_workers),
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(p.seed * 1000 + epoch),
+            pin_memory=device.type == "cuda",
+        )
         model.train()
         started, losses, clipped = time.perf_counter(), [], []
-        for i, (images, targets) in enumerate(tqdm(loader, desc=f"train_decoder epoch {epoch}", leave=False, mininterval=5)):
+        for i, (images, targets) in enumerate(
+            tqdm(loader, desc=f"train_decoder epoch {epoch}", leave=False, mininterval=5)
+        ):
             lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
@@ -142,16 +159,39 @@ def train_decoder(p: TrainDecoderParams, dataset: DatasetParams, manifest_path: 
             losses.append(float(loss.detach()))
             clipped.append(stats.clipped_fraction if stats.clipping else 0.0)
         seconds = time.perf_counter() - started
-        entry = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)), "clipped_fraction": float(np.mean(clipped)),
-                 "images_per_s": steps_per_epoch * p.batch_size / seconds, "seconds": seconds}
+        entry = {
+            "epoch": epoch,
+            "lr": lr,
+            "loss": float(np.mean(losses)),
+            "clipped_fraction": float(np.mean(clipped)),
+            "images_per_s": steps_per_epoch * p.batch_size / seconds,
+            "seconds": seconds,
+        }
         history.append(entry)
-        save_checkpoint(out / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch, "history": history})
+        save_checkpoint(
+            out / LAST,
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
+        )
         (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
-        log.info("train_decoder: epoch %d/%d loss %.4f clipped %.3f lr %.2e %.1f img/s", epoch + 1, p.epochs,
-                 entry["loss"], entry["clipped_fraction"], lr, entry["images_per_s"])
-    save_checkpoint(out / MODEL, {"config": asdict(config), "mean": list(mean), "std": list(std),
-                                  "model": model.state_dict(), "epoch": p.epochs - 1})
+        log.info(
+            "train_decoder: epoch %d/%d loss %.4f clipped %.3f lr %.2e %.1f img/s",
+            epoch + 1,
+            p.epochs,
+            entry["loss"],
+            entry["clipped_fraction"],
+            lr,
+            entry["images_per_s"],
+        )
+    save_checkpoint(
+        out / MODEL,
+        {
+            "config": asdict(config),
+            "mean": list(mean),
+            "std": list(std),
+            "model": model.state_dict(),
+            "epoch": p.epochs - 1,
+        },
+    )
     return [out / MODEL], {"final_loss": history[-1]["loss"], "images_per_s": history[-1]["images_per_s"]}
 
 
@@ -167,8 +207,14 @@ def _plan(ctx: StageContext) -> list[Unit]:
     manifest_path = ctx.inputs["index"].path / "manifest.json"
     records = Manifest.load(manifest_path).split(dataset.train_split)
     masks = _mask_source(ctx.params, ctx.inputs, records)
-    return [Unit(0, train_decoder, (ctx.params, dataset, manifest_path, masks, ctx.artifact.path),
-                 f"{ctx.params.epochs} epochs")]
+    return [
+        Unit(
+            0,
+            train_decoder,
+            (ctx.params, dataset, manifest_path, masks, ctx.artifact.path),
+            f"{ctx.params.epochs} epochs",
+        )
+    ]
 
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,5 +232,14 @@ def _used_inputs(recipe) -> tuple[str, ...]:
     return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
 
 
-STAGE = Stage(name="train_decoder", version=1, section="train_decoder", inputs=("index", "pseudo_labels"), gpu=True,
-              plan=_plan, finalize=_finalize, key_extra=_key_extra, used_inputs=_used_inputs)
+STAGE = Stage(
+    name="train_decoder",
+    version=1,
+    section="train_decoder",
+    inputs=("index", "pseudo_labels"),
+    gpu=True,
+    plan=_plan,
+    finalize=_finalize,
+    key_extra=_key_extra,
+    used_inputs=_used_inputs,
+)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from labelgen.errors import ArtifactError, LockHeldError
 
@@ -187,7 +187,7 @@ class ArtifactLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> ArtifactLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

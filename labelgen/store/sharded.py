@@ -60,8 +60,14 @@ def _written(files: list[Path]) -> list[Path]:
 def create_mask_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
     h, w = layout.max_size
     group = zarr.open_group(path, mode="w", attributes={"ids": list(layout.ids), "kind": "masks", **attrs})
-    group.create_array("masks", shape=(len(layout.ids), h, w), chunks=(1, h, w),
-                       shards=(layout.shard_size, h, w), dtype="uint8", fill_value=IGNORE_INDEX)
+    group.create_array(
+        "masks",
+        shape=(len(layout.ids), h, w),
+        chunks=(1, h, w),
+        shards=(layout.shard_size, h, w),
+        dtype="uint8",
+        fill_value=IGNORE_INDEX,
+    )
     _create_shape(group, layout)
 
 
@@ -69,16 +75,22 @@ def create_cam_store(path: Path, layout: StoreLayout, max_classes: int, attrs: d
     h, w = layout.max_size
     k = max(max_classes, 1)
     group = zarr.open_group(path, mode="w", attributes={"ids": list(layout.ids), "kind": "cams", **attrs})
-    group.create_array("cams", shape=(len(layout.ids), k, h, w), chunks=(1, k, h, w),
-                       shards=(layout.shard_size, k, h, w), dtype="float16", fill_value=0.0)
-    group.create_array("classes", shape=(len(layout.ids), k), chunks=(layout.shard_size, k),
-                       dtype="int16", fill_value=-1)
+    group.create_array(
+        "cams",
+        shape=(len(layout.ids), k, h, w),
+        chunks=(1, k, h, w),
+        shards=(layout.shard_size, k, h, w),
+        dtype="float16",
+        fill_value=0.0,
+    )
+    group.create_array(
+        "classes", shape=(len(layout.ids), k), chunks=(layout.shard_size, k), dtype="int16", fill_value=-1
+    )
     _create_shape(group, layout)
 
 
 def _create_shape(group: zarr.Group, layout: StoreLayout) -> None:
-    group.create_array("shape", shape=(len(layout.ids), 2), chunks=(layout.shard_size, 2),
-                       dtype="int32", fill_value=0)
+    group.create_array("shape", shape=(len(layout.ids), 2), chunks=(layout.shard_size, 2), dtype="int32", fill_value=0)
 
 
 def write_mask_shard(path: Path, layout: StoreLayout, shard: int, masks: Sequence[np.ndarray]) -> list[Path]:
