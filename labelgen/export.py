@@ -50,9 +50,9 @@ def mask_stores(run_dir: Path, what: str) -> tuple[dict[str, Path], dict[str, Im
 
 def _png_task(store: Path, rows: range, mask_dir: Path, image_dir: Path | None, by_id: dict[str, ImageRecord]) -> int:
     arrays = ImageArrays(store)
-    for i in rows:
+    for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
         image_id = arrays.ids[i]
-        write_mask(mask_dir / f"{image_id}.png", arrays.mask(i))
+        write_mask(mask_dir / f"{image_id}.png", mask)
         if image_dir is not None:
             source = Path(by_id[image_id].image)
             shutil.copyfile(source, image_dir / f"{image_id}{source.suffix}")
@@ -63,8 +63,7 @@ def _rle_task(store: Path, rows: range, image_ids: dict[str, int]) -> list[dict[
     """One compressed RLE per (image, category present), categories = the run's label ids."""
     arrays = ImageArrays(store)
     annotations = []
-    for i in rows:
-        mask = arrays.mask(i)
+    for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
         for label in np.unique(mask):
             if label in (0, IGNORE_INDEX):
                 continue

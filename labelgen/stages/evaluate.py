@@ -54,17 +54,17 @@ def score_shard(
     count = len(thresholds) if arrays.kind == "cams" else 1
     cm = np.zeros((count, num_labels, num_labels), np.int64)
     scored = 0
-    for i, r in zip(rows, records, strict=True):
+    for r, stored in zip(records, arrays.rows(rows.start, rows.stop), strict=True):
         if r.mask is None:
             continue
         gt = read_mask(r.mask)
         if arrays.kind == "cams":
-            maps, labels = arrays.cam(i)
+            maps, labels = stored
             maps = resize_maps(maps, gt.shape)
             for j, t in enumerate(thresholds):
                 cm[j] += confusion_matrix(gt, cam_to_labels(maps, labels, t), num_labels)
         else:
-            cm[0] += confusion_matrix(gt, arrays.mask(i), num_labels)
+            cm[0] += confusion_matrix(gt, stored, num_labels)
         scored += 1
     np.save(out, cm)
     return [out], {"scored": scored}

@@ -42,9 +42,8 @@ def label_shard(
 ) -> UnitResult:
     cams = ImageArrays(cams_path)
     masks = []
-    for i, r in zip(rows, records, strict=True):
+    for i, r, (maps, labels) in zip(rows, records, cams.rows(rows.start, rows.stop), strict=True):
         assert cams.ids[i] == r.id, "cams.zarr rows follow the manifest's train split"
-        maps, labels = cams.cam(i)
         masks.append(pseudo_label(read_image(r.image, max_pixels), maps, labels, p))
     return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
 

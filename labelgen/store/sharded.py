@@ -133,26 +133,42 @@ def write_cam_shard(
 
 
 class ImageArrays:
-    """Read per-image arrays of a masks.zarr or cams.zarr, cropped to their true size."""
+    """Read per-image arrays of a masks.zarr or cams.zarr, cropped to their true size.
+
+    Reads go through `rows(...)`, which fetches a run of images with one zarr call per array (one
+    shard read instead of one per image); `mask(i)` and `cam(i)` are the single-image forms.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.group = zarr.open_group(self.path, mode="r")
-        self.ids: list[str] = list(self.group.attrs["ids"])
-        self.kind: str = self.group.attrs["kind"]
-        self.attrs = dict(self.group.attrs)
-        self._shapes = self.group["shape"][:]
+        group = zarr.open_group(self.path, mode="r")
+        self.attrs = dict(group.attrs)
+        self.ids: list[str] = list(self.attrs["ids"])
+        self.kind: str = self.attrs["kind"]
+        self._shapes = group["shape"][:]
+        self._data = group[self.kind]  # array handles opened once: each lookup re-reads metadata
+        self._classes = group["classes"][:] if self.kind == "cams" else None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def rows(self, start: int, stop: int) -> list:
+        """Images start..stop-1: masks (H, W) uint8, or CAMs as ((k, H, W) float32, (k,) labels)."""
+        block = self._data[start:stop]
+        out = []
+        for j, i in enumerate(range(start, stop)):
+            h, w = self._shapes[i]
+            if self._classes is None:
+                out.append(block[j, :h, :w])
+            else:
+                labels = self._classes[i]
+                k = int((labels >= 0).sum())
+                out.append((block[j, :k, :h, :w].astype(np.float32), labels[:k].astype(np.int64)))
+        return out
+
     def mask(self, i: int) -> np.ndarray:
-        h, w = self._shapes[i]
-        return self.group["masks"][i, :h, :w]
+        return self.rows(i, i + 1)[0]
 
     def cam(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(k, H, W) float32 maps and their k labels."""
-        h, w = self._shapes[i]
-        labels = self.group["classes"][i]
-        k = int((labels >= 0).sum())
-        return self.group["cams"][i, :k, :h, :w].astype(np.float32), labels[:k].astype(np.int64)
+        return self.rows(i, i + 1)[0]

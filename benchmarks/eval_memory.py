@@ -1,0 +1,120 @@
+"""evaluate and export keep flat memory as the number of masks grows (1k vs 10k VOC-sized masks).
+
+Builds a masks.zarr of N random 375×500 masks and N GT PNGs, then runs the real evaluate shard task
+(`score_shard`) and the real VOC export task (`_png_task`) on a fresh 2-worker LocalCluster, and
+reports the peak RSS of the driver and of each worker. The reference keeps every prediction in
+memory (>200 GB on COCO val, its issue #30).
+
+    python benchmarks/eval_memory.py [--sizes 1000 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import peak_rss_mb, print_table, write_result
+
+from labelgen.data.manifest import ImageRecord
+from labelgen.data.masks import write_mask
+from labelgen.export import _png_task
+from labelgen.stages.evaluate import score_shard
+from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
+
+H, W, LABELS, SHARD = 375, 500, 21, 32
+
+
+def blocky_mask(rng: np.random.Generator) -> np.ndarray:
+    small = rng.integers(0, LABELS, size=(6, 8)).astype(np.uint8)
+    return np.kron(small, np.ones((63, 63), np.uint8))[:H, :W]
+
+
+def build(root: Path, n: int) -> tuple[Path, list[ImageRecord]]:
+    rng = np.random.default_rng(0)
+    ids = tuple(f"{i:06d}" for i in range(n))
+    layout = StoreLayout(ids, ((H, W),) * n, SHARD)
+    store = root / "masks.zarr"
+    create_mask_store(store, layout, {"split": "train"})
+    (root / "gt").mkdir()
+    records = []
+    for shard in range(layout.num_shards):
+        masks = []
+        for i in layout.shard_range(shard):
+            gt = blocky_mask(rng)
+            write_mask(root / "gt" / f"{ids[i]}.png", gt)
+            records.append(ImageRecord(ids[i], "", W, H, (1,), str(root / "gt" / f"{ids[i]}.png"), "train", ""))
+            masks.append(np.where(rng.random((H, W)) < 0.1, (gt + 1) % LABELS, gt).astype(np.uint8))
+        write_mask_shard(store, layout, shard, masks)
+    return store, records
+
+
+def worker_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(n: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store, records = build(root, n)
+        by_id = {r.id: r for r in records}
+        shards = [range(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
+        (root / "parts").mkdir()
+        (root / "voc").mkdir()
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            base = max(client.run(worker_peak_mb).values())
+            started = time.perf_counter()
+            futures = [
+                client.submit(
+                    score_shard,
+                    store,
+                    rows,
+                    records[rows.start : rows.stop],
+                    LABELS,
+                    (0.4,),
+                    root / "parts" / f"{k}.npy",
+                    pure=False,
+                )
+                for k, rows in enumerate(shards)
+            ]
+            client.gather(futures)
+            cm = sum(np.load(f) for f in sorted((root / "parts").glob("*.npy")))
+            eval_s = time.perf_counter() - started
+            eval_peak = max(client.run(worker_peak_mb).values())
+            started = time.perf_counter()
+            client.gather(
+                [client.submit(_png_task, store, rows, root / "voc", None, by_id, pure=False) for rows in shards]
+            )
+            export_s = time.perf_counter() - started
+            export_peak = max(client.run(worker_peak_mb).values())
+        assert int(cm.sum()) == n * H * W
+    return {
+        "masks": n,
+        "evaluate_s": round(eval_s, 1),
+        "export_s": round(export_s, 1),
+        "worker_idle_mb": round(base),
+        "worker_peak_after_evaluate_mb": round(eval_peak),
+        "worker_peak_after_export_mb": round(export_peak),
+        "driver_peak_mb": round(peak_rss_mb()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    args = parser.parse_args()
+    rows = [measure(n) for n in args.sizes]
+    print_table(rows)
+    write_result("eval_memory", rows, {"mask_size": [H, W], "labels": LABELS, "shard": SHARD})
+
+
+if __name__ == "__main__":
+    main()
