@@ -6,27 +6,13 @@ import random
 
 import numpy as np
 import timm
-import timm.data.auto_augment
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
-
-
-def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
-    """timm's posterize for RandAugment `inc1`, which keeps 0 bits at magnitude 10; Pillow >= 11
-    refuses 0 bits, where older Pillow (the reference's) returned a black image. Same result here."""
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size, 0)
-    return ImageOps.posterize(img, bits_to_keep)
-
-
-for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-    timm.data.auto_augment.NAME_TO_OP[_name] = _posterize
+from labelgen.data.timm_compat import seed_augmentations
 
 
 def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -67,3 +53,4 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    seed_augmentations(seed)

@@ -30,6 +30,7 @@ from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import read_mask
+from labelgen.data.timm_compat import seed_augmentations
 from labelgen.data.training import TaggedImages, normalisation, seed_worker
 from labelgen.errors import DataError
 from labelgen.metrics import confusion_matrix, scores
@@ -50,6 +51,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    seed_augmentations(seed)
 
 
 def loader_workers(requested: int) -> int:
