@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -145,22 +146,24 @@ def test_second_labelgen_run_on_the_same_folder_stops_clearly(cam_ready, tmp_pat
     base, _ = cam_ready
     run_dir = tmp_path / "run"
     shutil.copytree(base, run_dir)
-    first = subprocess.Popen(
-        run_cmd("export_cams", run_dir, *SHARDS),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    long_training = "train_cam.epochs=50"  # a new train_cam key: the first run trains for a while
+    log = tmp_path / "first.log"
+    with open(log, "w") as err:
+        first = subprocess.Popen(
+            run_cmd("train_cam", run_dir, long_training), start_new_session=True, stdout=subprocess.DEVNULL, stderr=err
+        )
     try:
         deadline = time.time() + 120
-        while not list(run_dir.glob("export_cams/*/_plan.json")):
-            assert time.time() < deadline and first.poll() is None
-            time.sleep(0.02)
-        second = subprocess.run(run_cmd("export_cams", run_dir, *SHARDS), capture_output=True, text=True, timeout=120)
+        while "stage train_cam     running" not in log.read_text():
+            assert time.time() < deadline and first.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        second = subprocess.run(
+            run_cmd("train_cam", run_dir, long_training), capture_output=True, text=True, timeout=120, check=False
+        )
         assert second.returncode == 2
         assert "is being written by pid" in second.stderr and "Traceback" not in second.stderr
     finally:
-        first.kill()
+        os.killpg(first.pid, signal.SIGKILL)
         first.wait()
 
 

@@ -5,7 +5,7 @@ import torch
 
 from labelgen.models.cam_inference import multiscale_cams
 from labelgen.models.vit import ViTBackbone
-from labelgen.models.weaktr import WeakTr, WeakTrConfig, stack_head_layers, weaktr_loss
+from labelgen.models.weaktr import WeakTr, WeakTrConfig, fuse_attention, stack_head_features, weaktr_loss
 from labelgen.models.weights import create_vit
 
 ARCH = "deit_tiny_patch16_224"
@@ -50,16 +50,21 @@ def test_any_input_size_and_grid(weaktr):
 
 def test_head_layer_order_is_head_major():
     b, n, heads, layers, hd = 1, 3, 2, 3, 4
-    maps = [
-        torch.full((b, heads, n, n), float(layer)) + torch.arange(heads).view(1, heads, 1, 1) * 10
-        for layer in range(layers)
-    ]
     outs = [torch.arange(hd * heads).float().repeat(b, n, 1) + 100 * layer for layer in range(layers)]
-    m, f = stack_head_layers(maps, outs, heads)
-    assert m[0, :, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]  # j = h·L + l
+    f = stack_head_features(outs, heads)
     assert f[0, 0, 0].tolist() == [0, 2, 4, 6]  # head 0 owns channels 0, 2, 4, 6 (strided split)
-    assert f[0, 1, 0].tolist() == [100, 102, 104, 106]  # head 0, layer 1
-    assert f[0, 3, 0].tolist() == [1, 3, 5, 7]  # head 1, layer 0
+    assert f[0, 1, 0].tolist() == [100, 102, 104, 106]  # j = 1: head 0, layer 1
+    assert f[0, 3, 0].tolist() == [1, 3, 5, 7]  # j = 3: head 1, layer 0
+
+
+def test_fused_attention_is_the_weighted_mean_over_head_layers():
+    b, n, heads, layers = 2, 5, 3, 4
+    maps = [torch.rand(b, heads, n, n) for _ in range(layers)]
+    weights = torch.rand(b, heads * layers)
+    stacked = torch.stack(maps, dim=2).flatten(1, 2)  # B, H, L, N, N -> B, K, N, N with j = h·L + l
+    expected = (weights[:, :, None, None] * stacked).mean(dim=1)
+    assert torch.allclose(fuse_attention(maps, weights), expected, atol=1e-6)
+    assert torch.allclose(fuse_attention(maps, None), stacked.mean(dim=1), atol=1e-6)
 
 
 def test_gradient_paths(weaktr):

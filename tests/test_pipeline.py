@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from labelgen.pipeline.runner import plan_run, run_pipeline
+from labelgen.status import run_status
 from labelgen.store.sharded import ImageArrays
 from tests.conftest import tiny_recipe
 from tests.killing import kill_when, run_cmd
@@ -81,6 +82,8 @@ def test_sigkill_mid_stage_then_rerun_does_only_missing_shards(tmp_path, client,
     assert not list(killed.glob("export_cams/*/_SUCCESS.json"))
     done_before = len(list(killed.glob("export_cams/*/_shards/*.json")))
     assert 0 < done_before < 12
+    states = {r.stage: (r.state, r.detail) for r in run_status(killed)}
+    assert states["export_cams"] == ("partial", f"{done_before}/12 units done") and states["train_cam"][0] == "done"
     with caplog.at_level(logging.INFO, logger="labelgen"):
         run_pipeline(tiny_recipe(*overrides), killed, "export_cams", client)
     running = next(r.message for r in caplog.records if "export_cams" in r.message and "running" in r.message)

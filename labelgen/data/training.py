@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 
 import numpy as np
 import timm
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
@@ -46,6 +47,38 @@ class TaggedImages(Dataset):
         r = self.records[i]
         image = Image.fromarray(read_image(r.image, self.max_pixels))
         return self.transform(image), multi_hot(r.tags, self.num_classes)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator this process draws from (python, numpy, torch, timm's augmentations)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    seed_augmentations(seed)
+
+
+def loader_workers(requested: int) -> int:
+    """Daemonic processes (some dask workers) cannot start DataLoader workers: load in-process there."""
+    return 0 if multiprocessing.current_process().daemon else requested
+
+
+def epoch_loader(
+    data: Dataset, batch_size: int, num_workers: int, seed: int, epoch: int, device: torch.device
+) -> DataLoader:
+    """A shuffled, drop-last loader whose every random draw depends on (seed, epoch) only, so a
+    training resumed at an epoch boundary repeats the uninterrupted run exactly."""
+    epoch_seed = seed * 1000 + epoch
+    seed_everything(epoch_seed)
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=loader_workers(num_workers),
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(epoch_seed),
+        pin_memory=device.type == "cuda",
+    )
 
 
 def seed_worker(worker_id: int) -> None:

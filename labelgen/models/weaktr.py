@@ -36,7 +36,7 @@ class AdaptiveAttentionFusion(nn.Module):
 
     Max-pool each head-layer's features over tokens, squeeze head_dim -> 1 with a shared two-layer
     linear map (no nonlinearity between, as the reference), then a bias-free SE bottleneck over K with
-    a sigmoid. The fused map is the weighted *mean* of the K attention maps.
+    a sigmoid.
     """
 
     def __init__(self, num_maps: int, head_dim: int, reduction: int, feat_reduction: int):
@@ -51,26 +51,33 @@ class AdaptiveAttentionFusion(nn.Module):
             nn.Sigmoid(),
         )
 
-    def head_weights(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor) -> Tensor:
         """features: B, K, N, head_dim -> weights B, K in (0, 1)."""
         pooled = features.amax(dim=2)  # B, K, head_dim
         return self.excite(self.squeeze(pooled).squeeze(-1))
 
-    def forward(self, maps: Tensor, features: Tensor) -> Tensor:
-        """maps: B, K, N, N; features: B, K, N, head_dim -> fused map B, N, N."""
-        w = self.head_weights(features)
-        return (w[:, :, None, None] * maps).mean(dim=1)
 
-
-def stack_head_layers(maps: list[Tensor], outputs: list[Tensor], num_heads: int) -> tuple[Tensor, Tensor]:
-    """Per-layer maps (B, H, N, N) and outputs (B, N, D) -> B, K, N, N and B, K, N, D/H with K index
-    j = h·L + l (head-major), as the reference. Its head split of the outputs is strided (channel c
-    belongs to head c mod H); we keep that so reference AAF checkpoints mean the same thing."""
+def stack_head_features(outputs: list[Tensor], num_heads: int) -> Tensor:
+    """Per-layer attention outputs (B, N, D) -> B, K, N, D/H with head-layer index j = h·L + l
+    (head-major), as the reference. Its head split is strided (channel c belongs to head c mod H);
+    we keep that so reference AAF checkpoints mean the same thing."""
     b, n, d = outputs[0].shape
-    maps_k = torch.stack(maps, dim=2).flatten(1, 2)  # B, H, L, N, N -> B, K, N, N
     feats = torch.stack([o.reshape(b, n, d // num_heads, num_heads) for o in outputs], dim=1)  # B, L, N, hd, H
-    feats_k = feats.permute(0, 4, 1, 2, 3).flatten(1, 2)  # B, H, L, N, hd -> B, K, N, hd
-    return maps_k, feats_k
+    return feats.permute(0, 4, 1, 2, 3).flatten(1, 2)  # B, H, L, N, hd -> B, K, N, hd
+
+
+def fuse_attention(maps: list[Tensor], weights: Tensor | None) -> Tensor:
+    """Weighted mean of the K = L·H attention maps: (1/K) Σ_j w_j A_j, j = h·L + l; plain mean when
+    weights is None. maps: L × (B, H, N, N); weights: B, K. Accumulated layer by layer, so the K maps
+    are never stacked into one B×K×N×N tensor (two such copies per image at full resolution)."""
+    num_layers, num_heads = len(maps), maps[0].shape[1]
+    fused = torch.zeros_like(maps[0][:, 0])
+    for layer, m in enumerate(maps):
+        if weights is None:
+            fused = fused + m.sum(dim=1)
+        else:
+            fused = fused + torch.einsum("bh,bhnm->bnm", weights[:, layer::num_layers].to(m.dtype), m)
+    return fused / (num_layers * num_heads)
 
 
 class WeakTrOutput(NamedTuple):
@@ -109,10 +116,11 @@ class WeakTr(nn.Module):
         cam_logits = self.head(patches)  # B, C, h, w
         coarse_logits = cam_logits.mean(dim=(2, 3))
         coarse = F.relu(cam_logits).detach()
-        maps, feats = stack_head_layers(
-            [m.detach() for m in out.attn_maps], [o.detach() for o in out.attn_outputs], self.backbone.num_heads
-        )
-        fused_attn = self.fusion(maps, feats) if self.fusion is not None else maps.mean(dim=1)  # B, N, N
+        weights = None
+        if self.fusion is not None:
+            feats = stack_head_features([o.detach() for o in out.attn_outputs], self.backbone.num_heads)
+            weights = self.fusion(feats)  # B, K
+        fused_attn = fuse_attention([m.detach() for m in out.attn_maps], weights)  # B, N, N
         cross = fused_attn[:, :c, c:].reshape(b, c, h, w)
         affinity = fused_attn[:, c:, c:]  # B, P, P
         fused = cross * coarse

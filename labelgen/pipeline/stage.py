@@ -15,6 +15,7 @@ from typing import Any
 
 from labelgen.config import Recipe
 from labelgen.store.artifact import Artifact
+from labelgen.store.sharded import StoreLayout
 
 UnitResult = tuple[list[Path], dict[str, Any]]
 
@@ -50,3 +51,34 @@ class Stage:
 
     def inputs_for(self, recipe: Recipe) -> tuple[str, ...]:
         return self.used_inputs(recipe) if self.used_inputs else self.inputs
+
+
+def shard_units(
+    fn: Callable[..., UnitResult],
+    params: Any,
+    source: Path,
+    records: list,
+    layout: StoreLayout,
+    store: Path,
+    max_pixels: int,
+    first_index: int = 0,
+    prefix: str = "",
+) -> list[Unit]:
+    """One unit per shard of `layout`, calling fn(params, source, shard's records, layout, shard, store,
+    max_pixels): the shape of every stage that maps images to a sharded zarr store."""
+    units = []
+    for shard in range(layout.num_shards):
+        rows = layout.shard_range(shard)
+        args = (params, source, records[rows.start : rows.stop], layout, shard, store, max_pixels)
+        label = f"{prefix}shard {shard} (images {rows.start}-{rows.stop - 1})"
+        units.append(Unit(first_index + shard, fn, args, label))
+    return units
+
+
+def summarise_shards(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """`finalize` of a per-shard image stage: image, shard and task-time totals."""
+    return {
+        "images": sum(r["images"] for r in records),
+        "shards": len(records),
+        "task_seconds": round(sum(r["seconds"] for r in records), 2),
+    }

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from labelgen.cam import cam_to_labels, resize_maps
-from labelgen.config import EvaluateParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.masks import read_mask
@@ -44,6 +43,11 @@ def mask_sources(ctx: StageContext) -> dict[str, Path]:
         for store in sorted(ctx.inputs["predict"].path.glob("masks_*.zarr")):
             sources[f"predict_{store.stem.removeprefix('masks_')}"] = store
     return sources
+
+
+def cam_thresholds(ctx: StageContext) -> tuple[float, ...]:
+    """The sweep, plus the recipe's own background threshold (the one pseudo_labels uses)."""
+    return tuple(sorted({*ctx.params.sweep_thresholds, ctx.recipe["pseudo_labels"].bg_threshold}))
 
 
 def score_shard(
@@ -76,7 +80,6 @@ def _records_of(store: Path, by_id: dict[str, ImageRecord]) -> tuple[ImageArrays
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
-    p: EvaluateParams = ctx.params
     manifest = load_manifest(ctx.inputs["index"])
     by_id = {r.id: r for r in manifest.records}
     parts = ctx.artifact.path / "parts"
@@ -88,13 +91,12 @@ def _plan(ctx: StageContext) -> list[Unit]:
         for start in range(0, len(records), shard_size):
             rows = range(start, min(start + shard_size, len(records)))
             out = parts / f"{name}_{start // shard_size:06d}.npy"
-            args = (store, rows, records[rows.start : rows.stop], manifest.num_classes, p.sweep_thresholds, out)
+            args = (store, rows, records[rows.start : rows.stop], manifest.num_classes, cam_thresholds(ctx), out)
             units.append(Unit(len(units), score_shard, args, f"{name} images {rows.start}-{rows.stop - 1}"))
     return units
 
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
-    p: EvaluateParams = ctx.params
     manifest = load_manifest(ctx.inputs["index"])
     out = ctx.artifact.path
     metrics: dict[str, Any] = {"classes": list(manifest.classes)}
@@ -104,12 +106,12 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         scored = sum(r["scored"] for r in records if r["label"].startswith(name + " "))
         if name == "cams":
             sweep = [
-                {"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(p.sweep_thresholds, cm, strict=True)
+                {"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(cam_thresholds(ctx), cm, strict=True)
             ]
-            at = int(np.argmin([abs(t - bg) for t in p.sweep_thresholds]))
+            at = cam_thresholds(ctx).index(bg)
             metrics[name] = {
                 **scores(cm[at]),
-                "threshold": float(p.sweep_thresholds[at]),
+                "threshold": bg,
                 "sweep": sweep,
                 "images": scored,
             }
@@ -188,6 +190,11 @@ def _overlays(ctx: StageContext, path: Path) -> bool:
     return bool(rows)
 
 
+def _key_extra(recipe, run_dir: Path) -> dict[str, Any]:
+    """The CAM scores use pseudo_labels' background threshold even in runs that stop at export_cams."""
+    return {"bg_threshold": recipe["pseudo_labels"].bg_threshold}
+
+
 STAGE = Stage(
     name="evaluate",
     version=1,
@@ -196,4 +203,5 @@ STAGE = Stage(
     gpu=False,
     plan=_plan,
     finalize=_finalize,
+    key_extra=_key_extra,
 )

@@ -16,7 +16,7 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import load_cam_model, multiscale_cams
 from labelgen.models.weaktr import CAM_KINDS
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import load_manifest
 from labelgen.stages.train_cam import MODEL
 from labelgen.store.checkpoint import pick_device
@@ -88,18 +88,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
         )
     model = ctx.inputs["train_cam"].path / MODEL
     max_pixels = ctx.recipe["dataset"].max_image_pixels
-    units = []
-    for shard in range(layout.num_shards):
-        rows = layout.shard_range(shard)
-        args = (p, model, records[rows.start : rows.stop], layout, shard, store, max_pixels)
-        units.append(Unit(shard, export_shard, args, f"shard {shard} (images {rows.start}-{rows.stop - 1})"))
-    return units
-
-
-def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
-    images = sum(r["images"] for r in records)
-    seconds = sum(r["seconds"] for r in records)
-    return {"images": images, "shards": len(records), "task_seconds": round(seconds, 2)}
+    return shard_units(export_shard, p, model, records, layout, store, max_pixels)
 
 
 STAGE = Stage(
@@ -109,5 +98,5 @@ STAGE = Stage(
     inputs=("index", "train_cam"),
     gpu=True,
     plan=_plan,
-    finalize=_finalize,
+    finalize=summarise_shards,
 )

@@ -5,7 +5,6 @@ the val split. One dask task per shard."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.models.segmenter import Segmenter
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import dataset_splits, load_manifest
 from labelgen.stages.train_decoder import MODEL, load_segmenter
 from labelgen.store.checkpoint import pick_device
@@ -116,17 +115,8 @@ def _plan(ctx: StageContext) -> list[Unit]:
         store = ctx.artifact.path / f"masks_{split}.zarr"
         if not (store / "zarr.json").is_file():
             create_mask_store(store, layout, {"classes": list(manifest.classes), "split": split})
-        for shard in range(layout.num_shards):
-            rows = layout.shard_range(shard)
-            args = (p, model, records[rows.start : rows.stop], layout, shard, store, max_pixels)
-            units.append(
-                Unit(len(units), predict_shard, args, f"{split} shard {shard} (images {rows.start}-{rows.stop - 1})")
-            )
+        units += shard_units(predict_shard, p, model, records, layout, store, max_pixels, len(units), f"{split} ")
     return units
-
-
-def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"images": sum(r["images"] for r in records), "shards": len(records)}
 
 
 STAGE = Stage(
@@ -136,5 +126,5 @@ STAGE = Stage(
     inputs=("index", "train_decoder"),
     gpu=True,
     plan=_plan,
-    finalize=_finalize,
+    finalize=summarise_shards,
 )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -13,7 +12,7 @@ from labelgen.config import PseudoLabelsParams
 from labelgen.crf import CrfParams, crf_on_labels
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.export_cams import CAMS
 from labelgen.stages.index import load_manifest
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_mask_store, write_mask_shard
@@ -34,12 +33,12 @@ def label_shard(
     p: PseudoLabelsParams,
     cams_path: Path,
     records: list[ImageRecord],
-    rows: range,
     layout: StoreLayout,
     shard: int,
     store: Path,
     max_pixels: int,
 ) -> UnitResult:
+    rows = layout.shard_range(shard)
     cams = ImageArrays(cams_path)
     masks = []
     for i, r, (maps, labels) in zip(rows, records, cams.rows(rows.start, rows.stop), strict=True):
@@ -62,16 +61,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
             store, layout, {"classes": list(manifest.classes), "split": ctx.recipe["dataset"].train_split}
         )
     max_pixels = ctx.recipe["dataset"].max_image_pixels
-    units = []
-    for shard in range(layout.num_shards):
-        rows = layout.shard_range(shard)
-        args = (ctx.params, cams_path, records[rows.start : rows.stop], rows, layout, shard, store, max_pixels)
-        units.append(Unit(shard, label_shard, args, f"shard {shard} (images {rows.start}-{rows.stop - 1})"))
-    return units
-
-
-def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"images": sum(r["images"] for r in records), "shards": len(records)}
+    return shard_units(label_shard, ctx.params, cams_path, records, layout, store, max_pixels)
 
 
 STAGE = Stage(
@@ -81,5 +71,5 @@ STAGE = Stage(
     inputs=("index", "export_cams"),
     gpu=False,
     plan=_plan,
-    finalize=_finalize,
+    finalize=summarise_shards,
 )

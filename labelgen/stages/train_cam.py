@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +28,7 @@ from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import read_mask
-from labelgen.data.timm_compat import seed_augmentations
-from labelgen.data.training import TaggedImages, normalisation, seed_worker
+from labelgen.data.training import TaggedImages, epoch_loader, normalisation, seed_everything
 from labelgen.errors import DataError
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
@@ -45,18 +42,6 @@ MODEL = "model.pt"
 LAST = "last.pt"
 LOG = "log.jsonl"
 SELECTION_THRESHOLDS = tuple(np.round(np.arange(0.30, 0.61, 0.01), 2))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    seed_augmentations(seed)
-
-
-def loader_workers(requested: int) -> int:
-    """Daemonic processes (some dask workers) cannot start DataLoader workers: load in-process there."""
-    return 0 if multiprocessing.current_process().daemon else requested
 
 
 @dataclass
@@ -176,17 +161,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     if params.selection == "gt_miou" and not subset:
         raise DataError("train_cam.selection='gt_miou' needs GT masks in the train split; use selection='last'")
     for epoch in range(state.next_epoch, params.epochs):
-        seed_everything(params.seed * 1000 + epoch)  # each epoch's randomness depends on (seed, epoch) only
-        loader = DataLoader(
-            data,
-            batch_size=params.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=loader_workers(params.num_workers),
-            worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(params.seed * 1000 + epoch),
-            pin_memory=device.type == "cuda",
-        )
+        loader = epoch_loader(data, params.batch_size, params.num_workers, params.seed, epoch, device)
         lr = state.optimizer.param_groups[0]["lr"]
         entry = {"epoch": epoch, "lr": lr, **train_epoch(state, loader, device, params.amp, epoch)}
         # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).

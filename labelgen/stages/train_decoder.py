@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from labelgen.config import DatasetParams, TrainDecoderParams
@@ -25,13 +25,13 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
-from labelgen.data.training import normalisation, seed_worker
+from labelgen.data.training import epoch_loader, normalisation, seed_everything
 from labelgen.errors import DataError
 from labelgen.models.losses import GradientClippingLoss
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.stages.pseudo_labels import MASKS
-from labelgen.stages.train_cam import LAST, LOG, MODEL, loader_workers, seed_everything
+from labelgen.stages.train_cam import LAST, LOG, MODEL
 from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
 from labelgen.store.sharded import ImageArrays
 
@@ -130,17 +130,7 @@ def train_decoder(
         start_epoch, history = saved["epoch"] + 1, saved["history"]
         log.info("train_decoder: resuming after epoch %d from %s", saved["epoch"], out / LAST)
     for epoch in range(start_epoch, p.epochs):
-        seed_everything(p.seed * 1000 + epoch)
-        loader = DataLoader(
-            data,
-            batch_size=p.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=loader_workers(p.num_workers),
-            worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(p.seed * 1000 + epoch),
-            pin_memory=device.type == "cuda",
-        )
+        loader = epoch_loader(data, p.batch_size, p.num_workers, p.seed, epoch, device)
         model.train()
         started, losses, clipped = time.perf_counter(), [], []
         for i, (images, targets) in enumerate(
