@@ -36,7 +36,7 @@ def write_result(name: str, rows: list[dict], extra: dict | None = None) -> Path
 def print_table(rows: list[dict]) -> None:
     if not rows:
         return
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # every column any row has, in first-seen order
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
@@ -44,6 +44,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
