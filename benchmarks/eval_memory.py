@@ -62,7 +62,6 @@ def measure(n: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store, records = build(root, n)
-        by_id = {r.id: r for r in records}
         shards = [range(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
         (root / "parts").mkdir()
         (root / "voc").mkdir()
@@ -91,7 +90,7 @@ def measure(n: int) -> dict:
             eval_peak = max(client.run(worker_peak_mb).values())
             started = time.perf_counter()
             client.gather(
-                [client.submit(_png_task, store, rows, root / "voc", None, by_id, pure=False) for rows in shards]
+                [client.submit(_png_task, store, rows, root / "voc", None, None, pure=False) for rows in shards]
             )
             export_s = time.perf_counter() - started
             export_peak = max(client.run(worker_peak_mb).values())

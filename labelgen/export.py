@@ -48,13 +48,15 @@ def mask_stores(run_dir: Path, what: str) -> tuple[dict[str, Path], dict[str, Im
     return stores, {r.id: r for r in manifest.records}, manifest.classes
 
 
-def _png_task(store: Path, rows: range, mask_dir: Path, image_dir: Path | None, by_id: dict[str, ImageRecord]) -> int:
+def _png_task(store: Path, rows: range, mask_dir: Path, image_dir: Path | None, images: dict[str, str] | None) -> int:
+    """Write one shard's masks as PNGs; with `image_dir`, copy the images (`images`: this shard's id ->
+    image path) there too."""
     arrays = ImageArrays(store)
     for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
         image_id = arrays.ids[i]
         write_mask(mask_dir / f"{image_id}.png", mask)
         if image_dir is not None:
-            source = Path(by_id[image_id].image)
+            source = Path(images[image_id])
             shutil.copyfile(source, image_dir / f"{image_id}{source.suffix}")
     return len(rows)
 
@@ -128,9 +130,19 @@ def export_masks(run_dir: Path, what: str, fmt: str, out: Path, client: Client) 
                 image_dir.mkdir(parents=True, exist_ok=True)
             mask_dir.mkdir(parents=True, exist_ok=True)
             list_file.parent.mkdir(parents=True, exist_ok=True)
-            client.gather(
-                [client.submit(_png_task, store, rows, mask_dir, image_dir, by_id, pure=False) for rows in chunks]
-            )
+            futures = [  # each task gets only its own shard's image paths: task size stays flat as data grows
+                client.submit(
+                    _png_task,
+                    store,
+                    rows,
+                    mask_dir,
+                    image_dir,
+                    {ids[i]: by_id[ids[i]].image for i in rows} if image_dir else None,
+                    pure=False,
+                )
+                for rows in chunks
+            ]
+            client.gather(futures)
             list_file.write_text("".join(f"{i}\n" for i in ids))
         counts[split] = len(ids)
         log.info("export: %d %s masks of split %s as %s -> %s", len(ids), what, split, fmt, out)
