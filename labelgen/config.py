@@ -69,7 +69,6 @@ class TrainCamParams:
     selection: str = "last"  # "last" epoch, or "gt_miou" (uses pixel GT of a labelled subset)
     selection_subset: int = 64  # images of the train split used by gt_miou selection
     num_workers: int = _not_in_key(2, "data loader processes")
-    log_every: int = _not_in_key(10, "iterations between log lines")
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,6 @@ class TrainDecoderParams:
     amp: bool = True
     seed: int = 0
     num_workers: int = _not_in_key(2, "data loader processes")
-    log_every: int = _not_in_key(10, "iterations between log lines")
 
 
 @dataclass(frozen=True)
