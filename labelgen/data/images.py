@@ -66,7 +66,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         gray = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: np.asarray of PIL is read-only
 
 
 def read_image(path: Path | str, max_pixels: int = 40_000_000) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from labelgen.cam import cam_to_labels, resize_maps
 from labelgen.data.images import read_image
-from labelgen.data.manifest import ImageRecord
+from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
@@ -118,13 +118,13 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         else:
             metrics[name] = {**scores(cm[0]), "images": scored}
     (out / METRICS).write_text(json.dumps(metrics, indent=1))
-    write_report(ctx, metrics, out)
+    write_report(ctx, manifest, metrics, out)
     summary = {k: round(v["miou"], 4) for k, v in metrics.items() if isinstance(v, dict)}
     log.info("evaluate: mIoU %s -> %s", summary, out / REPORT)
     return {"miou": summary}
 
 
-def write_report(ctx: StageContext, metrics: dict[str, Any], out: Path) -> None:
+def write_report(ctx: StageContext, manifest: Manifest, metrics: dict[str, Any], out: Path) -> None:
     classes = metrics["classes"]
     sources = [k for k in metrics if k != "classes"]
     lines = ["# labelgen evaluation report", "", f"Run folder: `{ctx.artifact.run_dir}`", ""]
@@ -160,7 +160,7 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], out: Path) -> None:
     for c, name in enumerate(classes):
         cells = [" / ".join(_pct(metrics[s][k][c]) for k in ("iou", "precision", "recall")) for s in sources]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if _overlays(ctx, out / "overlays.png"):
+    if _overlays(ctx, manifest, out / "overlays.png"):
         lines += ["", "## Overlays", "", "![overlays](overlays.png)"]
     (out / REPORT).write_text("\n".join(lines) + "\n")
 
@@ -169,9 +169,8 @@ def _pct(v: float) -> str:
     return "–" if math.isnan(v) else f"{100 * v:.1f}"
 
 
-def _overlays(ctx: StageContext, path: Path) -> bool:
+def _overlays(ctx: StageContext, manifest: Manifest, path: Path) -> bool:
     """Image / GT / each mask source, for the first few train images that have GT."""
-    manifest = load_manifest(ctx.inputs["index"])
     by_id = {r.id: r for r in manifest.records}
     stores = {name: ImageArrays(s) for name, s in mask_sources(ctx).items() if name != "cams"}
     train = [name for name, a in stores.items() if a.attrs.get("split") == ctx.recipe["dataset"].train_split]
