@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 from labelgen.models.cam_inference import multiscale_cams
 from labelgen.models.vit import ViTBackbone
@@ -95,7 +96,7 @@ def test_multiscale_cams_are_normalised_per_tag(weaktr):
     weaktr.eval()
     images = [np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8) for i in range(2)]
     maps = multiscale_cams(
-        weaktr, images, [(1, 3), (2,)], (1.0, 1.2), True, "fine", (70, 90), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        weaktr, images, [(1, 3), (2,)], (1.0, 1.2), True, "fine", (70, 90), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "fp32", 4
     )
     assert maps[0].shape == (2, 70, 90) and maps[1].shape == (1, 70, 90)
     for m in maps:  # each map spans [0, 1], or is all zero where the untrained head gave ReLU(M) = 0
@@ -103,3 +104,47 @@ def test_multiscale_cams_are_normalised_per_tag(weaktr):
         assert np.all(np.isclose(top, 1.0, atol=1e-3) | (top == 0.0))
         assert np.allclose(m.min(axis=(1, 2)), 0.0, atol=1e-6)
     assert maps[0].max() > 0.99
+
+
+def naive_multiscale_cams(model, image, tags, scales, out_size, mean, std) -> np.ndarray:
+    """The reference's order of work (§1.7): every class upsampled per pass, un-flipped, summed."""
+    total = 0
+    for scale in scales:
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        x = torch.from_numpy(np.array(Image.fromarray(image).resize(size, Image.BICUBIC))).permute(2, 0, 1)[None]
+        x = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        for flip in (False, True):
+            with torch.no_grad():
+                cam = model.cams(x.flip(-1) if flip else x, "fine")
+            cam = torch.nn.functional.interpolate(cam, size=out_size, mode="bilinear", align_corners=False)
+            total = total + (cam.flip(-1) if flip else cam)
+    maps = total[0, [t - 1 for t in tags]]
+    lo, hi = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
+    return ((maps - lo) / (hi - lo + 1e-8)).numpy()
+
+
+@pytest.mark.parametrize("views_per_pass", [1, 3])
+def test_multiscale_shortcuts_equal_the_reference_order_of_work(views_per_pass):
+    """Upsampling only the tagged classes, merging flips before upsampling, and any number of views
+    per forward pass give the reference's maps (fp32)."""
+    torch.manual_seed(1)
+    model = WeakTr(WeakTrConfig(ARCH, num_classes=4), WEIGHTS).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)  # a head whose CAMs are not all zero
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (61, 83, 3), dtype=np.uint8) for _ in range(2)]
+    tags = [(1, 4), (3,)]
+    norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    ours = multiscale_cams(model, images, tags, (1.0, 1.3), True, "fine", (61, 83), *norm, "fp32", views_per_pass)
+    for image, t, m in zip(images, tags, ours, strict=True):
+        ref = naive_multiscale_cams(model, image, t, (1.0, 1.3), (61, 83), *norm)
+        assert ref.max() > 0.99
+        np.testing.assert_allclose(m, ref, atol=2e-5)
+
+
+def test_bf16_cams_stay_close_to_fp32(weaktr):
+    weaktr.eval()
+    image = [np.random.default_rng(5).integers(0, 255, (64, 96, 3), dtype=np.uint8)]
+    args = (weaktr, image, [(1, 2)], (1.0,), True, "fine", (64, 96), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    fp32, bf16 = multiscale_cams(*args, "fp32", 2)[0], multiscale_cams(*args, "bf16", 2)[0]
+    assert np.abs(fp32 - bf16).max() < 0.05

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.store.checkpoint import load_checkpoint
 
@@ -46,30 +47,35 @@ def multiscale_cams(
     out_size: tuple[int, int],
     mean,
     std,
+    precision: str,
+    views_per_pass: int,
 ) -> list[np.ndarray]:
     """CAMs of the tagged classes of same-size images (H×W×3 uint8): per image a (k, h, w) float32
-    array, k = len(tags), each map min–max normalised; (h, w) = out_size.
+    array, k = len(tags), each map min–max normalised; (h, w) = out_size. The images and their flips
+    go through the model `views_per_pass` at a time: large batches feed a GPU; on a CPU one view a
+    pass is fastest, because the attention maps of one view already overflow the caches.
 
     For every scale (and its horizontal flip) the CAMs are upsampled bilinearly to out_size,
-    un-flipped and summed; absent classes are never looked at, which equals zeroing them.
+    un-flipped and summed; absent classes are never looked at, which equals zeroing them. Two exact
+    shortcuts keep the upsampling cheap: only the tagged classes are upsampled, and a flipped CAM is
+    un-flipped and added before upsampling (bilinear resizing commutes with a horizontal flip).
     """
     device = next(model.parameters()).device
-    use_amp = device.type == "cuda"
-    total = None
+    n = len(images)
+    channels = [torch.tensor([c - 1 for c in t], device=device) for t in tags]
+    totals: list[torch.Tensor | None] = [None] * n
     for scale in scales:
         x = _to_batch(images, scale, mean, std, device)
+        views = torch.cat([x, x.flip(-1)]) if flip else x
+        with autocast(device, precision):
+            cams = torch.cat([model.cams(v, kind).float() for v in views.split(views_per_pass)])
         if flip:
-            x = torch.cat([x, x.flip(-1)])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            cams = model.cams(x, kind)
-        cams = F.interpolate(cams.float(), size=out_size, mode="bilinear", align_corners=False)
-        if flip:
-            n = len(images)
             cams = cams[:n] + cams[n:].flip(-1)
-        total = cams if total is None else total + cams
+        for i in range(n):
+            up = F.interpolate(cams[i : i + 1, channels[i]], size=out_size, mode="bilinear", align_corners=False)[0]
+            totals[i] = up if totals[i] is None else totals[i] + up
     out = []
-    for i, t in enumerate(tags):
-        maps = total[i, [c - 1 for c in t]]
+    for maps in totals:
         lo = maps.amin(dim=(1, 2), keepdim=True)
         hi = maps.amax(dim=(1, 2), keepdim=True)
         out.append(((maps - lo) / (hi - lo + 1e-8)).cpu().numpy())

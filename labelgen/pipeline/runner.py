@@ -24,6 +24,7 @@ from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
 from labelgen.pipeline.stage import Stage, StageContext, Unit
+from labelgen.pipeline.worker_process import prepare_worker_process
 from labelgen.store.artifact import Artifact, ArtifactLock, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def _result(future: Any, stage: Stage, art: Artifact, unit: Unit) -> dict[str, A
 
 def run_unit(art: Artifact, unit: Unit) -> dict[str, Any]:
     """Executed on a worker: do the unit's work, then record its completion with checksums."""
+    prepare_worker_process(unit.all_cores)
     started = time.perf_counter()
     files, info = unit.fn(*unit.args)
     info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), **info}

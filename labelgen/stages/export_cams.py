@@ -15,6 +15,7 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import load_cam_model, multiscale_cams
+from labelgen.models.precision import check_precision
 from labelgen.models.weaktr import CAM_KINDS
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import load_manifest
@@ -61,6 +62,8 @@ def export_shard(
                 stored_size(records[batch[0]], params.stride),
                 mean,
                 std,
+                params.precision,
+                params.batch_size,
             )
             for j, m in zip(batch, maps, strict=True):
                 cams[j] = (m, records[j].tags)
@@ -77,6 +80,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
     p: ExportCamsParams = ctx.params
     if p.cam not in CAM_KINDS:
         raise ConfigError(f"export_cams.cam={p.cam!r}; allowed: {', '.join(CAM_KINDS)}")
+    check_precision(p.precision, "export_cams.precision")
     if not p.scales or p.scales[0] != 1.0:
         raise ConfigError(f"export_cams.scales={list(p.scales)}: the first scale must be 1.0 (it sets the output size)")
     manifest, records = _train_records(ctx)

@@ -14,6 +14,7 @@ from labelgen.config import PredictParams
 from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
+from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import dataset_splits, load_manifest
@@ -67,7 +68,7 @@ def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, s
         scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         for flip in (False, True) if p.flip else (False,):
             inp = scaled.flip(-1) if flip else scaled
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device, p.precision):
                 probs = sliding_logits(model, inp, p.window, p.window_stride, p.depth_blend)
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             probs = probs.flip(-1) if flip else probs
@@ -105,6 +106,7 @@ def predict_shard(
 
 def _plan(ctx: StageContext) -> list[Unit]:
     p: PredictParams = ctx.params
+    check_precision(p.precision, "predict.precision")
     manifest = load_manifest(ctx.inputs["index"])
     model = ctx.inputs["train_decoder"].path / MODEL
     max_pixels = ctx.recipe["dataset"].max_image_pixels

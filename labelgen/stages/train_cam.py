@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from labelgen.data.training import TaggedImages, epoch_loader, normalisation, se
 from labelgen.errors import DataError
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
+from labelgen.models.precision import autocast, check_precision
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
@@ -87,14 +87,16 @@ def resume(state: TrainState, path: Path) -> None:
     log.info("train_cam: resuming after epoch %d from %s", saved["epoch"], path)
 
 
-def train_epoch(state: TrainState, loader: DataLoader, device: torch.device, amp: bool, epoch: int) -> dict[str, float]:
+def train_epoch(
+    state: TrainState, loader: DataLoader, device: torch.device, precision: str, epoch: int
+) -> dict[str, float]:
     state.model.train()
     sums: dict[str, float] = {}
     started = time.perf_counter()
     n_images = 0
     for images, targets in tqdm(loader, desc=f"train_cam epoch {epoch}", leave=False, mininterval=5):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        with autocast(device, precision):
             out = state.model(images)
         loss, parts = weaktr_loss(out._replace(**{k: v.float() for k, v in out._asdict().items()}), targets)
         state.optimizer.zero_grad(set_to_none=True)
@@ -112,14 +114,17 @@ def train_epoch(state: TrainState, loader: DataLoader, device: torch.device, amp
     }
 
 
-def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, mean, std) -> tuple[float, float]:
+def gt_miou(
+    model: WeakTr, records, dataset: DatasetParams, num_labels: int, mean, std, precision: str
+) -> tuple[float, float]:
     """Best CAM mIoU (scale 1 + flip, no CRF) over background thresholds on labelled train images.
     This uses pixel labels, which weak supervision does not have; it runs only when asked."""
     model.eval()
     cms = np.zeros((len(SELECTION_THRESHOLDS), num_labels, num_labels), np.int64)
     for r in records:
         image = read_image(r.image, dataset.max_image_pixels)
-        maps = multiscale_cams(model, [image], [r.tags], (1.0,), True, "fine", image.shape[:2], mean, std)[0]
+        size = image.shape[:2]
+        maps = multiscale_cams(model, [image], [r.tags], (1.0,), True, "fine", size, mean, std, precision, 2)[0]
         gt = read_mask(r.mask)
         labels = np.array(r.tags)
         for j, t in enumerate(SELECTION_THRESHOLDS):
@@ -131,7 +136,6 @@ def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, mea
 
 def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:
     """The dask task: train (or resume) and write model.pt."""
-    torch.set_num_threads(os.cpu_count() or 1)  # alone on its worker: use every core
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < params.batch_size:
@@ -163,11 +167,11 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     for epoch in range(state.next_epoch, params.epochs):
         loader = epoch_loader(data, params.batch_size, params.num_workers, params.seed, epoch, device)
         lr = state.optimizer.param_groups[0]["lr"]
-        entry = {"epoch": epoch, "lr": lr, **train_epoch(state, loader, device, params.amp, epoch)}
+        entry = {"epoch": epoch, "lr": lr, **train_epoch(state, loader, device, params.precision, epoch)}
         # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
         state.scheduler.step(epoch)
         if params.selection == "gt_miou":
-            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_classes, mean, std)
+            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_classes, mean, std, params.precision)
             entry.update(gt_miou=miou, gt_threshold=threshold)
             if state.best is None or miou > state.best["miou"]:
                 state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}
@@ -216,8 +220,9 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
+    check_precision(ctx.params.precision, "train_cam.precision")
     args = (ctx.params, ctx.recipe["dataset"], ctx.inputs["index"].path / "manifest.json", ctx.artifact.path)
-    return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs")]
+    return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs", all_cores=True)]
 
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from labelgen.data.seg_augment import pad_to, photometric_distortion, random_cro
 from labelgen.data.training import epoch_loader, normalisation, seed_everything
 from labelgen.errors import DataError
 from labelgen.models.losses import GradientClippingLoss
+from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.stages.pseudo_labels import MASKS
@@ -100,7 +100,6 @@ def train_decoder(
     p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
 ) -> UnitResult:
     """The dask task: train (or resume) the Segmenter and write model.pt."""
-    torch.set_num_threads(os.cpu_count() or 1)
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < p.batch_size:
@@ -140,7 +139,7 @@ def train_decoder(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.amp and device.type == "cuda"):
+            with autocast(device, p.precision):
                 logits = model(images)[0]
             loss, stats = criterion(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
@@ -193,6 +192,7 @@ def load_segmenter(path: Path, device: torch.device) -> tuple[Segmenter, tuple, 
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
+    check_precision(ctx.params.precision, "train_decoder.precision")
     dataset: DatasetParams = ctx.recipe["dataset"]
     manifest_path = ctx.inputs["index"].path / "manifest.json"
     records = Manifest.load(manifest_path).split(dataset.train_split)
@@ -203,6 +203,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
             train_decoder,
             (ctx.params, dataset, manifest_path, masks, ctx.artifact.path),
             f"{ctx.params.epochs} epochs",
+            all_cores=True,
         )
     ]
 
