@@ -49,7 +49,7 @@ def with_dask(pairs, workers: int, per_task: int) -> float:
         LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
-        client.run(prepare_worker_process, False)  # as the pipeline's run_unit does
+        client.run(prepare_worker_process)  # as the pipeline's run_unit does
         client.submit(label_files, pairs[:1]).result()  # warm the workers' imports
         started = time.perf_counter()
         tasks = [pairs[i : i + per_task] for i in range(0, len(pairs), per_task)]

@@ -97,7 +97,7 @@ def _warm_worker() -> None:
     import labelgen.stages.export_cams  # noqa: F401  (torch, timm, zarr)
     from labelgen.pipeline.worker_process import prepare_worker_process
 
-    prepare_worker_process(all_cores=False)
+    prepare_worker_process()
 
 
 def labelgen_export(

@@ -10,32 +10,28 @@ from labelgen.errors import ConfigError
 from labelgen.models.precision import autocast, check_precision
 
 PROBE = """
-import sys, torch
+import torch
 from labelgen.pipeline.worker_process import prepare_worker_process, restore_buffer_reuse
-prepare_worker_process(all_cores=sys.argv[1] == "all")
+torch.set_num_threads(2)  # as a training unit that ran before in the same worker leaves it
+prepare_worker_process()
 print(restore_buffer_reuse(), torch.get_num_threads())
 """
 
 
-def probe(env_extra: dict[str, str], cores: str) -> list[str]:
+def probe(env_extra: dict[str, str]) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"} | env_extra
-    out = subprocess.run([sys.executable, "-c", PROBE, cores], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
     return out.stdout.split()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_dask_nanny_trim_threshold_is_undone():
     """dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536, which makes every large buffer a fresh mmap."""
-    assert probe({"MALLOC_TRIM_THRESHOLD_": "65536"}, "one") == ["True", "1"]
+    assert probe({"MALLOC_TRIM_THRESHOLD_": "65536"}) == ["True", "1"]
 
 
 def test_without_the_variable_the_allocator_is_left_alone():
-    assert probe({}, "one")[0] == "False"
-
-
-def test_training_units_get_every_core_and_shards_one():
-    assert probe({}, "all")[1] == str(os.cpu_count())
-    assert probe({"OMP_NUM_THREADS": "4"}, "one")[1] == "1"
+    assert probe({}) == ["False", "1"]
 
 
 def test_precision_values_are_checked():

@@ -156,7 +156,7 @@ def _result(future: Any, stage: Stage, art: Artifact, unit: Unit) -> dict[str, A
 
 def run_unit(art: Artifact, unit: Unit) -> dict[str, Any]:
     """Executed on a worker: do the unit's work, then record its completion with checksums."""
-    prepare_worker_process(unit.all_cores)
+    prepare_worker_process()
     started = time.perf_counter()
     files, info = unit.fn(*unit.args)
     info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), **info}

@@ -26,7 +26,6 @@ class Unit:
     fn: Callable[..., UnitResult]  # module-level, so dask can pickle it
     args: tuple[Any, ...]
     label: str  # what a log line calls it, e.g. "shard 3 (images 96-127)"
-    all_cores: bool = False  # a training run has its worker's machine to itself; a shard gets one core
 
 
 @dataclass(frozen=True)

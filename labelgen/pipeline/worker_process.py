@@ -41,9 +41,11 @@ def restore_buffer_reuse() -> bool:
     return ok
 
 
-def prepare_worker_process(all_cores: bool) -> None:
-    """Call before a unit runs: allocator fix, and torch threads = every core for a unit that has
-    the machine to itself (a training run), else one (shards run one per worker process)."""
+def prepare_worker_process() -> None:
+    """Call before a unit runs: the allocator fix, and one torch thread, because shards run one per
+    worker process side by side. A training unit, alone on its machine, then takes every core
+    itself; without this reset the shard tasks after it in the same worker would keep its count
+    and oversubscribe the cores."""
     restore_buffer_reuse()
     if "torch" in sys.modules:  # only stages that use torch; the import alone costs seconds
-        sys.modules["torch"].set_num_threads((os.cpu_count() or 1) if all_cores else 1)
+        sys.modules["torch"].set_num_threads(1)

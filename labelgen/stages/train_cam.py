@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,7 @@ def gt_miou(
 
 def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:
     """The dask task: train (or resume) and write model.pt."""
+    torch.set_num_threads(os.cpu_count() or 1)  # alone on its worker: every core, in every process alike
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < params.batch_size:
@@ -222,7 +224,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
 def _plan(ctx: StageContext) -> list[Unit]:
     check_precision(ctx.params.precision, "train_cam.precision")
     args = (ctx.params, ctx.recipe["dataset"], ctx.inputs["index"].path / "manifest.json", ctx.artifact.path)
-    return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs", all_cores=True)]
+    return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs")]
 
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:

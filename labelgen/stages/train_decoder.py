@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -100,6 +101,7 @@ def train_decoder(
     p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
 ) -> UnitResult:
     """The dask task: train (or resume) the Segmenter and write model.pt."""
+    torch.set_num_threads(os.cpu_count() or 1)  # alone on its worker: every core, in every process alike
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < p.batch_size:
@@ -203,7 +205,6 @@ def _plan(ctx: StageContext) -> list[Unit]:
             train_decoder,
             (ctx.params, dataset, manifest_path, masks, ctx.artifact.path),
             f"{ctx.params.epochs} epochs",
-            all_cores=True,
         )
     ]
 
