@@ -64,7 +64,7 @@ class TrainCamParams:
     fusion: str = "aaf"  # "aaf" (adaptive attention fusion) or "mean" (ablation)
     aaf_reduction: int = 8  # SE bottleneck over head-layers: K -> K // reduction
     aaf_feat_reduction: int = 8  # per-head feature squeeze: head_dim -> head_dim // reduction
-    precision: str = "bf16"  # "bf16" autocast (CUDA, or CPUs with AVX512-BF16/AMX) or "fp32"
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where native (CUDA, AVX512-BF16/AMX CPUs)
     seed: int = 504
     selection: str = "last"  # "last" epoch, or "gt_miou" (uses pixel GT of a labelled subset)
     selection_subset: int = 64  # images of the train split used by gt_miou selection
@@ -78,7 +78,7 @@ class ExportCamsParams:
     flip: bool = True
     stride: int = 1  # stored resolution = full size // stride
     shard_size: int = 32  # images per zarr shard and per dask task
-    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    precision: str = "auto"  # "auto", "bf16" or "fp32" (see train_cam.precision)
     batch_size: int = _not_in_key(8, "views (images of one size and their flips) per forward pass; 1 on CPU")
     device: str = _not_in_key("auto", "auto, cpu or cuda")
 
@@ -119,7 +119,7 @@ class TrainDecoderParams:
     gradient_clipping: bool = True
     clip_window: int = 120  # pixels, local window of the clamp (weaktr-method.md §3.2)
     clip_start: float = 1.2  # clipping is on once the global mean loss is below this
-    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    precision: str = "auto"  # "auto", "bf16" or "fp32" (see train_cam.precision)
     seed: int = 0
     num_workers: int = _not_in_key(2, "data loader processes")
 
@@ -140,7 +140,7 @@ class PredictParams:
     crf_bilateral_compat: float = 3.0
     crf_iterations: int = 10
     shard_size: int = 32
-    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    precision: str = "auto"  # "auto", "bf16" or "fp32" (see train_cam.precision)
     device: str = _not_in_key("auto", "auto, cpu or cuda")
 
 

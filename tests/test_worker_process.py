@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from labelgen.errors import ConfigError
-from labelgen.models.precision import autocast, check_precision
+from labelgen.models import precision
+from labelgen.models.precision import autocast, check_precision, resolve_precision
 
 PROBE = """
 import torch
@@ -36,7 +37,7 @@ def test_without_the_variable_the_allocator_is_left_alone():
 
 def test_precision_values_are_checked():
     check_precision("bf16", "x.precision")
-    with pytest.raises(ConfigError, match="export_cams.precision='fp16'; allowed: bf16, fp32"):
+    with pytest.raises(ConfigError, match="export_cams.precision='fp16'; allowed: auto, bf16, fp32"):
         check_precision("fp16", "export_cams.precision")
 
 
@@ -48,3 +49,14 @@ def test_autocast_runs_matmuls_in_bf16_on_cpu():
         assert (a @ a).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "fp32"):
         assert (a @ a).dtype == torch.float32
+
+
+def test_auto_takes_bf16_only_where_it_is_native(monkeypatch):
+    import torch
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type: False)
+    assert resolve_precision(cpu, "auto") == "fp32"
+    assert resolve_precision(cpu, "bf16") == "bf16"  # asked for explicitly: kept, with a warning
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type: True)
+    assert resolve_precision(cpu, "auto") == "bf16"
