@@ -41,10 +41,12 @@ from labelgen.data.classes import voc_classes
 from labelgen.models.losses import GradientClippingLoss
 from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
-from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
+from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.stages.predict import window_starts
+from labelgen.stages.train_cam import cam_step
+from labelgen.stages.train_decoder import decoder_step
 
 # full data sets of the shipped recipes (weaktr-method.md §1.6, §4.1)
 FULL = {
@@ -99,14 +101,7 @@ def pure_cam_training(args, device) -> float:
     x = torch.randn(args.cam_train_batch, 3, 224, 224, device=device)
     y = (torch.rand(args.cam_train_batch, 20, device=device) < 0.1).float()
 
-    def step():
-        with autocast(device, args.precision):
-            out = model(x)
-        loss, _ = weaktr_loss(out._replace(**{k: v.float() for k, v in out._asdict().items()}), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = lambda: cam_step(model, optimizer, x, y, args.precision)  # noqa: E731  the stage's own step
     return args.cam_train_batch / timed(step, device, args.repeats)
 
 
@@ -118,14 +113,7 @@ def pure_decoder_training(args, device) -> float:
     x = torch.randn(4, 3, crop, crop, device=device)
     y = torch.randint(0, 21, (4, crop, crop), device=device)
 
-    def step():
-        with autocast(device, args.precision):
-            logits = model(x)[0]
-        loss, _ = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = lambda: decoder_step(model, optimizer, criterion, x, y, args.precision)  # noqa: E731
     return 4 / timed(step, device, args.repeats)
 
 

@@ -88,6 +88,17 @@ def resume(state: TrainState, path: Path) -> None:
     log.info("train_cam: resuming after epoch %d from %s", saved["epoch"], path)
 
 
+def cam_step(model: WeakTr, optimizer: torch.optim.Optimizer, images, targets, precision: str) -> dict[str, float]:
+    """One optimizer step on a batch: forward under `precision`, the three losses in float32, backward."""
+    with autocast(images.device, precision):
+        out = model(images)
+    loss, parts = weaktr_loss(out._replace(**{k: v.float() for k, v in out._asdict().items()}), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return parts
+
+
 def train_epoch(
     state: TrainState, loader: DataLoader, device: torch.device, precision: str, epoch: int
 ) -> dict[str, float]:
@@ -97,12 +108,7 @@ def train_epoch(
     n_images = 0
     for images, targets in tqdm(loader, desc=f"train_cam epoch {epoch}", leave=False, mininterval=5):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast(device, precision):
-            out = state.model(images)
-        loss, parts = weaktr_loss(out._replace(**{k: v.float() for k, v in out._asdict().items()}), targets)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
+        parts = cam_step(state.model, state.optimizer, images, targets, precision)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
         n_images += images.shape[0]

@@ -27,7 +27,7 @@ from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
 from labelgen.data.training import epoch_loader, normalisation, seed_everything
 from labelgen.errors import DataError
-from labelgen.models.losses import GradientClippingLoss
+from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
@@ -97,6 +97,19 @@ def _mask_source(p: TrainDecoderParams, ctx_inputs: dict, records: list[ImageRec
     return str(folder)
 
 
+def decoder_step(
+    model: Segmenter, optimizer: torch.optim.Optimizer, criterion: GradientClippingLoss, images, targets, precision: str
+) -> tuple[float, ClipStats]:
+    """One optimizer step on a batch: forward under `precision`, clamp loss in float32, backward."""
+    with autocast(images.device, precision):
+        logits = model(images)[0]
+    loss, stats = criterion(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), stats
+
+
 def train_decoder(
     p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
 ) -> UnitResult:
@@ -141,13 +154,8 @@ def train_decoder(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast(device, p.precision):
-                logits = model(images)[0]
-            loss, stats = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            loss, stats = decoder_step(model, optimizer, criterion, images, targets, p.precision)
+            losses.append(loss)
             clipped.append(stats.clipped_fraction if stats.clipping else 0.0)
         seconds = time.perf_counter() - started
         entry = {
