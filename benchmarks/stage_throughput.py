@@ -44,14 +44,14 @@ from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.runner import run_pipeline
-from labelgen.stages.predict import window_starts
+from labelgen.stages.predict import pass_size, window_starts
 from labelgen.stages.train_cam import cam_step
 from labelgen.stages.train_decoder import decoder_step
 
 # full data sets of the shipped recipes (weaktr-method.md §1.6, §4.1)
 FULL = {
-    "voc": {"train": 10_582, "val": 1_449, "classes": 20, "cam_scales": (1.0, 1.2)},
-    "coco": {"train": 82_081, "val": 40_137, "classes": 80, "cam_scales": (1.0, 0.8, 1.2)},
+    "voc": {"train": 10_582, "val": 1_449},
+    "coco": {"train": 82_081, "val": 40_137},
 }
 
 
@@ -82,12 +82,12 @@ def timed(step: Callable[[], None], device: torch.device, repeats: int) -> float
     return (time.perf_counter() - started) / repeats
 
 
-def pure_cam_export(args, device) -> float:
-    """Images/s of WeakTr forwards alone: every scale, with flip, `cam_batch` views a pass."""
+def pure_cam_export(args, device, recipe) -> float:
+    """Images/s of WeakTr forwards alone: the recipe's scales, with flip, `cam_batch` views a pass."""
     model = WeakTr(WeakTrConfig(args.backbone, 20), None).to(device).eval()
     w, h = args.size
     seconds = 0.0
-    for scale in (1.0, 1.2):
+    for scale in recipe["export_cams"].scales:
         x = torch.randn(args.cam_batch, 3, round(h * scale), round(w * scale), device=device)
         with torch.no_grad(), autocast(device, args.precision):
             per_pass = timed(lambda x=x: model.cams(x, "fine"), device, args.repeats)
@@ -127,8 +127,7 @@ def pure_predict(args, device, recipe) -> float:
     w, h = args.size
     windows = 0
     for ratio in p.scales:
-        scale = max(p.resize_short * ratio, p.window) / min(h, w)
-        sh, sw = round(h * scale), round(w * scale)
+        sh, sw = pass_size(h, w, ratio, p)
         windows += len(window_starts(sh, p.window, p.window_stride)) * len(window_starts(sw, p.window, p.window_stride))
     return 1 / (per_window * windows * (2 if p.flip else 1))
 
@@ -146,14 +145,17 @@ def stage_throughputs(args, recipe, run_dir: Path) -> dict[str, float]:
     return out
 
 
-def project(stage: dict[str, float], workers: int, project_cores: int) -> dict[str, dict[str, float]]:
-    """Hours per stage of the shipped full recipes; pseudo_labels scales with CPU workers (measured
-    on `workers`, projected to `project_cores`)."""
+def project(
+    stage: dict[str, float], measured_scales: tuple[float, ...], workers: int, project_cores: int
+) -> dict[str, dict[str, float]]:
+    """Hours per stage of the shipped full recipes. Export is scaled from the measured scales to each
+    recipe's by Σscale² (the cost of a view grows about with its pixels); pseudo_labels scales with
+    CPU workers (measured on `workers`, projected to `project_cores`)."""
     out = {}
     for name, full in FULL.items():
         recipe = load_recipe(recipe_path(name))
         cam, dec = recipe["train_cam"], recipe["train_decoder"]
-        view_cost = sum(s * s for s in full["cam_scales"]) / (1.0 + 1.2**2)  # attention grows ~ with pixels
+        view_cost = sum(s * s for s in recipe["export_cams"].scales) / sum(s * s for s in measured_scales)
         seconds = {
             "train_cam": cam.epochs * full["train"] / stage["train_cam"],
             "export_cams": full["train"] * view_cost / stage["export_cams"],
@@ -218,7 +220,7 @@ def main() -> None:
         stage = stage_throughputs(args, recipe, Path(tmp) / "run")
     pure = {
         "train_cam": pure_cam_training(args, device),
-        "export_cams": pure_cam_export(args, device),
+        "export_cams": pure_cam_export(args, device, recipe),
         "train_decoder": pure_decoder_training(args, device),
         "predict": pure_predict(args, device, recipe),
     }
@@ -232,7 +234,7 @@ def main() -> None:
         for name in ("train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict")
     ]
     print_table(rows)
-    projection = project(stage, workers, args.project_cores)
+    projection = project(stage, recipe["export_cams"].scales, workers, args.project_cores)
     print_table([{"recipe": name, **hours} for name, hours in projection.items()])
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     path = write_result(
@@ -242,7 +244,7 @@ def main() -> None:
             "device": device_name,
             "args": vars(args),
             "projection_hours": projection,
-            "projection_note": "COCO export scaled by Σscale² of its 3 scales; CRF scaled to --project-cores",
+            "projection_note": "export scaled by Σscale² of each recipe's scales; CRF scaled to --project-cores",
         },
     )
     print(f"-> {path}")

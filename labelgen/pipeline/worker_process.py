@@ -41,6 +41,14 @@ def restore_buffer_reuse() -> bool:
     return ok
 
 
+def use_every_core() -> None:
+    """For a unit that has its machine to itself (a training run): torch threads = cores, set in the
+    unit itself so the count is the same in a worker, a test process or a resumed run."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+
+
 def prepare_worker_process() -> None:
     """Call before a unit runs: the allocator fix, and one torch thread, because shards run one per
     worker process side by side. A training unit, alone on its machine, then takes every core

@@ -86,12 +86,13 @@ def _plan(ctx: StageContext) -> list[Unit]:
     parts.mkdir(exist_ok=True)
     units = []
     shard_size = ctx.recipe["export_cams"].shard_size
+    thresholds = cam_thresholds(ctx)
     for name, store in mask_sources(ctx).items():
         _arrays, records = _records_of(store, by_id)
         for start in range(0, len(records), shard_size):
             rows = range(start, min(start + shard_size, len(records)))
             out = parts / f"{name}_{start // shard_size:06d}.npy"
-            args = (store, rows, records[rows.start : rows.stop], manifest.num_classes, cam_thresholds(ctx), out)
+            args = (store, rows, records[rows.start : rows.stop], manifest.num_classes, thresholds, out)
             units.append(Unit(len(units), score_shard, args, f"{name} images {rows.start}-{rows.stop - 1}"))
     return units
 
@@ -101,14 +102,13 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     out = ctx.artifact.path
     metrics: dict[str, Any] = {"classes": list(manifest.classes)}
     bg = ctx.recipe["pseudo_labels"].bg_threshold
+    thresholds = cam_thresholds(ctx)
     for name in mask_sources(ctx):
         cm = sum(np.load(f) for f in sorted((out / "parts").glob(f"{name}_*.npy")))
         scored = sum(r["scored"] for r in records if r["label"].startswith(name + " "))
         if name == "cams":
-            sweep = [
-                {"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(cam_thresholds(ctx), cm, strict=True)
-            ]
-            at = cam_thresholds(ctx).index(bg)
+            sweep = [{"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(thresholds, cm, strict=True)]
+            at = thresholds.index(bg)
             metrics[name] = {
                 **scores(cm[at]),
                 "threshold": bg,

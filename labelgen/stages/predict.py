@@ -53,6 +53,13 @@ def sliding_logits(model: Segmenter, x: torch.Tensor, window: int, stride: int, 
     return total / count
 
 
+def pass_size(h: int, w: int, ratio: float, p: PredictParams) -> tuple[int, int]:
+    """The resized (h, w) of one scale pass: short side resize_short·ratio, keeping the aspect ratio;
+    short sides below the window are upsampled to it."""
+    scale = max(p.resize_short * ratio, p.window) / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 @torch.no_grad()
 def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, std) -> np.ndarray:
     """Average class probabilities (L, H, W) over scales × flips for one H×W×3 uint8 image."""
@@ -62,10 +69,7 @@ def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, s
     x = (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
     total = None
     for ratio in p.scales:
-        short = max(p.resize_short * ratio, p.window)  # short sides below the window are upsampled to it
-        scale = short / min(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        scaled = F.interpolate(x, size=pass_size(h, w, ratio, p), mode="bilinear", align_corners=False)
         for flip in (False, True) if p.flip else (False,):
             inp = scaled.flip(-1) if flip else scaled
             with autocast(device, p.precision):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.worker_process import use_every_core
 from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def gt_miou(
 
 def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:
     """The dask task: train (or resume) and write model.pt."""
-    torch.set_num_threads(os.cpu_count() or 1)  # alone on its worker: every core, in every process alike
+    use_every_core()
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < params.batch_size:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.worker_process import use_every_core
 from labelgen.stages.pseudo_labels import MASKS
 from labelgen.stages.train_cam import LAST, LOG, MODEL
 from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
@@ -114,7 +114,7 @@ def train_decoder(
     p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
 ) -> UnitResult:
     """The dask task: train (or resume) the Segmenter and write model.pt."""
-    torch.set_num_threads(os.cpu_count() or 1)  # alone on its worker: every core, in every process alike
+    use_every_core()
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < p.batch_size:
