@@ -3,7 +3,7 @@
 dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 so that freed memory goes back to the
 OS. Setting that variable also turns off glibc's adaptive mmap threshold, so every buffer over
 128 kB (every attention map, every activation of a ViT) is a fresh mmap, page-faulted in and
-unmapped again: measured, a DeiT forward on a 640×480 image takes 0.58 s instead of 0.25 s. We put
+unmapped again: measured, a DeiT forward on a 640×480 image takes 0.54 s instead of 0.26 s. We put
 back the thresholds that glibc's adaptive rule settles on for such a process (mmap above 32 MiB,
 trim above 64 MiB): large buffers are reused, and memory still goes back to the OS.
 """
