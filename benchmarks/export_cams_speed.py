@@ -1,8 +1,7 @@
 """export_cams throughput: labelgen's shard tasks vs a reference-style loop, in turn, same machine.
 
 Same images (real COCO photos from ../shared/data/coco128), same weights (DeiT-Tiny WeakTr), same
-scales (1.0, 1.2) with flips, same precision (bf16 autocast by default: the reference runs its
-forward under autocast). The reference-style loop does what the reference's
+scales (1.0, 1.2) with flips. The reference-style loop does what the reference's
 `generate_attention_maps_ms` does: one image a time, one forward per scale and per flip, the
 attention maps stacked into one B×K×N×N tensor before fusion, every class upsampled, one `.npy` per
 image. labelgen runs its export_cams shard function as dask tasks on a LocalCluster: attention
@@ -11,8 +10,14 @@ parallel single-threaded worker processes, zarr output. The table also says how 
 are apart: the largest difference of the normalised CAMs, and the share of pixels whose CAM label
 (argmax at background threshold 0.43) differs.
 
-    python benchmarks/export_cams_speed.py [--images 32] [--workers 2] [--precision bf16|fp32]
-        [--reference-precision fp32] [--views-per-pass 1] [--checkpoint runs/.../train_cam/<key>/model.pt]
+Precision: the reference wraps its forward in `torch.cuda.amp.autocast()`, which only touches CUDA
+ops; on a CPU torch disables it ("CUDA is not available. Disabling autocast"), so the reference
+runs in fp32 here, and so does the loop by default. labelgen runs at its stage default,
+`precision = "auto"`, which is bf16 on a CPU with native bf16 (this benchmark's machine) and fp32
+elsewhere. `--reference-precision bf16` gives the like-for-like comparison of the schedules alone.
+
+    python benchmarks/export_cams_speed.py [--images 32] [--workers 2] [--precision auto|bf16|fp32]
+        [--reference-precision fp32|bf16] [--views-per-pass 1] [--checkpoint runs/.../train_cam/<key>/model.pt]
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.models import weaktr
 from labelgen.models.cam_inference import cam_checkpoint, load_cam_model
-from labelgen.models.precision import PRECISIONS, autocast
+from labelgen.models.precision import PRECISIONS, autocast, resolve_precision
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.stages.export_cams import export_shard, stored_size
 from labelgen.store.checkpoint import save_checkpoint
@@ -142,15 +147,21 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard", type=int, default=8)
-    parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
-    parser.add_argument("--reference-precision", choices=PRECISIONS, help="default: --precision (like for like)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="labelgen's export_cams.precision")
+    parser.add_argument(
+        "--reference-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the loop's precision; fp32 is what the reference's CUDA-only autocast gives on a CPU",
+    )
     parser.add_argument("--views-per-pass", type=int, default=1, help="export_cams.batch_size (1 is best on CPU)")
     parser.add_argument(
         "--checkpoint", type=Path, help="a trained train_cam model.pt (default: fresh WeakTr with DeiT-Tiny weights)"
     )
     args = parser.parse_args()
     use_shared_weights()
-    ref_precision = args.reference_precision or args.precision
+    ref_precision = args.reference_precision
+    precision = resolve_precision(torch.device("cpu"), args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.checkpoint:
@@ -166,7 +177,7 @@ def main() -> None:
         started = time.perf_counter()
         reference_loop(model_path, recs, tmp / "ref", ref_precision)
         ref_s = time.perf_counter() - started
-        ours_s = labelgen_export(model_path, recs, tmp, args.workers, args.shard, args.precision, args.views_per_pass)
+        ours_s = labelgen_export(model_path, recs, tmp, args.workers, args.shard, precision, args.views_per_pass)
         agree = agreement(recs, tmp / "ref", tmp / "cams.zarr")
     rows = [
         {
@@ -176,7 +187,7 @@ def main() -> None:
             "images_per_s": len(recs) / ref_s,
         },
         {
-            "method": f"labelgen ({args.workers} workers, {args.precision}, {args.views_per_pass} view/pass)",
+            "method": f"labelgen ({args.workers} workers, {precision}, {args.views_per_pass} view/pass)",
             "images": len(recs),
             "seconds": round(ours_s, 2),
             "images_per_s": len(recs) / ours_s,
@@ -193,7 +204,7 @@ def main() -> None:
         rows,
         {
             "speedup": ref_s / ours_s,
-            "precision": args.precision,
+            "precision": precision,
             "reference_precision": ref_precision,
             "views_per_pass": args.views_per_pass,
             **agree,
