@@ -26,6 +26,9 @@ def _not_in_key(default: Any, doc: str = "") -> Any:
     return field(default=default, metadata={"key": False, "doc": doc})
 
 
+LOADER_PROCESSES = "training loader processes: a count, or auto (one per core the trainer leaves, at most 16)"
+
+
 @dataclass(frozen=True)
 class DatasetParams:
     name: str = "demo"  # one of voc, coco, folder, demo
@@ -68,7 +71,7 @@ class TrainCamParams:
     seed: int = 504
     selection: str = "last"  # "last" epoch, or "gt_miou" (uses pixel GT of a labelled subset)
     selection_subset: int = 64  # images of the train split used by gt_miou selection
-    num_workers: int = _not_in_key(2, "data loader processes")
+    num_workers: str = _not_in_key("auto", LOADER_PROCESSES)
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class TrainDecoderParams:
     clip_start: float = 1.2  # clipping is on once the global mean loss is below this
     precision: str = "auto"  # "auto", "bf16" or "fp32" (see train_cam.precision)
     seed: int = 0
-    num_workers: int = _not_in_key(2, "data loader processes")
+    num_workers: str = _not_in_key("auto", LOADER_PROCESSES)
 
 
 @dataclass(frozen=True)

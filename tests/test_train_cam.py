@@ -27,8 +27,8 @@ def manifest(tmp_path_factory):
     return root / "index" / "manifest.json"
 
 
-def _train(out, manifest, epochs):
-    recipe = tiny_recipe(f"train_cam.epochs={epochs}")
+def _train(out, manifest, epochs, *overrides):
+    recipe = tiny_recipe(f"train_cam.epochs={epochs}", *overrides)
     return train_cam(recipe["train_cam"], recipe["dataset"], manifest, out)
 
 

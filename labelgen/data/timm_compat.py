@@ -44,6 +44,14 @@ def seed_augmentations(seed: int) -> None:
     AUGMENTATION_RANDOM.seed(seed)
 
 
+def augmentation_state() -> object:
+    return AUGMENTATION_RANDOM.getstate()
+
+
+def set_augmentation_state(state: object) -> None:
+    AUGMENTATION_RANDOM.setstate(state)
+
+
 def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     if bits_to_keep >= 8:
         return img

@@ -27,7 +27,14 @@ from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import read_mask
-from labelgen.data.training import TaggedImages, epoch_loader, normalisation, seed_everything
+from labelgen.data.training import (
+    TaggedImages,
+    check_num_workers,
+    normalisation,
+    seed_everything,
+    start_epoch,
+    training_loader,
+)
 from labelgen.errors import DataError
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
@@ -141,6 +148,23 @@ def gt_miou(
     return mious[best], float(SELECTION_THRESHOLDS[best])
 
 
+def training_transform(params: TrainCamParams, mean, std):
+    """The reference's DeiT training augmentation (weaktr-method.md §1.6) with the recipe's settings."""
+    return timm.data.create_transform(
+        params.input_size,
+        is_training=True,
+        scale=(params.min_crop_scale, 1.0),
+        hflip=0.5,
+        auto_augment=params.auto_augment or None,
+        re_prob=params.random_erasing,
+        re_mode="pixel",
+        re_count=1,
+        interpolation="bicubic",
+        mean=mean,
+        std=std,
+    )
+
+
 def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:
     """The dask task: train (or resume) and write model.pt."""
     use_every_core()
@@ -155,25 +179,14 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     state = build_state(params, manifest.num_classes - 1, device)
     resume(state, out / LAST)
     mean, std = normalisation(params.backbone)
-    transform = timm.data.create_transform(
-        params.input_size,
-        is_training=True,
-        scale=(params.min_crop_scale, 1.0),
-        hflip=0.5,
-        auto_augment=params.auto_augment or None,
-        re_prob=params.random_erasing,
-        re_mode="pixel",
-        re_count=1,
-        interpolation="bicubic",
-        mean=mean,
-        std=std,
-    )
+    transform = training_transform(params, mean, std)
     data = TaggedImages(records, manifest.num_classes - 1, transform, dataset.max_image_pixels)
     subset = [r for r in records if r.mask][: params.selection_subset]
     if params.selection == "gt_miou" and not subset:
         raise DataError("train_cam.selection='gt_miou' needs GT masks in the train split; use selection='last'")
+    loader = training_loader(data, params.batch_size, params.num_workers, params.seed, device)
     for epoch in range(state.next_epoch, params.epochs):
-        loader = epoch_loader(data, params.batch_size, params.num_workers, params.seed, epoch, device)
+        start_epoch(loader, params.seed, epoch)
         lr = state.optimizer.param_groups[0]["lr"]
         entry = {"epoch": epoch, "lr": lr, **train_epoch(state, loader, device, params.precision, epoch)}
         # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
@@ -229,6 +242,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
 
 def _plan(ctx: StageContext) -> list[Unit]:
     check_precision(ctx.params.precision, "train_cam.precision")
+    check_num_workers(ctx.params.num_workers, "train_cam.num_workers")
     args = (ctx.params, ctx.recipe["dataset"], ctx.inputs["index"].path / "manifest.json", ctx.artifact.path)
     return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs")]
 
@@ -238,5 +252,5 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
 
 
 STAGE = Stage(
-    name="train_cam", version=1, section="train_cam", inputs=("index",), gpu=True, plan=_plan, finalize=_finalize
+    name="train_cam", version=2, section="train_cam", inputs=("index",), gpu=True, plan=_plan, finalize=_finalize
 )

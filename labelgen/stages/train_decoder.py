@@ -24,7 +24,7 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
-from labelgen.data.training import epoch_loader, normalisation, seed_everything
+from labelgen.data.training import check_num_workers, normalisation, seed_everything, start_epoch, training_loader
 from labelgen.errors import DataError
 from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast, check_precision
@@ -136,15 +136,16 @@ def train_decoder(
     data = PseudoMaskImages(records, masks, p, mean, std, dataset.max_image_pixels)
     steps_per_epoch = len(data) // p.batch_size
     total = steps_per_epoch * p.epochs
-    start_epoch, history = 0, []
+    first_epoch, history = 0, []
     saved = load_resume_state(out / LAST)
     if saved is not None:
         model.load_state_dict(saved["model"], strict=True)
         optimizer.load_state_dict(saved["optimizer"])
-        start_epoch, history = saved["epoch"] + 1, saved["history"]
+        first_epoch, history = saved["epoch"] + 1, saved["history"]
         log.info("train_decoder: resuming after epoch %d from %s", saved["epoch"], out / LAST)
-    for epoch in range(start_epoch, p.epochs):
-        loader = epoch_loader(data, p.batch_size, p.num_workers, p.seed, epoch, device)
+    loader = training_loader(data, p.batch_size, p.num_workers, p.seed, device)
+    for epoch in range(first_epoch, p.epochs):
+        start_epoch(loader, p.seed, epoch)
         model.train()
         started, losses, clipped = time.perf_counter(), [], []
         for i, (images, targets) in enumerate(
@@ -203,6 +204,7 @@ def load_segmenter(path: Path, device: torch.device) -> tuple[Segmenter, tuple, 
 
 def _plan(ctx: StageContext) -> list[Unit]:
     check_precision(ctx.params.precision, "train_decoder.precision")
+    check_num_workers(ctx.params.num_workers, "train_decoder.num_workers")
     dataset: DatasetParams = ctx.recipe["dataset"]
     manifest_path = ctx.inputs["index"].path / "manifest.json"
     records = Manifest.load(manifest_path).split(dataset.train_split)
@@ -234,7 +236,7 @@ def _used_inputs(recipe) -> tuple[str, ...]:
 
 STAGE = Stage(
     name="train_decoder",
-    version=1,
+    version=2,
     section="train_decoder",
     inputs=("index", "pseudo_labels"),
     gpu=True,
