@@ -33,7 +33,8 @@ def random_crop(
         y = int(rng.integers(0, max(h - crop, 0) + 1))
         x = int(rng.integers(0, max(w - crop, 0) + 1))
         window = mask[y : y + crop, x : x + crop]
-        _, counts = np.unique(window[window != IGNORE_INDEX], return_counts=True)
+        counts = np.bincount(window[window != IGNORE_INDEX], minlength=256)  # linear time; np.unique sorts
+        counts = counts[counts > 0]
         if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
             break
     return image[y : y + crop, x : x + crop], mask[y : y + crop, x : x + crop]
@@ -41,23 +42,37 @@ def random_crop(
 
 def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """mmseg PhotoMetricDistortion defaults: brightness ±32, contrast and saturation ×[0.5, 1.5],
-    hue ±18 (OpenCV units, 180 per turn); each with probability 0.5, contrast first or last."""
-    img = image.astype(np.float32)
+    hue ±18 (OpenCV units, 180 per turn); each with probability 0.5, contrast first or last.
+
+    Each step is the same float32 function of a pixel's uint8 value everywhere in the image, so it
+    runs as a 256-entry lookup table: the float32 arithmetic happens once per value, not per pixel.
+    Between steps the image is truncated to uint8, because PIL converts to HSV in uint8; mmseg stays
+    in float32 throughout, so the two differ by less than one grey level a step."""
+    values = np.arange(256, dtype=np.float32)
+    first = values
     if rng.random() < 0.5:
-        img = img + rng.uniform(-32, 32)
+        first = first + rng.uniform(-32, 32)
     contrast_first = rng.random() < 0.5
     if contrast_first and rng.random() < 0.5:
-        img = img * rng.uniform(0.5, 1.5)
-    img = np.clip(img, 0, 255)
-    hsv = np.asarray(Image.fromarray(img.astype(np.uint8)).convert("HSV")).astype(np.float32)
-    if rng.random() < 0.5:
-        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
-    if rng.random() < 0.5:
-        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-18, 18) * 256 / 180) % 256
-    img = np.asarray(Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB")).astype(np.float32)
+        first = first * rng.uniform(0.5, 1.5)
+    img = _lookup(image, first)
+    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+    hue = rng.uniform(-18, 18) * 256 / 180 if rng.random() < 0.5 else None
+    if saturation is not None or hue is not None:  # as mmseg, no HSV round trip (lossy) unless needed
+        hsv = np.array(Image.fromarray(img).convert("HSV"))
+        if saturation is not None:
+            hsv[..., 1] = _lookup(hsv[..., 1], values * saturation)
+        if hue is not None:
+            hsv[..., 0] = _lookup(hsv[..., 0], (values + hue) % 256)
+        img = np.asarray(Image.fromarray(hsv, mode="HSV").convert("RGB"))
     if not contrast_first and rng.random() < 0.5:
-        img = img * rng.uniform(0.5, 1.5)
-    return np.clip(img, 0, 255).astype(np.uint8)
+        img = _lookup(img, values * rng.uniform(0.5, 1.5))
+    return img
+
+
+def _lookup(channel: np.ndarray, mapped: np.ndarray) -> np.ndarray:
+    """uint8 values through a float32 table of 256 entries, clipped to [0, 255] and truncated."""
+    return np.clip(mapped, 0, 255).astype(np.uint8)[channel]
 
 
 def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

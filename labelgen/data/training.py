@@ -28,6 +28,13 @@ def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(cfg.mean), tuple(cfg.std)
 
 
+def normalise_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 B×3×H×W -> float32 (x − 255·mean) / (255·std), on the images' device."""
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - m) / s
+
+
 def multi_hot(tags: tuple[int, ...], num_classes: int) -> torch.Tensor:
     """C-dim float target; tag t (1..C) sets index t-1."""
     target = torch.zeros(num_classes)

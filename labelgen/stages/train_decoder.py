@@ -24,7 +24,14 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
-from labelgen.data.training import check_num_workers, normalisation, seed_everything, start_epoch, training_loader
+from labelgen.data.training import (
+    check_num_workers,
+    normalisation,
+    normalise_batch,
+    seed_everything,
+    start_epoch,
+    training_loader,
+)
 from labelgen.errors import DataError
 from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast, check_precision
@@ -45,12 +52,13 @@ def poly_lr(step: int, total: int, base: float, floor: float, power: float) -> f
 
 
 class PseudoMaskImages(Dataset):
-    """(normalised image crop, mask crop) pairs with the reference's augmentation."""
+    """(uint8 3×crop×crop image, uint8 crop×crop mask) pairs with the reference's augmentation. Both
+    stay uint8 until they are on the training device (`normalise_batch`, `.long()`): a quarter of
+    the image bytes and an eighth of the mask bytes through the loader processes' shared memory and
+    the host-to-device copy."""
 
-    def __init__(self, records: list[ImageRecord], masks: str, p: TrainDecoderParams, mean, std, max_pixels: int):
+    def __init__(self, records: list[ImageRecord], masks: str, p: TrainDecoderParams, max_pixels: int):
         self.records, self.masks, self.p, self.max_pixels = records, masks, p, max_pixels
-        self.mean = np.array(mean, np.float32) * 255
-        self.std = np.array(std, np.float32) * 255
         self._store: ImageArrays | None = None  # opened lazily, once per loader process
 
     def __len__(self) -> int:
@@ -76,8 +84,7 @@ class PseudoMaskImages(Dataset):
             image, mask = image[:, ::-1], mask[:, ::-1]
         image = photometric_distortion(np.ascontiguousarray(image), rng)
         image, mask = pad_to(image, np.ascontiguousarray(mask), p.crop_size)
-        x = torch.from_numpy(((image - self.mean) / self.std).transpose(2, 0, 1).astype(np.float32))
-        return x, torch.from_numpy(mask.astype(np.int64))
+        return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(np.ascontiguousarray(mask))
 
 
 def _mask_source(p: TrainDecoderParams, ctx_inputs: dict, records: list[ImageRecord]) -> str:
@@ -133,7 +140,7 @@ def train_decoder(
     )
     criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
     mean, std = normalisation(p.backbone)
-    data = PseudoMaskImages(records, masks, p, mean, std, dataset.max_image_pixels)
+    data = PseudoMaskImages(records, masks, p, dataset.max_image_pixels)
     steps_per_epoch = len(data) // p.batch_size
     total = steps_per_epoch * p.epochs
     first_epoch, history = 0, []
@@ -154,7 +161,8 @@ def train_decoder(
             lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            images = normalise_batch(images.to(device, non_blocking=True), mean, std)
+            targets = targets.to(device, non_blocking=True).long()
             loss, stats = decoder_step(model, optimizer, criterion, images, targets, p.precision)
             losses.append(loss)
             clipped.append(stats.clipped_fraction if stats.clipping else 0.0)
