@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import random
@@ -18,6 +19,8 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.timm_compat import augmentation_state, seed_augmentations, set_augmentation_state
 from labelgen.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -143,6 +146,7 @@ def training_loader(data: Dataset, batch_size: int, num_workers: str, seed: int,
     """A shuffled, drop-last loader over every epoch of a training: call `loader.sampler.set_epoch`
     before each. Its loader processes live as long as the loader."""
     workers = loader_workers(num_workers)
+    log.info("training data: %d loader process(es) (num_workers=%s)", workers, num_workers)
     return DataLoader(
         SeededSamples(data),
         batch_size=batch_size,
