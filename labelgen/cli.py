@@ -73,7 +73,9 @@ def main(verbose: bool) -> None:
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting; repeatable."
 )
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler, e.g. tcp://host:8786.")
-@click.option("--workers", type=int, help="Worker processes of the local cluster [default: one per core].")
+@click.option(
+    "--workers", type=int, help="Worker processes of the local cluster [default: one per core this process may use]."
+)
 @click.option(
     "--cluster",
     type=click.Choice(["local", "local-cuda"]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import random
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.timm_compat import augmentation_state, seed_augmentations, set_augmentation_state
 from labelgen.errors import ConfigError
+from labelgen.pipeline.worker_process import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,11 @@ def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def normalise_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 B×3×H×W -> float32 (x − 255·mean) / (255·std), on the images' device."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - m) / s
+    """uint8 B×3×H×W -> float32 (x/255 − mean) / std on the images' device, the same arithmetic as
+    timm's ToTensor + Normalize: every model input of labelgen is normalised by this function."""
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - m) / s
 
 
 def multi_hot(tags: tuple[int, ...], num_classes: int) -> torch.Tensor:
@@ -133,12 +134,12 @@ def loader_workers(setting: str) -> int:
     if multiprocessing.current_process().daemon:
         return 0
     if setting == "auto":
-        return max(0, min(len(os.sched_getaffinity(0)) - 1, 16))
+        return max(0, min(available_cores() - 1, 16))
     return int(setting)
 
 
 def check_num_workers(setting: str, where: str) -> None:
-    if setting != "auto" and not (setting.isdigit()):
+    if setting != "auto" and not setting.isdigit():
         raise ConfigError(f'{where}={setting!r}: expected a count of loader processes (0 or more) or "auto"')
 
 

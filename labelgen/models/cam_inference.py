@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from labelgen.data.training import normalise_batch
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.store.checkpoint import load_checkpoint
@@ -30,10 +31,7 @@ def _to_batch(images: list[np.ndarray], scale: float, mean, std, device) -> torc
     h, w = images[0].shape[:2]
     size = (round(w * scale), round(h * scale))
     arrays = [np.asarray(Image.fromarray(im).resize(size, Image.BICUBIC)) if scale != 1.0 else im for im in images]
-    x = torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (x - m) / s
+    return normalise_batch(torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2), mean, std)
 
 
 @torch.no_grad()

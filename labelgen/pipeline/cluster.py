@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 
 import dask
 from distributed import Client, LocalCluster
 
 from labelgen.errors import ConfigError
+from labelgen.pipeline.worker_process import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _client(scheduler: str | None, workers: int | None, cluster: str) -> Iterato
         return
     if cluster != "local":
         raise ConfigError(f"--cluster {cluster!r}; allowed: {', '.join(CLUSTERS)}")
-    n_workers = workers or os.cpu_count() or 1
+    n_workers = workers or available_cores()
     gpus = local_gpu_count()
     # A LocalCluster gives every worker the same resources, so GPU=1 is declared only when there is
     # one worker per GPU; otherwise GPU tasks run unannotated and share the device(s).

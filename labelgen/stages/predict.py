@@ -14,6 +14,7 @@ from labelgen.config import PredictParams
 from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
+from labelgen.data.training import normalise_batch
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
@@ -65,8 +66,7 @@ def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, s
     """Average class probabilities (L, H, W) over scales × flips for one H×W×3 uint8 image."""
     device = next(model.parameters()).device
     h, w = image.shape[:2]
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
-    x = (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
+    x = normalise_batch(torch.from_numpy(image).to(device).permute(2, 0, 1)[None], mean, std)
     total = None
     for ratio in p.scales:
         scaled = F.interpolate(x, size=pass_size(h, w, ratio, p), mode="bilinear", align_corners=False)
