@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,3 +53,15 @@ def _fmt(v) -> str:
 def peak_rss_mb(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
+    """Mean seconds of `fn` over `repeats` calls after one warm-up call; `sync` waits for queued
+    device work (torch.cuda.synchronize on a GPU)."""
+    fn()
+    sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - started) / repeats

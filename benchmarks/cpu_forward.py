@@ -17,9 +17,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-from _common import print_table, write_result
+from _common import print_table, seconds_per_call, write_result
 
 CASES = {
     "fp32, 1 view a pass": {"precision": "fp32", "views": 1},
@@ -47,18 +46,11 @@ def probe(case: dict) -> dict:
     x = torch.randn(case["views"], 3, 480, 640)
     cpu = torch.device("cpu")
 
-    def seconds(fn) -> float:
-        fn()
-        started = time.perf_counter()
-        for _ in range(REPEATS):
-            fn()
-        return (time.perf_counter() - started) / REPEATS
-
     with torch.no_grad(), autocast(cpu, case["precision"]):
-        total = seconds(lambda: model.cams(x, "fine"))
-        backbone = seconds(lambda: model.backbone.forward_features(x, trace=True))
+        total = seconds_per_call(lambda: model.cams(x, "fine"), REPEATS)
+        backbone = seconds_per_call(lambda: model.backbone.forward_features(x, trace=True), REPEATS)
         maps = model.backbone.forward_features(x, trace=True).attn_maps
-        fusion = seconds(lambda: fuse_attention(maps, None))
+        fusion = seconds_per_call(lambda: fuse_attention(maps, None), REPEATS)
     return {"s_per_view": total / case["views"], "vit_share": backbone / total, "fusion_share": fusion / total}
 
 
@@ -73,11 +65,7 @@ def train_step(precision: str) -> float:
     model = WeakTr(WeakTrConfig("deit_tiny_patch16_224", 80), None).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x, y = torch.randn(16, 3, 224, 224), (torch.rand(16, 80) < 0.04).float()
-    cam_step(model, optimizer, x, y, precision)
-    started = time.perf_counter()
-    for _ in range(3):
-        cam_step(model, optimizer, x, y, precision)
-    return (time.perf_counter() - started) / 3
+    return seconds_per_call(lambda: cam_step(model, optimizer, x, y, precision), 3)
 
 
 def in_subprocess(kind: str, arg: dict | str) -> dict:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from labelgen.config import load_recipe, recipe_path
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.training import TaggedImages, loader_workers, normalisation, training_loader
+from labelgen.data.training import TaggedImages, loader_workers, normalisation, start_epoch, training_loader
 from labelgen.stages.train_cam import training_transform
 from labelgen.stages.train_decoder import PseudoMaskImages
 
@@ -53,7 +53,7 @@ def images_per_s(data, batch: int, num_workers: str) -> float:
     loader = training_loader(data, batch, num_workers, 0, torch.device("cpu"))
     rates = []
     for epoch in range(2):
-        loader.sampler.set_epoch(epoch)
+        start_epoch(loader, 0, epoch)
         started = time.perf_counter()
         count = sum(len(images) for images, _ in loader)
         rates.append(count / (time.perf_counter() - started))

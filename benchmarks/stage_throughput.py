@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import print_table, write_result
+from _common import print_table, seconds_per_call, write_result
 from PIL import Image
 
 from labelgen.config import load_recipe, recipe_path
@@ -44,6 +42,7 @@ from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.runner import run_pipeline
+from labelgen.pipeline.worker_process import available_cores
 from labelgen.stages.predict import pass_size, window_starts
 from labelgen.stages.train_cam import cam_step
 from labelgen.stages.train_decoder import decoder_step
@@ -70,16 +69,8 @@ def make_folder_dataset(root: Path, n_train: int, n_val: int, size: tuple[int, i
 
 
 def timed(step: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Seconds per call of `step`, after one warm-up call."""
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / repeats
+    """Seconds per call of `step`, after one warm-up call, with the device's queue drained."""
+    return seconds_per_call(step, repeats, torch.cuda.synchronize if device.type == "cuda" else lambda: None)
 
 
 def pure_cam_export(args, device, recipe) -> float:
@@ -188,7 +179,7 @@ def main() -> None:
     args.size = tuple(int(v) for v in args.size.lower().split("x"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     device = torch.device(args.device)
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or available_cores()  # the LocalCluster default
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         make_folder_dataset(root, args.train_images, args.val_images, args.size, seed=0)
