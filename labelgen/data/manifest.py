@@ -12,7 +12,7 @@ from pathlib import Path
 
 from labelgen.errors import DataError
 
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2  # 2: orientation, source_id, category_ids
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,10 @@ class ImageRecord:
     mask: str | None  # absolute path of the GT class-index PNG, if any
     split: str
     sha256: str  # of the image file bytes
+    # EXIF orientation (1..8) labelgen applies when it reads the file: 1 = the stored pixels as they
+    # are. width/height/mask are in that frame. Pass it to `read_image` (see data/images.py).
+    orientation: int = 1
+    source_id: int | None = None  # the image's id in its source (COCO `images[].id`), kept for export
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,13 @@ class Manifest:
     dataset: str
     classes: tuple[str, ...]  # index = label; 0 is background
     records: tuple[ImageRecord, ...]
+    # the source's id of each label (COCO category ids; index 0, background, is 0), kept for export;
+    # None where the labels are the source's ids themselves (VOC, folder, demo)
+    category_ids: tuple[int, ...] | None = None
+
+    def category_id(self, label: int) -> int:
+        """The source category id of `label` (the label itself where the source has no ids)."""
+        return label if self.category_ids is None else self.category_ids[label]
 
     @property
     def num_classes(self) -> int:
@@ -50,6 +61,7 @@ class Manifest:
             "schema": MANIFEST_SCHEMA,
             "dataset": self.dataset,
             "classes": list(self.classes),
+            "category_ids": None if self.category_ids is None else list(self.category_ids),
             "records": [asdict(r) for r in self.records],
         }
         tmp = path.with_suffix(".tmp")
@@ -71,4 +83,10 @@ class Manifest:
                 "re-create it with `labelgen data index`"
             )
         records = tuple(ImageRecord(**{**r, "tags": tuple(r["tags"])}) for r in data["records"])
-        return cls(dataset=data["dataset"], classes=tuple(data["classes"]), records=records)
+        category_ids = data.get("category_ids")
+        return cls(
+            dataset=data["dataset"],
+            classes=tuple(data["classes"]),
+            records=records,
+            category_ids=None if category_ids is None else tuple(category_ids),
+        )

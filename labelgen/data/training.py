@@ -60,7 +60,7 @@ class TaggedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.records[i]
-        image = Image.fromarray(read_image(r.image, self.max_pixels))
+        image = Image.fromarray(read_image(r.image, self.max_pixels, r.orientation))
         return self.transform(image), multi_hot(r.tags, self.num_classes)
 
 

@@ -180,7 +180,7 @@ def _overlays(ctx: StageContext, manifest: Manifest, path: Path) -> bool:
     rows = []
     for image_id in ids:
         r = by_id[image_id]
-        image = read_image(r.image, ctx.recipe["dataset"].max_image_pixels)
+        image = read_image(r.image, ctx.recipe["dataset"].max_image_pixels, r.orientation)
         row = [image, colourise(read_mask(r.mask))]
         row += [overlay(image, stores[n].mask(stores[n].ids.index(image_id))) for n in train]
         rows.append(row)

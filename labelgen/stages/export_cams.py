@@ -51,7 +51,7 @@ def export_shard(
     for members in by_size.values():
         for start in range(0, len(members), params.batch_size):
             batch = members[start : start + params.batch_size]
-            images = [read_image(records[j].image, max_pixels) for j in batch]
+            images = [read_image(records[j].image, max_pixels, records[j].orientation) for j in batch]
             maps = multiscale_cams(
                 model,
                 images,

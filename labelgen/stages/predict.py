@@ -103,7 +103,7 @@ def predict_shard(
     model, mean, std = load_segmenter(model_path, device)
     masks = []
     for r in records:
-        image = read_image(r.image, max_pixels)
+        image = read_image(r.image, max_pixels, r.orientation)
         masks.append(probs_to_mask(image, predict_probs(model, image, p, mean, std), p))
     return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
 

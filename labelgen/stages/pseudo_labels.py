@@ -43,7 +43,7 @@ def label_shard(
     masks = []
     for i, r, (maps, labels) in zip(rows, records, cams.rows(rows.start, rows.stop), strict=True):
         assert cams.ids[i] == r.id, "cams.zarr rows follow the manifest's train split"
-        masks.append(pseudo_label(read_image(r.image, max_pixels), maps, labels, p))
+        masks.append(pseudo_label(read_image(r.image, max_pixels, r.orientation), maps, labels, p))
     return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
 
 

@@ -136,7 +136,7 @@ def gt_miou(
     model.eval()
     cms = np.zeros((len(SELECTION_THRESHOLDS), num_labels, num_labels), np.int64)
     for r in records:
-        image = read_image(r.image, dataset.max_image_pixels)
+        image = read_image(r.image, dataset.max_image_pixels, r.orientation)
         size = image.shape[:2]
         maps = multiscale_cams(model, [image], [r.tags], (1.0,), True, "fine", size, mean, std, precision, 2)[0]
         gt = read_mask(r.mask)

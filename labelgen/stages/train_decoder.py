@@ -73,7 +73,7 @@ class PseudoMaskImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng(torch.randint(0, 2**63 - 1, ()).item())  # follows the seeded torch RNG
-        image = read_image(self.records[i].image, self.max_pixels)
+        image = read_image(self.records[i].image, self.max_pixels, self.records[i].orientation)
         mask = self._mask(i)
         if mask.shape != image.shape[:2]:
             raise DataError(f"mask of {self.records[i].id} is {mask.shape}, its image {image.shape[:2]}")
