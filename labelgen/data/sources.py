@@ -22,12 +22,14 @@ class SourceItem:
     tags: tuple[int, ...] | None = None  # None: read them from the mask
     mask: Path | None = None  # GT class-index PNG
     coco_annotations: tuple[dict[str, Any], ...] | None = None  # rasterised into a GT mask
+    source_id: int | None = None  # the image's id in its source (COCO images[].id)
 
 
 @dataclass
 class Listing:
     classes: tuple[str, ...]
     items: list[SourceItem]
+    category_ids: tuple[int, ...] | None = None  # source id of each label (COCO), see Manifest
     problems: list[dict[str, str]] = field(default_factory=list)  # {file, reason, action}
 
 
@@ -94,7 +96,10 @@ def _voc_xml_tags(xml: Path, names: dict[str, int], listing: Listing) -> tuple[i
 # --------------------------------------------------------------------------------------------- coco
 def _list_coco(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
     classes, label_of = coco_label_space(params.coco_label_space)
-    listing = Listing(classes=classes, items=[])
+    category_ids = [0] * len(classes)
+    for category_id, label in label_of.items():
+        category_ids[label] = category_id
+    listing = Listing(classes=classes, items=[], category_ids=tuple(category_ids))
     for split in splits:
         ann_file = root / "annotations" / f"instances_{split}.json"
         image_dir = next((d for d in (root / "images" / split, root / split) if d.is_dir()), None)
@@ -119,7 +124,9 @@ def _list_coco(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
             anns = tuple(by_image.get(img["id"], ()))
             tags = tuple(sorted({a["label"] for a in anns}))
             listing.items.append(
-                SourceItem(Path(img["file_name"]).stem, image_dir / img["file_name"], split, tags, None, anns)
+                SourceItem(
+                    Path(img["file_name"]).stem, image_dir / img["file_name"], split, tags, None, anns, img["id"]
+                )
             )
     return listing
 

@@ -86,5 +86,6 @@ def _index_one(item: SourceItem, num_classes: int, max_pixels: int, gt_dir: Path
         mask=str(Path(mask_path).resolve()) if mask_path is not None else None,
         split=item.split,
         sha256=file_digest(Path(item.image)),
+        source_id=item.source_id,
     )
     return record, info.converted

@@ -58,7 +58,7 @@ def index_dataset(params: DatasetParams, root: Path, out_dir: Path, client: Any 
         results = client.gather([client.submit(index_items, *a, pure=False) for a in args])
     records = [r for recs, _ in results for r in recs]
     problems = listing.problems + [p for _, probs in results for p in probs]
-    return _assemble(params.name, listing.classes, records, problems, out_dir)
+    return _assemble(params.name, listing.classes, listing.category_ids, records, problems, out_dir)
 
 
 def _slices(items: list[SourceItem], size: int) -> list[list[SourceItem]]:
@@ -66,7 +66,12 @@ def _slices(items: list[SourceItem], size: int) -> list[list[SourceItem]]:
 
 
 def _assemble(
-    dataset: str, classes: tuple[str, ...], records: list[ImageRecord], problems: list[dict[str, str]], out: Path
+    dataset: str,
+    classes: tuple[str, ...],
+    category_ids: tuple[int, ...] | None,
+    records: list[ImageRecord],
+    problems: list[dict[str, str]],
+    out: Path,
 ) -> Manifest:
     seen: dict[str, ImageRecord] = {}
     for r in records:
@@ -81,7 +86,7 @@ def _assemble(
             f"no usable images: all {len(records) + len(problems)} were left out; see the problems report "
             f"{out / PROBLEMS}"
         )
-    manifest = Manifest(dataset=dataset, classes=classes, records=tuple(seen.values()))
+    manifest = Manifest(dataset=dataset, classes=classes, records=tuple(seen.values()), category_ids=category_ids)
     manifest.save(out / MANIFEST)
     return manifest
 
@@ -99,7 +104,9 @@ def _plan(ctx: StageContext) -> list[Unit]:
         generate_demo(root, params)
     listing = list_dataset(params, root, dataset_splits(params))
     out = ctx.artifact.path
-    (out / _LISTING).write_text(json.dumps({"classes": listing.classes, "problems": listing.problems}))
+    (out / _LISTING).write_text(
+        json.dumps({"classes": listing.classes, "category_ids": listing.category_ids, "problems": listing.problems})
+    )
     (out / "gt_masks").mkdir(exist_ok=True)
     (out / "slices").mkdir(exist_ok=True)
     units = []
@@ -123,7 +130,8 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         data = json.loads(path.read_text())
         rows += [ImageRecord(**{**r, "tags": tuple(r["tags"])}) for r in data["records"]]
         problems += data["problems"]
-    manifest = _assemble(ctx.params.name, tuple(listing["classes"]), rows, problems, out)
+    ids = listing["category_ids"]
+    manifest = _assemble(ctx.params.name, tuple(listing["classes"]), ids and tuple(ids), rows, problems, out)
     for p in problems:
         log.warning("index: %s: %s (%s)", p["file"], p["reason"], p["action"])
     counts = {s: len(manifest.split(s)) for s in manifest.splits}
