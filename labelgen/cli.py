@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from labelgen.config import load_recipe, recipe_path
-from labelgen.errors import ConfigError, DataError, LabelgenError
+from labelgen.errors import ConfigError, LabelgenError
 
 log = logging.getLogger("labelgen")
 
@@ -38,6 +38,10 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except LabelgenError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:  # an input we did not wrap ourselves: still one line naming the file
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -182,7 +186,9 @@ def data_index(dataset, data_root, splits, overrides, out) -> None:
 @_data_options
 @_user_errors
 def data_check(dataset, data_root, splits, overrides) -> None:
-    """Validate a data set and list every problem with its file; exit 1 if there are any.
+    """Validate a data set and list every problem with its file, one line each; exit 1 if any image is
+    left out or any GT is unusable (exit 0 when there are only notes: conversions, EXIF orientation,
+    rows of splits not indexed).
 
     \b
     Example:
@@ -190,20 +196,20 @@ def data_check(dataset, data_root, splits, overrides) -> None:
     """
     import tempfile
 
-    from labelgen.stages.index import PROBLEMS, index_dataset
+    from labelgen.data.problems import describe, is_problem, summary
+    from labelgen.stages.index import PROBLEMS, NoUsableImages, index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             usable = len(index_dataset(params, Path(data_root).resolve(), Path(tmp)).records)
-        except DataError:  # nothing usable: still list why, from the problems report
+        except NoUsableImages:  # nothing usable: still list why, from the problems report
             usable = 0
         problems = json.loads((Path(tmp) / PROBLEMS).read_text())
     for p in problems:
-        click.echo(f"{p['file']}: {p['reason']} [{p['action']}]")
-    left_out = sum(p["action"] == "left out" for p in problems)
-    click.echo(f"{usable} usable images, {left_out} left out, {len(problems) - left_out} converted")
-    sys.exit(1 if left_out else 0)
+        click.echo(describe(p))
+    click.echo(summary(usable, problems))
+    sys.exit(1 if any(is_problem(p) for p in problems) else 0)
 
 
 @main.command()

@@ -20,7 +20,7 @@ def test_data_check_names_every_broken_file(tmp_path):
     for name, why in [("truncated.jpg", "truncated"), ("empty.jpg", "zero-byte"), ("text.jpg", "not a readable")]:
         line = next(ln for ln in result.output.splitlines() if name in ln)
         assert why in line and "[left out]" in line
-    assert "6 usable images, 3 left out, 5 converted" in result.output
+    assert "6 usable images; 5 converted when read, 3 left out" in result.output
 
 
 def test_data_index_writes_a_manifest(tmp_path):
@@ -31,7 +31,7 @@ def test_data_index_writes_a_manifest(tmp_path):
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.read_text())
-    assert manifest["schema"] == 1 and len(manifest["records"]) == 126
+    assert manifest["schema"] == 2 and len(manifest["records"]) == 126
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

@@ -1,91 +1,201 @@
-"""Validation of source items into manifest rows: the work of one `index` task."""
+"""Validation of source items into manifest rows: the work of one `index` task.
+
+Per image: decode it (a broken file is left out), decide its orientation (which frame, stored pixels
+or EXIF-oriented, the annotations were drawn on), read its GT (COCO annotations rasterised, or a mask
+file) and check the GT against the tags. What is decided and why goes into problems.json, one line
+each; nothing is decided silently.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
-from labelgen.data.images import inspect_image
+from labelgen.data.coco_gt import rasterise_coco
+from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.masks import IGNORE_INDEX, check_mask, read_mask, tags_from_mask, write_mask
-from labelgen.data.sources import SourceItem, problem
+from labelgen.data.masks import IGNORE_INDEX, read_mask, tags_from_mask, write_mask
+from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, PARTS_SKIPPED, problem
+from labelgen.data.sources import SourceItem
 from labelgen.errors import DataError
 from labelgen.store.artifact import file_digest
 
+# A user mask more than this share "ignore" (255) carries almost no labels: most likely its object
+# value is 255 (binary 0/255 exports). Such GT is reported and not scored.
+MOSTLY_IGNORE = 0.5
 
-def rasterise_coco(annotations: tuple[dict, ...], height: int, width: int) -> np.ndarray:
-    """A class-index mask from COCO annotations: larger objects first so smaller ones stay visible;
-    crowd regions become ignore (255) where no single object covers them."""
-    mask = np.zeros((height, width), np.uint8)
-    crowd = np.zeros((height, width), bool)
-    for ann in sorted(annotations, key=lambda a: -a["area"]):
-        seg = ann["segmentation"]
-        if isinstance(seg, list):  # polygons
-            rle = coco_mask.merge(coco_mask.frPyObjects(seg, height, width)) if seg else None
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE (crowd)
-            rle = coco_mask.frPyObjects(seg, height, width)
-        else:
-            rle = seg
-        if rle is None:
-            continue
-        region = coco_mask.decode(rle).astype(bool)
-        if ann["iscrowd"]:
-            crowd |= region
-        else:
-            mask[region] = ann["label"]
-    mask[crowd & (mask == 0)] = IGNORE_INDEX
-    return mask
+
+def _wh(size: tuple[int, int]) -> str:
+    return f"{size[0]}×{size[1]}"
+
+
+def choose_orientation(info: ImageInfo, annotated: tuple[int, int] | None, what: str) -> tuple[int, str | None]:
+    """The EXIF orientation to apply (1 = stored pixels) so the image has the `annotated` (width,
+    height) of its annotations or mask, and a note saying what was decided, if anything was.
+
+    Without an annotated size, or where both frames have it (square images, flips, 180° turns), the
+    EXIF orientation is applied, as OpenCV, mmcv and detectron2 do when they read the file. Raises
+    `DataError` when neither frame has the annotated size. `what` names the annotations in messages.
+    """
+    tag = info.exif_orientation
+    raw, upright = info.size(1), info.size(tag)
+    if annotated is not None and annotated not in (raw, upright):
+        turned = f" ({_wh(upright)} after its EXIF orientation {tag})" if tag != 1 else ""
+        raise DataError(
+            f"image is {_wh(raw)}{turned} but {what} is {_wh(annotated)}; they were made for another "
+            "image: re-export the annotations for this file or replace the file"
+        )
+    if tag == 1:
+        return 1, None
+    if annotated is None or annotated == upright:
+        why = "no annotated size to compare" if annotated is None else f"{what} has the oriented size"
+        if annotated is not None and annotated == raw:
+            why = f"{what} fits both frames ({_wh(raw)}); the EXIF tag decides, as OpenCV/mmcv/detectron2 read it"
+        return tag, f"EXIF orientation {tag}: stored {_wh(raw)} turned upright to {_wh(upright)} ({why})"
+    return 1, (
+        f"EXIF orientation {tag}, but {what} ({_wh(annotated)}) matches the stored pixels, not the upright "
+        f"{_wh(upright)}: labelgen uses the stored pixels (exports write them without the tag); OpenCV/mmcv "
+        "would turn this file, so strip its EXIF orientation tag to make every tool agree"
+    )
+
+
+def mask_disagreements(mask: np.ndarray, tags: tuple[int, ...], classes: tuple[str, ...]) -> str | None:
+    """Why a user's GT mask contradicts the image's tags, with the likely cause; None if it agrees.
+
+    Checked: tagged classes with no pixel, classes in the mask the tags do not name, a mask mostly
+    ignore (255). Binary masks (values 0/255, a common export) get the remapping hint."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    present = {v for v in np.flatnonzero(counts) if v not in (0, IGNORE_INDEX)}
+    missing = sorted(set(tags) - present)
+    extra = sorted(present - set(tags))
+    ignore_share = counts[IGNORE_INDEX] / mask.size
+    reasons = []
+    if missing:
+        reasons.append(f"no pixel of tagged {_names(missing, classes)}")
+    if extra:
+        reasons.append(f"pixels of {_names(extra, classes)} which the tags do not name")
+    if ignore_share > MOSTLY_IGNORE:
+        reasons.append(f"{100 * ignore_share:.0f}% of its pixels are {IGNORE_INDEX} (ignore)")
+    if not reasons:
+        return None
+    hint = ""
+    if counts[IGNORE_INDEX] and not present:
+        target = f"class {tags[0]} ({classes[tags[0]]})" if len(tags) == 1 else "its class index"
+        hint = f"; values 0/{IGNORE_INDEX}: is {IGNORE_INDEX} your object? remap it to {target}"
+    elif missing and extra:
+        hint = "; mask values must be class indices in class-list order (1 = the first class)"
+    return "GT mask has " + ", ".join(reasons) + hint
+
+
+def _names(labels: list[int], classes: tuple[str, ...]) -> str:
+    return ", ".join(f"{classes[v]!r} ({v})" if v < len(classes) else str(v) for v in labels)
 
 
 def index_items(
-    items: list[SourceItem], num_classes: int, max_pixels: int, gt_dir: Path
+    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_dir: Path
 ) -> tuple[list[ImageRecord], list[dict[str, str]]]:
-    """Validate each item; return manifest rows for the good ones and a problem for each bad one."""
+    """Validate each item; return manifest rows for the good ones and a problem for each bad one
+    (and a note for each image kept with a decision: conversion, orientation, GT not scored)."""
     records, problems = [], []
     for item in items:
+        notes: list[tuple[str, str]] = []
         try:
-            record, converted = _index_one(item, num_classes, max_pixels, gt_dir)
+            record = _index_one(item, classes, max_pixels, gt_dir, notes)
         except DataError as e:
-            problems.append(problem(item.image, str(e)))
+            problems.append(problem(item.image, str(e).removeprefix(f"{item.image}: "), where=item.where))
             continue
-        if converted:
-            problems.append(problem(item.image, converted, "converted when read"))
+        problems += [problem(item.image, reason, action, item.where) for reason, action in notes]
         if not record.tags:
-            problems.append(problem(item.image, "no image-level tags; WeakTr needs at least one class per image"))
+            problems.append(
+                problem(item.image, "no image-level tags; WeakTr needs at least one class per image", where=item.where)
+            )
             continue
         records.append(record)
     return records, problems
 
 
-def _index_one(item: SourceItem, num_classes: int, max_pixels: int, gt_dir: Path) -> tuple[ImageRecord, str | None]:
+def _index_one(
+    item: SourceItem, classes: tuple[str, ...], max_pixels: int, gt_dir: Path, notes: list[tuple[str, str]]
+) -> ImageRecord:
     info = inspect_image(item.image, max_pixels)
-    size = (info.width, info.height)
-    mask_path = item.mask
+    if info.converted:
+        notes.append((info.converted, CONVERTED))
+    tags, mask_path, mask = item.tags, item.mask, None
     if item.coco_annotations is not None:
+        orientation, note = choose_orientation(info, item.annotated_size, "the JSON's width×height")
+        width, height = info.size(orientation)
+        gt = rasterise_coco(item.coco_annotations, height, width)
+        notes += [(n, PARTS_SKIPPED) for n in gt.notes]
+        tags = gt.tags
         mask_path = gt_dir / f"{item.id}.png"
-        write_mask(mask_path, rasterise_coco(item.coco_annotations, info.height, info.width))
-    tags = item.tags
-    if mask_path is not None:
+        write_mask(mask_path, gt.mask)
+        if not gt.complete:
+            mask_path = None
+    elif mask_path is not None:
         mask = read_mask(mask_path)
-        check_mask(mask, num_classes, mask_path, size)
-        if tags is None:
-            tags = tags_from_mask(mask)
+        try:
+            orientation, note = choose_orientation(info, (mask.shape[1], mask.shape[0]), f"its mask {mask_path}")
+        except DataError as e:
+            if tags is None:  # the mask was the only source of tags
+                raise
+            orientation, note = choose_orientation(info, None, "")
+            notes.append((f"{e}; the image is used without GT", NOT_SCORED))
+            mask, mask_path = None, None
+    else:
+        orientation, note = choose_orientation(info, None, "")
+    if note:
+        notes.append((note, ORIENTED if orientation != 1 else NOT_ORIENTED))
+    if mask is not None:
+        mask_path, tags = _check_user_mask(mask, mask_path, tags, classes, notes)
     if tags is None:
         raise DataError(f"{item.image}: no tags and no mask to read them from")
-    bad = [t for t in tags if not 0 < t < num_classes]
+    bad = [t for t in tags if not 0 < t < len(classes)]
     if bad:
-        raise DataError(f"{item.image}: tags {bad} outside the label space 1..{num_classes - 1}")
-    record = ImageRecord(
+        raise DataError(f"{item.image}: tags {bad} outside the label space 1..{len(classes) - 1}")
+    width, height = info.size(orientation)
+    return ImageRecord(
         id=item.id,
         image=str(Path(item.image).resolve()),
-        width=info.width,
-        height=info.height,
+        width=width,
+        height=height,
         tags=tuple(tags),
         mask=str(Path(mask_path).resolve()) if mask_path is not None else None,
         split=item.split,
         sha256=file_digest(Path(item.image)),
+        orientation=orientation,
         source_id=item.source_id,
     )
-    return record, info.converted
+
+
+def _check_user_mask(
+    mask: np.ndarray,
+    path: Path,
+    tags: tuple[int, ...] | None,
+    classes: tuple[str, ...],
+    notes: list[tuple[str, str]],
+) -> tuple[Path | None, tuple[int, ...]]:
+    """(mask path to score, tags) for a mask file: values outside the label space or a mask that
+    contradicts the tags keep the image (when the tags come from elsewhere) but not its GT."""
+    values = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    bad = [int(v) for v in values if v >= len(classes) and v != IGNORE_INDEX]
+    if bad:
+        why = (
+            f"mask {path} has values {bad} outside the label space 0..{len(classes) - 1} (and {IGNORE_INDEX} = "
+            "ignore); mask values are class indices in class-list order"
+        )
+        if tags is None:
+            raise DataError(why)
+        notes.append((why, NOT_SCORED))
+        return None, tags
+    if tags is None:  # tags read from the mask agree with it by construction; only its coverage can be off
+        share = float((mask == IGNORE_INDEX).mean())
+        if share > MOSTLY_IGNORE:
+            notes.append((f"mask {path}: {100 * share:.0f}% of its pixels are {IGNORE_INDEX} (ignore)", NOT_SCORED))
+            return None, tags_from_mask(mask)
+        return path, tags_from_mask(mask)
+    disagreement = mask_disagreements(mask, tags, classes)
+    if disagreement:
+        notes.append((f"{disagreement} (mask {path})", NOT_SCORED))
+        return None, tags
+    return path, tags

@@ -14,13 +14,19 @@ from typing import Any
 from labelgen.config import DatasetParams, Recipe
 from labelgen.data.demo import generate_demo
 from labelgen.data.manifest import ImageRecord, Manifest
-from labelgen.data.sources import SourceItem, list_dataset, problem
+from labelgen.data.problems import problem
+from labelgen.data.sources import SourceItem, list_dataset
 from labelgen.data.validate import index_items
 from labelgen.errors import DataError
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
+
+
+class NoUsableImages(DataError):
+    """Every image of the data set was left out; problems.json says why for each."""
+
 
 MANIFEST = "manifest.json"
 PROBLEMS = "problems.json"
@@ -44,18 +50,16 @@ def load_manifest(index: Artifact) -> Manifest:
     return Manifest.load(index.path / MANIFEST)
 
 
-def index_dataset(params: DatasetParams, root: Path, out_dir: Path, client: Any | None = None) -> Manifest:
-    """Index without the artifact machinery, for `labelgen data index/check`: same code, one process
-    (or the given dask client)."""
+def index_dataset(params: DatasetParams, root: Path, out_dir: Path) -> Manifest:
+    """Index without the artifact machinery, for `labelgen data index/check`: same code, one process.
+    Writes problems.json (always, also when nothing is usable) and manifest.json into `out_dir`."""
     listing = list_dataset(params, root, dataset_splits(params))
     gt_dir = out_dir / "gt_masks"
     gt_dir.mkdir(parents=True, exist_ok=True)
-    slices = _slices(listing.items, params.index_slice)
-    args = [(s, len(listing.classes), params.max_image_pixels, gt_dir) for s in slices]
-    if client is None:
-        results = [index_items(*a) for a in args]
-    else:
-        results = client.gather([client.submit(index_items, *a, pure=False) for a in args])
+    results = [
+        index_items(s, listing.classes, params.max_image_pixels, gt_dir)
+        for s in _slices(listing.items, params.index_slice)
+    ]
     records = [r for recs, _ in results for r in recs]
     problems = listing.problems + [p for _, probs in results for p in probs]
     return _assemble(params.name, listing.classes, listing.category_ids, records, problems, out_dir)
@@ -82,17 +86,19 @@ def _assemble(
     out.mkdir(parents=True, exist_ok=True)
     (out / PROBLEMS).write_text(json.dumps(problems, indent=1))
     if not seen:
-        raise DataError(
-            f"no usable images: all {len(records) + len(problems)} were left out; see the problems report "
-            f"{out / PROBLEMS}"
+        raise NoUsableImages(
+            f"no usable images: every image was left out; see the problems report {out / PROBLEMS} "
+            "(or run `labelgen data check`)"
         )
     manifest = Manifest(dataset=dataset, classes=classes, records=tuple(seen.values()), category_ids=category_ids)
     manifest.save(out / MANIFEST)
     return manifest
 
 
-def _index_slice(items: list[SourceItem], num_classes: int, max_pixels: int, gt_dir: Path, out: Path) -> UnitResult:
-    records, problems = index_items(items, num_classes, max_pixels, gt_dir)
+def _index_slice(
+    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_dir: Path, out: Path
+) -> UnitResult:
+    records, problems = index_items(items, classes, max_pixels, gt_dir)
     out.write_text(json.dumps({"records": [r.__dict__ for r in records], "problems": problems}))
     return [out], {"images": len(items), "problems": len(problems)}
 
@@ -113,7 +119,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
     for i, items in enumerate(_slices(listing.items, params.index_slice)):
         args = (
             items,
-            len(listing.classes),
+            listing.classes,
             params.max_image_pixels,
             out / "gt_masks",
             out / "slices" / f"{i:06d}.json",

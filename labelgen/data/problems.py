@@ -1,0 +1,48 @@
+"""The entries of problems.json: what each `action` means, and how `data check` and the index log
+print them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+# What labelgen did about an entry (its `action`).
+LEFT_OUT = "left out"  # the image (or row) is not in the manifest
+ANNOTATION_SKIPPED = "annotation skipped"  # a COCO annotation that cannot belong to any image's GT
+PARTS_SKIPPED = "kept; broken annotation parts skipped"
+NOT_SCORED = "kept; GT not scored"  # the image trains on its tags; its GT mask is not used
+CONVERTED = "converted when read"
+ORIENTED = "EXIF orientation applied"
+NOT_ORIENTED = "EXIF orientation not applied"
+NOT_INDEXED = "not indexed (split not used)"
+
+# actions that record a decision about a usable image or an unused row: a note, not a problem
+NOTE_ACTIONS = (CONVERTED, ORIENTED, NOT_ORIENTED, NOT_INDEXED)
+
+
+def problem(file: Path | str, reason: str, action: str = LEFT_OUT, where: str | None = None) -> dict[str, str]:
+    """One entry of problems.json: the file, why, what labelgen did, and (for rows of a tags file)
+    the `<tags file>:<line>` that listed it."""
+    entry = {"file": str(file), "reason": reason, "action": action}
+    if where:
+        entry["where"] = where
+    return entry
+
+
+def is_problem(entry: dict[str, str]) -> bool:
+    """Whether an entry is a problem (an image or row left out, GT not scored, annotations skipped)
+    rather than a note on a decision."""
+    return entry["action"] not in NOTE_ACTIONS
+
+
+def describe(entry: dict[str, str]) -> str:
+    """One line: `<tags file>:<line> <file>: <reason> [<action>]`."""
+    where = f"{entry['where']} " if entry.get("where") and entry["where"] != entry["file"] else ""
+    return f"{where}{entry['file']}: {entry['reason']} [{entry['action']}]"
+
+
+def summary(usable: int, entries: list[dict[str, str]]) -> str:
+    """`N usable images; k left out, ...` with a count per action."""
+    counts = Counter(e["action"] for e in entries)
+    parts = [f"{n} {action}" for action, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return f"{usable} usable images" + ("; " + ", ".join(parts) if parts else "; no problems")
