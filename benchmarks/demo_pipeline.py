@@ -64,7 +64,7 @@ def main() -> None:
         metrics = json.loads(next(run_dir.glob("evaluate/*/metrics.json")).read_text())
     print_table(rows)
     print(f"total wall time {wall:.0f}s")
-    miou = {k: round(v["miou"], 4) for k, v in metrics.items() if isinstance(v, dict)}
+    miou = {k: round(v["miou"], 4) for k, v in metrics.items() if isinstance(v, dict) and "miou" in v}
     print(f"mIoU {miou}")
     write_result("demo_pipeline", rows, {"wall_seconds": round(wall, 1), "miou": miou})
 

@@ -150,7 +150,11 @@ class PredictParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     sweep_thresholds: tuple[float, ...] = (0.30, 0.35, 0.40, 0.43, 0.45, 0.50, 0.55)
-    overlays: int = 8  # images in the overlay grid of the report
+    overlays: int = 8  # worst images in the overlay grid of report.md
+    shard_size: int = 32  # images per evaluate task (a split's images are cut into runs of this many)
+    thumbnail: int = 128  # pixels, longer side of each picture in the report.html gallery
+    gallery_page: int = 50  # gallery rows per page of report.html
+    gallery_inline: int = 500  # images whose rows are inside report.html; later pages go to report_gallery/
 
 
 STAGE_PARAMS: dict[str, type] = {

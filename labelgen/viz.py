@@ -18,15 +18,17 @@ _PALETTE = np.array(voc_palette(), np.uint8).reshape(256, 3)
 _SERIES_COLOURS = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193)]
 # Saturated colours far apart from each other and from grey, for the first 16 classes (the photo
 # under an overlay is shown in grey, so a class colour never competes with the photo's own colours).
+# The first five follow the demo's shapes (red disc, blue square, green triangle, yellow ring,
+# magenta cross), so that on the demo a right mask looks like the photo and a wrong one does not.
 _FIRST_COLOURS = [
     (230, 25, 75),
+    (0, 130, 200),
     (60, 180, 75),
     (255, 225, 25),
-    (0, 130, 200),
+    (240, 50, 230),
     (245, 130, 48),
     (145, 30, 180),
     (70, 240, 240),
-    (240, 50, 230),
     (210, 245, 60),
     (0, 128, 128),
     (170, 110, 40),

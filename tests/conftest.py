@@ -47,3 +47,13 @@ def client():
 
 def tiny_recipe(*overrides: str):
     return load_recipe(TINY_RECIPE, overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_full_run(tmp_path_factory, client) -> Path:
+    """The tiny demo through every stage (with GT for every image); shared, read-only for tests."""
+    from labelgen.pipeline.runner import run_pipeline
+
+    run_dir = tmp_path_factory.mktemp("full")
+    run_pipeline(tiny_recipe(), run_dir, "full", client)
+    return run_dir

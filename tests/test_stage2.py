@@ -11,10 +11,8 @@ from pycocotools.coco import COCO
 
 from labelgen.export import export_masks
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
-from labelgen.pipeline.runner import run_pipeline
 from labelgen.stages.predict import window_starts
 from labelgen.store.sharded import ImageArrays
-from tests.conftest import tiny_recipe
 
 
 def test_window_starts_cover_and_align_to_the_border():
@@ -32,10 +30,8 @@ def test_segmenter_pads_to_patches_and_crops_back():
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, client):
-    run_dir = tmp_path_factory.mktemp("full")
-    run_pipeline(tiny_recipe(), run_dir, "full", client)
-    return run_dir
+def full_run(tiny_full_run):
+    return tiny_full_run  # shared with tests/test_report.py
 
 
 def test_full_dag_reports_every_stage(full_run):

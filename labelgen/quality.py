@@ -1,0 +1,155 @@
+"""Quality without ground truth: what the masks of a run say about themselves, per image and per class.
+
+Per image (a record from `image_quality`), for each label-mask source (pseudo-labels, predictions):
+which tagged classes the mask holds at all ("found"), each tag's share of the scored pixels, the
+foreground share, labels the mask holds that the tags do not name ("spurious"); the classifier's
+confidence in each tag; and, on the train split, the agreement between pseudo-label and prediction
+(`labelgen.metrics.tag_agreement`). Its GT-free score is that agreement where both masks exist, else
+the share of its tags its final mask holds. Per class (`SplitTally`), the sums of these over a split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from labelgen.data.manifest import ImageRecord
+from labelgen.metrics import label_shares, scores
+
+
+def label_sources(labels: dict[str, Any]) -> list[str]:
+    """The sources whose label maps a user takes away (pseudo-labels, predictions), in pipeline order;
+    the CAM label map only where it is the run's sole source."""
+    return [s for s in labels if s != "cams"] or list(labels)
+
+
+def image_quality(
+    record: ImageRecord,
+    split: str,
+    labels: dict[str, np.ndarray],
+    num_labels: int,
+    confidence: list[float] | None,
+    gt_iou: dict[str, float | None],
+) -> dict[str, Any]:
+    """One image's record (JSON-able): its tags, per-source GT-free numbers, confidence per tag and
+    mIoU against GT per source (`gt_iou`, empty when it has no GT). `labels`: source -> H×W uint8."""
+    sources = label_sources(labels)
+    out: dict[str, Any] = {
+        "id": record.id,
+        "split": split,
+        "tags": list(record.tags),
+        "gt": bool(gt_iou),
+        "iou": gt_iou,
+        "confidence": confidence,
+        "final": sources[-1],
+        "found": {},
+        "share": {},
+        "foreground": {},
+        "spurious": {},
+        "agreement": None,
+    }
+    for s in sources:
+        shares = label_shares(labels[s], num_labels)
+        out["found"][s] = [bool(shares[t] > 0) for t in record.tags]
+        out["share"][s] = [float(shares[t]) for t in record.tags]
+        out["foreground"][s] = float(shares[1:].sum())
+        out["spurious"][s] = [int(c) for c in np.flatnonzero(shares[1:] > 0) + 1 if c not in record.tags]
+    return out
+
+
+def rank_key(record: dict[str, Any]) -> tuple[float, float]:
+    """(GT-free score, rank score) of an image record, both in [0, 1], low = worse.
+
+    GT-free score: the pseudo-label/prediction agreement where both exist, else the share of the
+    tags its final mask holds. Rank score: the final mask's mIoU against GT where the image has
+    GT, else the GT-free score.
+    """
+    found = record["found"][record["final"]]
+    score = record["agreement"] if record["agreement"] is not None else float(np.mean(found))
+    iou = record["iou"].get(record["final"]) if record["gt"] else None
+    return score, (iou if iou is not None else score)
+
+
+def mean_confidence(record: dict[str, Any]) -> float | None:
+    conf = record["confidence"]
+    return float(np.mean(conf)) if conf else None
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> list[float | None]:
+    return [float(n / d) if d else None for n, d in zip(num, den, strict=True)]
+
+
+class SplitTally:
+    """Per-class sums of the GT-free numbers over the image records of one split."""
+
+    def __init__(self, num_labels: int):
+        self.num_labels = num_labels
+        self.images = 0
+        self.tagged = np.zeros(num_labels, np.int64)
+        self.confidence = np.zeros(num_labels)
+        self.confidence_images = 0
+        self.low_confidence = 0  # images with a tag the classifier doubts (confidence < 0.5)
+        self.agreement: list[float] = []
+        self.sources: dict[str, dict[str, Any]] = {}
+
+    def _source(self, name: str) -> dict[str, Any]:
+        if name not in self.sources:
+            n = self.num_labels
+            self.sources[name] = {
+                "found": np.zeros(n, np.int64),
+                "share": np.zeros(n),
+                "spurious": np.zeros(n, np.int64),
+                "foreground": 0.0,
+                "all_tags_found": 0,
+            }
+        return self.sources[name]
+
+    def add(self, record: dict[str, Any]) -> None:
+        tags = record["tags"]
+        self.images += 1
+        self.tagged[tags] += 1
+        if record["confidence"] is not None:
+            self.confidence[tags] += record["confidence"]
+            self.confidence_images += 1
+            self.low_confidence += min(record["confidence"]) < 0.5
+        if record["agreement"] is not None:
+            self.agreement.append(record["agreement"])
+        for name, found in record["found"].items():
+            s = self._source(name)
+            s["found"][tags] += found
+            s["share"][tags] += record["share"][name]
+            s["spurious"][record["spurious"][name]] += 1
+            s["foreground"] += record["foreground"][name]
+            s["all_tags_found"] += all(found)
+
+    def result(self, agreement_cm: np.ndarray | None) -> dict[str, Any]:
+        """The split's GT-free metrics (metrics.json `gt_free.<split>`); lists are indexed by label,
+        None where a class has no tagged image."""
+        out: dict[str, Any] = {
+            "images": self.images,
+            "tagged": self.tagged.tolist(),
+            "confidence": _ratio(self.confidence, self.tagged) if self.confidence_images else None,
+            # over every (image, tag) pair
+            "mean_confidence": float(self.confidence.sum() / self.tagged.sum()) if self.confidence_images else None,
+            "images_with_confidence": self.confidence_images,
+            "low_confidence_images": self.low_confidence,
+            "sources": {},
+        }
+        for name, s in self.sources.items():
+            out["sources"][name] = {
+                "found": s["found"].tolist(),
+                "found_share": _ratio(s["found"], self.tagged),
+                "area_share": _ratio(s["share"], self.tagged),
+                "spurious": s["spurious"].tolist(),
+                "foreground": s["foreground"] / self.images if self.images else None,
+                "all_tags_found": s["all_tags_found"],
+            }
+        if agreement_cm is not None and self.agreement:
+            agreement = scores(agreement_cm)
+            out["agreement"] = {
+                "miou": agreement["miou"],
+                "iou": [None if np.isnan(v) else v for v in agreement["iou"]],
+                "mean_image": float(np.mean(self.agreement)),
+            }
+        return out
