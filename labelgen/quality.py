@@ -62,11 +62,17 @@ def rank_key(record: dict[str, Any]) -> tuple[float, float]:
     """(GT-free score, rank score) of an image record, both in [0, 1], low = worse.
 
     GT-free score: the pseudo-label/prediction agreement where both exist, else the share of the
-    tags its final mask holds. Rank score: the final mask's mIoU against GT where the image has
-    GT, else the GT-free score.
+    tags its final mask holds (for an image without tags, a negative, the share of its final mask
+    that is background). Rank score: the final mask's mIoU against GT where the image has GT, else
+    the GT-free score.
     """
-    found = record["found"][record["final"]]
-    score = record["agreement"] if record["agreement"] is not None else float(np.mean(found))
+    final = record["final"]
+    if record["agreement"] is not None:
+        score = record["agreement"]
+    elif record["tags"]:
+        score = float(np.mean(record["found"][final]))
+    else:
+        score = 1.0 - record["foreground"][final]
     iou = record["iou"].get(record["final"]) if record["gt"] else None
     return score, (iou if iou is not None else score)
 
@@ -106,20 +112,20 @@ class SplitTally:
         return self.sources[name]
 
     def add(self, record: dict[str, Any]) -> None:
-        tags = record["tags"]
+        tags = np.asarray(record["tags"], np.int64)  # typed: an untagged image (a negative) has none
         self.images += 1
         self.tagged[tags] += 1
         if record["confidence"] is not None:
-            self.confidence[tags] += record["confidence"]
+            self.confidence[tags] += np.asarray(record["confidence"], np.float64)
             self.confidence_images += 1
-            self.low_confidence += min(record["confidence"]) < 0.5
+            self.low_confidence += min(record["confidence"], default=1.0) < 0.5
         if record["agreement"] is not None:
             self.agreement.append(record["agreement"])
         for name, found in record["found"].items():
             s = self._source(name)
-            s["found"][tags] += found
-            s["share"][tags] += record["share"][name]
-            s["spurious"][record["spurious"][name]] += 1
+            s["found"][tags] += np.asarray(found, np.int64)
+            s["share"][tags] += np.asarray(record["share"][name], np.float64)
+            s["spurious"][np.asarray(record["spurious"][name], np.int64)] += 1
             s["foreground"] += record["foreground"][name]
             s["all_tags_found"] += all(found)
 
@@ -131,7 +137,11 @@ class SplitTally:
             "tagged": self.tagged.tolist(),
             "confidence": _ratio(self.confidence, self.tagged) if self.confidence_images else None,
             # over every (image, tag) pair
-            "mean_confidence": float(self.confidence.sum() / self.tagged.sum()) if self.confidence_images else None,
+            "mean_confidence": (
+                float(self.confidence.sum() / self.tagged.sum())
+                if self.confidence_images and self.tagged.sum()
+                else None
+            ),
             "images_with_confidence": self.confidence_images,
             "low_confidence_images": self.low_confidence,
             "sources": {},

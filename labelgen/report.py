@@ -16,7 +16,8 @@ SOURCE_TITLES = {"cams": "CAM labels", "pseudo_labels": "pseudo-label", "gt": "G
 
 
 def source_title(name: str) -> str:
-    """What the report calls a source: `predict_val` -> `prediction (val)`."""
+    """What the gallery calls a source: `predict_val` -> `prediction (val)` (tables use the
+    metrics.json names)."""
     if name.startswith("predict_"):
         return f"prediction ({name.removeprefix('predict_')})"
     return SOURCE_TITLES.get(name, name)
@@ -92,7 +93,7 @@ def gt_table(metrics: dict[str, Any]) -> Table:
     rows = []
     for s in gt_sources(metrics):
         m = metrics[s]
-        rows.append([source_title(s), f"{m['images']} of {m['of']}", pct(m["miou"]), pct(m["pixel_accuracy"])])
+        rows.append([s, f"{m['images']} of {m['of']}", pct(m["miou"]), pct(m["pixel_accuracy"])])
     return Table(["source", "images scored", "mIoU", "pixel accuracy"], rows)
 
 
@@ -107,7 +108,7 @@ def gt_class_table(metrics: dict[str, Any]) -> Table:
     for c, name in enumerate(metrics["classes"]):
         cells = [" / ".join(pct(metrics[s][k][c]) for k in ("iou", "precision", "recall")) for s in sources]
         rows.append([name, *cells])
-    return Table(["class", *(f"{source_title(s)} IoU / P / R" for s in sources)], rows, scroll=True)
+    return Table(["class", *(f"{s} IoU / P / R" for s in sources)], rows, scroll=True)
 
 
 def gt_free_summary(metrics: dict[str, Any]) -> Table:
@@ -121,7 +122,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
             [
                 split,
                 str(m["images"]),
-                source_title(final),
+                final,
                 f"{src['all_tags_found']} ({pct(src['all_tags_found'] / m['images'])}%)",
                 pct(src["foreground"]),
                 pct(m["mean_confidence"]),
@@ -150,7 +151,7 @@ def gt_free_class_table(metrics: dict[str, Any], split: str) -> Table:
     sources = list(m["sources"])
     header = ["class", "tagged images", "confidence"]
     for s in sources:
-        header += [f"{source_title(s)}: found", "area %", "untagged"]
+        header += [f"{s}: found", "area %", "untagged"]
     agreement = m.get("agreement")
     if agreement:
         header.append("agreement IoU")
@@ -184,12 +185,12 @@ def write_charts(metrics: dict[str, Any], out: Path) -> dict[str, Chart]:
     charts = {}
     names = metrics["classes"]
     if sum(metrics["gt"]["scored"].values()):
-        bar_chart(names, {source_title(s): metrics[s]["iou"] for s in gt_sources(metrics)}, out / "per_class_iou.png")
+        bar_chart(names, {s: metrics[s]["iou"] for s in gt_sources(metrics)}, out / "per_class_iou.png")
         charts["gt"] = Chart("per-class IoU against GT", "per_class_iou.png")
     series: dict[str, list] = {}
     for split, m in metrics["gt_free"].items():
         for s, src in m["sources"].items():
-            series[f"found: {source_title(s)}"] = src["found_share"][1:]
+            series[f"found: {s}"] = src["found_share"][1:]
         if m.get("agreement"):
             series[f"agreement IoU ({split})"] = m["agreement"]["iou"][1:]
         if m["confidence"]:
