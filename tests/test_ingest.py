@@ -334,3 +334,17 @@ def test_unreadable_tags_file_is_one_line(tmp_path):
     (root / "tags.csv").write_bytes(b"image,tags\n\xff\xfe\x00bad")
     result = CliRunner().invoke(main, ["data", "check", "--dataset", "folder", "--data-root", str(root)])
     assert result.exit_code == 2 and "not UTF-8" in result.output and "Traceback" not in result.output
+
+
+def test_index_logs_one_line_per_kind_of_problem(tmp_path, caplog):
+    data = coco_json()
+    for a in data["annotations"]:
+        a["segmentation"] = [[1, 2, 3, 4]]  # every shape broken: 4 images × their annotations
+    root = write_coco_root(tmp_path / "coco", data)
+    with caplog.at_level(logging.INFO, logger="labelgen"):
+        index_dataset(COCO, root, tmp_path / "out")
+    problems = _problems(tmp_path / "out")
+    lines = [r.message for r in caplog.records if r.name == "labelgen.stages.index"]
+    assert len(problems) > 20 and len(lines) < 6  # grouped, not one line per image or annotation
+    no_polygon = next(ln for ln in lines if "no usable polygon" in ln)
+    assert no_polygon.startswith(f"index: {len(data['annotations'])} × annotation: no usable polygon [")

@@ -14,7 +14,7 @@ from typing import Any
 from labelgen.config import DatasetParams, Recipe
 from labelgen.data.demo import generate_demo
 from labelgen.data.manifest import ImageRecord, Manifest
-from labelgen.data.problems import problem
+from labelgen.data.problems import grouped, is_problem, problem
 from labelgen.data.sources import SourceItem, list_dataset
 from labelgen.data.validate import index_items
 from labelgen.errors import DataError
@@ -62,7 +62,16 @@ def index_dataset(params: DatasetParams, root: Path, out_dir: Path) -> Manifest:
     ]
     records = [r for recs, _ in results for r in recs]
     problems = listing.problems + [p for _, probs in results for p in probs]
-    return _assemble(params.name, listing.classes, listing.category_ids, records, problems, out_dir)
+    manifest = _assemble(params.name, listing.classes, listing.category_ids, records, problems, out_dir)
+    log_problems(problems, out_dir / PROBLEMS)
+    return manifest
+
+
+def log_problems(problems: list[dict[str, str]], path: Path) -> None:
+    """One log line per kind of problem, with its count and one example; the list is in `path`."""
+    for what, count, example in grouped(problems):
+        level = logging.WARNING if is_problem(example) else logging.INFO
+        log.log(level, "index: %d × %s, e.g. %s; list in %s", count, what, example["file"], path)
 
 
 def _slices(items: list[SourceItem], size: int) -> list[list[SourceItem]]:
@@ -138,8 +147,7 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         problems += data["problems"]
     ids = listing["category_ids"]
     manifest = _assemble(ctx.params.name, tuple(listing["classes"]), ids and tuple(ids), rows, problems, out)
-    for p in problems:
-        log.warning("index: %s: %s (%s)", p["file"], p["reason"], p["action"])
+    log_problems(problems, out / PROBLEMS)
     counts = {s: len(manifest.split(s)) for s in manifest.splits}
     log.info("index: %d images %s, %d problem(s) -> %s", len(manifest.records), counts, len(problems), out / MANIFEST)
     return {"images": len(manifest.records), "splits": counts, "problems": len(problems)}
