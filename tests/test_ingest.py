@@ -69,7 +69,7 @@ def test_degenerate_coco_annotations_keep_the_index(tmp_path, broken_coco):
         (9002, "odd count of coordinates"),
         (9003, "polygon 1 has 2 point(s)"),
         (9004, "RLE size [10, 10] is not the image's"),
-        (9005, "no pixel inside"),
+        (9005, "no pixel inside the 480×640 image: skipped"),
         (9006, "category_id 99 is not among"),
     ]:
         line = next(ln for ln in text.splitlines() if f"annotation {ann_id}" in ln)
@@ -79,7 +79,13 @@ def test_degenerate_coco_annotations_keep_the_index(tmp_path, broken_coco):
     clean_by_id = {r.source_id: r for r in clean.records}
     # 74: two more dogs whose shapes are lines: the tags stand, but the GT misses two objects: not scored
     assert by_id[74].tags == clean_by_id[74].tags and by_id[74].mask is None
-    assert any("annotation 9001 (dog): tag kept" in p["reason"] for p in problems)
+    assert any(
+        "annotation 9001 (dog): polygon 0 has 2 point(s), a polygon needs 3; no usable shape left: tag kept"
+        in p["reason"]
+        for p in problems
+    )
+    not_scored = next(p for p in problems if p["file"].endswith("074.jpg") and p["action"] == "kept; GT not scored")
+    assert "(annotations 9001, 9002)" in not_scored["reason"]
     # 636 and 73 keep everything that was good: the GT pixels of the clean file's annotations are there
     assert _mask_iou(read_mask(by_id[73].mask), read_mask(clean_by_id[73].mask), 4) > 0.9
     # 73: the good polygon of 9003 is drawn (motorcycle, label 4), the broken one skipped
@@ -345,6 +351,7 @@ def test_index_logs_one_line_per_kind_of_problem(tmp_path, caplog):
         index_dataset(COCO, root, tmp_path / "out")
     problems = _problems(tmp_path / "out")
     lines = [r.message for r in caplog.records if r.name == "labelgen.stages.index"]
-    assert len(problems) > 20 and len(lines) < 6  # grouped, not one line per image or annotation
-    no_polygon = next(ln for ln in lines if "no usable polygon" in ln)
-    assert no_polygon.startswith(f"index: {len(data['annotations'])} × annotation: no usable polygon [")
+    assert len(problems) == 16 and len(lines) == 2  # grouped, not one line per image or annotation
+    broken = next(ln for ln in lines if "a polygon needs" in ln)
+    assert broken.startswith(f"index: {len(data['annotations'])} × annotation: polygon N has N point(s)")
+    assert lines[1].startswith("index: 4 × GT mask misses objects that have no usable shape [kept; GT not scored]")

@@ -23,6 +23,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from labelgen.data.masks import IGNORE_INDEX
+from labelgen.data.problems import NOT_SCORED, PARTS_SKIPPED
 
 
 @dataclass
@@ -30,69 +31,70 @@ class CocoGt:
     mask: np.ndarray  # H×W uint8 class indices; crowd-only regions 255
     tags: tuple[int, ...]  # labels of the annotations that are in the image
     complete: bool  # False when an annotation had no usable shape: the mask misses an object
-    notes: list[str] = field(default_factory=list)  # one line per skipped part, naming the annotation id
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (reason, action): one per broken annotation
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _polygons(seg: list, name: str, notes: list[str]) -> list[list[float]]:
+def _polygons(seg: list, faults: list[str]) -> list[list[float]]:
     """The usable polygons of a COCO polygon list: ≥ 3 points, an even count of finite numbers."""
     usable = []
     for k, poly in enumerate(seg):
         if not isinstance(poly, list) or not all(_number(v) for v in poly):
-            notes.append(f"{name}: polygon {k} is not a list of numbers; skipped")
+            faults.append(f"polygon {k} is not a list of numbers")
         elif len(poly) % 2:
-            notes.append(f"{name}: polygon {k} has an odd count of coordinates ({len(poly)}); skipped")
+            faults.append(f"polygon {k} has an odd count of coordinates ({len(poly)})")
         elif len(poly) < 6:
-            notes.append(f"{name}: polygon {k} has {len(poly) // 2} point(s), a polygon needs 3; skipped")
+            faults.append(f"polygon {k} has {len(poly) // 2} point(s), a polygon needs 3")
         else:
             usable.append([float(v) for v in poly])
+    if not seg:
+        faults.append("empty segmentation")
     return usable
 
 
-def _rle(seg: dict, height: int, width: int, name: str, notes: list[str]) -> dict | None:
-    """A compressed RLE of the image's size, or None with a note."""
+def _rle(seg: dict, height: int, width: int, faults: list[str]) -> dict | None:
+    """A compressed RLE of the image's size, or None with the fault."""
     size = seg.get("size")
     if not (isinstance(size, list) and len(size) == 2 and list(size) == [height, width]):
-        notes.append(f"{name}: RLE size {size} is not the image's [height, width] [{height}, {width}]")
+        faults.append(f"RLE size {size} is not the image's [height, width] [{height}, {width}]")
         return None
     counts = seg.get("counts")
     if isinstance(counts, list):
         if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
-            notes.append(f"{name}: uncompressed RLE counts do not add up to {height}×{width} pixels")
+            faults.append(f"uncompressed RLE counts do not add up to {height}×{width} pixels")
             return None
         return coco_mask.frPyObjects(seg, height, width)
     if isinstance(counts, str):
         return {"size": size, "counts": counts.encode("ascii", "replace")}
     if isinstance(counts, bytes):
         return seg
-    notes.append(f"{name}: RLE counts are neither a list nor a string")
+    faults.append("RLE counts are neither a list nor a string")
     return None
 
 
-def annotation_region(ann: dict, height: int, width: int, notes: list[str]) -> np.ndarray | None:
-    """The H×W bool region of one annotation, or None when it has no usable shape (with notes)."""
-    name = f"annotation {ann.get('id', '?')} ({ann['name']})"
+def annotation_region(ann: dict, height: int, width: int, faults: list[str]) -> np.ndarray | None:
+    """The H×W bool region of one annotation's usable shapes, or None when it has none. What is
+    broken is appended to `faults`, one phrase each."""
     seg = ann.get("segmentation")
     if isinstance(seg, list):
-        polygons = _polygons(seg, name, notes)
+        polygons = _polygons(seg, faults)
         if not polygons:
-            notes.append(f"{name}: no usable polygon")
             return None
         rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
     elif isinstance(seg, dict):
-        rle = _rle(seg, height, width, name, notes)
+        rle = _rle(seg, height, width, faults)
         if rle is None:
             return None
     else:
-        notes.append(f"{name}: segmentation is {type(seg).__name__}, not polygons or an RLE")
+        faults.append(f"segmentation is {type(seg).__name__}, not polygons or an RLE")
         return None
     try:
         return coco_mask.decode(rle).astype(bool)
     except Exception as e:  # pycocotools raises bare Exception/TypeError/ValueError for corrupt counts
-        notes.append(f"{name}: RLE cannot be decoded ({type(e).__name__}: {e})")
+        faults.append(f"RLE cannot be decoded ({type(e).__name__}: {e})")
         return None
 
 
@@ -111,31 +113,43 @@ def rasterise_coco(annotations: tuple[dict, ...], height: int, width: int) -> Co
     regions become ignore (255) where no single object covers them."""
     mask = np.zeros((height, width), np.uint8)
     crowd = np.zeros((height, width), bool)
-    tags, complete, notes = set(), True, []
-    regions = []
+    tags, notes, regions, shapeless = set(), [], [], []
     for ann in annotations:
-        region = annotation_region(ann, height, width, notes)
         name = f"annotation {ann.get('id', '?')} ({ann['name']})"
+        faults: list[str] = []
+        region = annotation_region(ann, height, width, faults)
         if region is None:
             if _bbox_inside(ann, height, width):
                 tags.add(ann["label"])
-                complete = False
-                notes.append(f"{name}: tag kept; the GT mask lacks this object, so the image's GT is not scored")
+                shapeless.append(str(ann.get("id", "?")))
+                faults.append("no usable shape left: tag kept")
             else:
-                notes.append(f"{name}: no usable shape and its bbox {ann.get('bbox')} is outside the image; skipped")
-            continue
-        pixels = int(region.sum())
-        if pixels == 0 and not (ann.get("bbox") and _bbox_inside(ann, height, width)):
-            notes.append(f"{name}: no pixel inside the {width}×{height} image; skipped")
+                faults.append(f"no usable shape and its bbox {ann.get('bbox')} is outside the image: skipped")
+        elif not region.any() and not (ann.get("bbox") and _bbox_inside(ann, height, width)):
+            faults.append(f"no pixel inside the {width}×{height} image: skipped")
+            region = None
+        if faults:
+            broken = "; ".join(faults)
+            notes.append(
+                (f"{name}: {broken}" + ("; the other shapes are used" if region is not None else ""), PARTS_SKIPPED)
+            )
+        if region is None:
             continue
         # (a shape smaller than a pixel inside its bbox is a tiny object: COCO has them; its tag stays)
         tags.add(ann["label"])
         area = ann.get("area")
-        regions.append((area if _number(area) else pixels, ann, region))
+        regions.append((area if _number(area) else int(region.sum()), ann, region))
     for _, ann, region in sorted(regions, key=lambda r: -r[0]):
         if ann.get("iscrowd"):
             crowd |= region
         else:
             mask[region] = ann["label"]
     mask[crowd & (mask == 0)] = IGNORE_INDEX
-    return CocoGt(mask, tuple(sorted(tags)), complete, notes)
+    if shapeless:
+        notes.append(
+            (
+                f"GT mask misses objects that have no usable shape (annotations {', '.join(shapeless)})",
+                NOT_SCORED,
+            )
+        )
+    return CocoGt(mask, tuple(sorted(tags)), not shapeless, notes)

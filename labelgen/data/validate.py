@@ -16,7 +16,7 @@ from labelgen.data.coco_gt import rasterise_coco
 from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.masks import IGNORE_INDEX, read_mask, tags_from_mask, write_mask
-from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, PARTS_SKIPPED, problem
+from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, problem
 from labelgen.data.sources import SourceItem
 from labelgen.errors import DataError
 from labelgen.store.artifact import file_digest
@@ -126,7 +126,7 @@ def _index_one(
         orientation, note = choose_orientation(info, item.annotated_size, "the JSON's width×height")
         width, height = info.size(orientation)
         gt = rasterise_coco(item.coco_annotations, height, width)
-        notes += [(n, PARTS_SKIPPED) for n in gt.notes]
+        notes += gt.notes
         tags = gt.tags
         mask_path = gt_dir / f"{item.id}.png"
         write_mask(mask_path, gt.mask)
