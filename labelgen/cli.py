@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from labelgen.config import load_recipe, recipe_path
+from labelgen.config import load_recipe, recipe_path, recipe_warnings
 from labelgen.errors import ConfigError, LabelgenError
 
 log = logging.getLogger("labelgen")
@@ -55,6 +56,7 @@ def _recipe(dataset: str, recipe: str | None, data_root: str | None, overrides: 
 
 
 @click.group()
+@click.version_option(package_name="labelgen", prog_name="labelgen")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """labelgen: dense pseudo-masks from image-level tags with WeakTr.
@@ -100,12 +102,19 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
       labelgen run pseudo_labels --dataset coco --data-root data/coco --set pseudo_labels.bg_threshold=0.42
     """
     from labelgen.pipeline.cluster import open_client
-    from labelgen.pipeline.runner import run_pipeline
+    from labelgen.pipeline.runner import execute_run, prepare_run
 
     resolved = _recipe(dataset, recipe, data_root, overrides)
+    for warning in recipe_warnings(resolved):
+        log.warning("%s", warning)
     run_path = Path(run_dir or Path("runs") / dataset).resolve()
-    with open_client(scheduler, workers, cluster) as client:
-        artifacts = run_pipeline(resolved, run_path, target, client, force=tuple(force))
+    prepared = prepare_run(resolved, run_path, target, tuple(force))  # every refusal before a cluster starts
+    try:
+        with open_client(scheduler, workers, cluster) as client:
+            artifacts = execute_run(prepared, client)
+    except KeyboardInterrupt:
+        prepared.release()
+        _interrupted(run_path)
     for name, art in artifacts.items():
         click.echo(f"{name:14s} {art.path}")
     report = artifacts.get("evaluate")
@@ -113,20 +122,35 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
         click.echo(f"report: {report.path / 'report.md'}")
 
 
+def _interrupted(run_path: Path) -> None:
+    """Ctrl-C: one line saying what is finished and the command that resumes; exit 130 (128 + SIGINT)."""
+    from labelgen.status import run_status
+
+    states = {r.stage: r for r in run_status(run_path)}
+    done = [s for s, r in states.items() if r.state == "done"]
+    partial = [f"{s} ({r.detail.split()[0]} units)" for s, r in states.items() if r.state == "partial"]
+    kept = f"done: {', '.join(done) or 'no stage'}" + (f"; partly done: {', '.join(partial)}" if partial else "")
+    command = " ".join(shlex.quote(a) for a in ["labelgen", *sys.argv[1:]])
+    click.echo(f"interrupted; finished work is kept ({kept}); resume with: {command}", err=True)
+    sys.exit(130)
+
+
 @main.command()
-@click.option("--run-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--run-dir", type=click.Path(file_okay=False), help="A run folder [default: the last one run].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_user_errors
-def status(run_dir: str, as_json: bool) -> None:
-    """Show every stage of a run: done, partial (k/n units), stale or missing, with key and path.
+def status(run_dir: str | None, as_json: bool) -> None:
+    """Show every stage of a run: done, partial (k/n units), failed (with the error), stale or missing,
+    with key and path.
 
     \b
     Example:
       labelgen status --run-dir runs/demo --json
     """
     from labelgen.status import run_status
+    from labelgen.store.runs import last_run_dir
 
-    rows = run_status(Path(run_dir).resolve())
+    rows = run_status(Path(run_dir).resolve() if run_dir else last_run_dir())
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in rows], indent=1))
         return

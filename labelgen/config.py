@@ -272,3 +272,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise AssertionError(f"union types are not used in params: {where}")
     name = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Settings that are valid but most likely not what was meant, one line each."""
+    out = []
+    cam: TrainCamParams = recipe["train_cam"]
+    peak = cam.base_lr * cam.batch_size / 512  # the linear scaling rule train_cam applies
+    if peak < cam.min_lr:
+        out.append(
+            f"train_cam: peak lr base_lr·batch_size/512 = {peak:.3g} is below min_lr={cam.min_lr:g}, so the "
+            f"cosine schedule rises towards min_lr instead of decaying; raise train_cam.base_lr (for batch_size="
+            f"{cam.batch_size}, base_lr ≥ {cam.min_lr * 512 / cam.batch_size:.3g}) or lower train_cam.min_lr"
+        )
+    return out

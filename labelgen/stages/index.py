@@ -159,6 +159,14 @@ def _key_extra(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     return {"root": "" if params.name == "demo" and not params.root else str(data_root(params, run_dir))}
 
 
+def check_data_root(recipe: Recipe, run_dir: Path) -> None:
+    """The data root exists (the demo set is generated, so it needs none)."""
+    params: DatasetParams = recipe["dataset"]
+    root = data_root(params, run_dir)
+    if not (params.name == "demo" and not params.root) and not root.is_dir():
+        raise DataError(f"data root {root} is not a folder; pass --data-root PATH (dataset {params.name!r})")
+
+
 STAGE = Stage(
     name="index",
     version=1,
@@ -168,4 +176,5 @@ STAGE = Stage(
     plan=_plan,
     finalize=_finalize,
     key_extra=_key_extra,
+    checks=(check_data_root,),
 )

@@ -40,6 +40,7 @@ from labelgen.metrics import confusion_matrix, scores
 from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
+from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.pipeline.worker_process import use_every_core
 from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
@@ -251,6 +252,18 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     return {k: records[0][k] for k in ("selection", "final_loss", "images_per_s")}
 
 
+def _check_weights(recipe, run_dir: Path) -> None:
+    p = recipe["train_cam"]
+    check_weights(p.backbone, p.weights, "train_cam.weights")
+
+
 STAGE = Stage(
-    name="train_cam", version=2, section="train_cam", inputs=("index",), gpu=True, plan=_plan, finalize=_finalize
+    name="train_cam",
+    version=2,
+    section="train_cam",
+    inputs=("index",),
+    gpu=True,
+    plan=_plan,
+    finalize=_finalize,
+    checks=(_check_weights,),
 )

@@ -36,6 +36,7 @@ from labelgen.errors import DataError
 from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
+from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.pipeline.worker_process import use_every_core
 from labelgen.stages.pseudo_labels import MASKS
@@ -242,6 +243,11 @@ def _used_inputs(recipe) -> tuple[str, ...]:
     return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
 
 
+def _check_weights(recipe, run_dir: Path) -> None:
+    p = recipe["train_decoder"]
+    check_weights(p.backbone, p.weights, "train_decoder.weights")
+
+
 STAGE = Stage(
     name="train_decoder",
     version=2,
@@ -252,4 +258,5 @@ STAGE = Stage(
     finalize=_finalize,
     key_extra=_key_extra,
     used_inputs=_used_inputs,
+    checks=(_check_weights,),
 )
