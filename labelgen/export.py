@@ -197,7 +197,9 @@ def _voc_task(store: Path, rows: range, mask_dir: Path, frames: dict[str, Frame]
 
 
 def _export_voc(source: ExportSource, what: str, out: Path, client: Client) -> dict[str, int]:
-    """`SegmentationClass/<id>.png` and `ImageSets/Segmentation/<split>.txt`."""
+    """`SegmentationClass/<id>.png` and `ImageSets/Segmentation/<split>.txt`. No images: the masks are
+    in labelgen's frame (stored pixels with the manifest's orientation applied); a warning counts the
+    images that EXIF-applying readers decode in another frame."""
     mask_dir, list_dir = out / "SegmentationClass", out / "ImageSets" / "Segmentation"
     mask_dir.mkdir(parents=True, exist_ok=True)
     list_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +257,7 @@ def _export_mmseg(source: ExportSource, what: str, out: Path, client: Client, ch
         counts[split] = len(records)
         log.info(
             "export: %d %s masks of split %s -> %s; images -> %s as .%s: %d copied, %d re-encoded "
-            "(%d for their format, %d to apply their EXIF orientation)",
+            "(%d for their format, %d for their EXIF orientation)",
             len(records),
             what,
             split,
@@ -269,7 +271,7 @@ def _export_mmseg(source: ExportSource, what: str, out: Path, client: Client, ch
         )
     settings = mmseg_settings(source, out, fmt)
     (out / "classes.json").write_text(json.dumps(settings["metainfo"] | _suffixes(fmt), indent=1))
-    (out / MMSEG_CONFIG).write_text(mmseg_config_text(settings))
+    (out / MMSEG_CONFIG).write_text(mmseg_config_text(settings, out / MMSEG_CONFIG))
     log.info("export: mmsegmentation dataset settings -> %s", out / MMSEG_CONFIG)
     return counts
 
@@ -304,16 +306,16 @@ def mmseg_settings(source: ExportSource, out: Path, fmt: str) -> dict[str, Any]:
     return {"metainfo": metainfo, "datasets": datasets, "train_split": source.train_split}
 
 
-def mmseg_config_text(settings: dict[str, Any]) -> str:
-    """An mmengine config file (Python) defining `train_dataloader` (the train split) and, where the
-    export holds another split, `val_dataloader`/`test_dataloader`, each with only its `dataset`:
-    inherit it with `_base_` and add pipelines, batch sizes and samplers in your config."""
+def mmseg_config_text(settings: dict[str, Any], config: Path) -> str:
+    """The text of the mmengine config file (Python) `config`: `metainfo`, `train_dataloader` (the
+    train split) and, where the export holds another split, `val_dataloader`/`test_dataloader`, each
+    with only its `dataset`; a user's config inherits it and adds pipelines, batch sizes, samplers."""
     datasets = settings["datasets"]
     train = settings["train_split"]
     others = [s for s in datasets if s != train]
     lines = [
         "# mmsegmentation >= 1.0 dataset settings, written by `labelgen export --format mmseg`.",
-        f"# Inherit it (_base_ = ['{MMSEG_CONFIG}']) and add pipeline, batch_size and sampler in your config.",
+        f"# Inherit it in your config, _base_ = ['{config}'], and add pipeline, batch_size and sampler there.",
         "# Images and label maps share one frame: the images are written without EXIF orientation tags.",
         f"metainfo = {settings['metainfo']!r}",
     ]
