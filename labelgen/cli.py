@@ -246,11 +246,19 @@ def data_check(dataset, data_root, splits, overrides) -> None:
 )
 @click.option("--format", "fmt", type=click.Choice(["voc", "mmseg", "coco"]), required=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
+@click.option(
+    "--image-format",
+    type=click.Choice(["auto", "jpg", "png"]),
+    default="auto",
+    show_default=True,
+    help="mmseg: the one suffix of img_dir; auto = the format most images have (png lossless, jpg quality 95).",
+)
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler.")
 @click.option("--workers", type=int, help="Worker processes of the local cluster.")
 @_user_errors
-def export(run_dir, what, fmt, out, scheduler, workers) -> None:
-    """Export masks for another segmenter: VOC palette PNGs, mmsegmentation layout, or COCO RLE JSON.
+def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
+    """Export masks for another segmenter: VOC palette PNGs, mmsegmentation layout, or COCO JSON
+    (a dataset file and a results file for COCO.loadRes/COCOeval, with the source's ids).
 
     \b
     Example:
@@ -260,7 +268,7 @@ def export(run_dir, what, fmt, out, scheduler, workers) -> None:
     from labelgen.pipeline.cluster import open_client
 
     with open_client(scheduler, workers) as client:
-        counts = export_masks(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), client)
+        counts = export_masks(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), client, image_format)
     click.echo(f"exported {counts} -> {Path(out).resolve()}")
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from labelgen.export import export_masks
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
@@ -81,3 +82,9 @@ def test_export_coco_loads_in_pycocotools(full_run, client, tmp_path):
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[names[image_id]])):
             rebuilt[coco_mask.decode(ann["segmentation"]).astype(bool)] = ann["category_id"]
         assert np.array_equal(rebuilt, np.where(mask == 255, 0, mask))
+    # the results list holds the same regions with the same ids: scored against the dataset file, AP is 1
+    evaluation = COCOeval(coco, coco.loadRes(str(tmp_path / "pseudo_labels_train_results.json")), iouType="segm")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)
