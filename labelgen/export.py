@@ -381,8 +381,8 @@ def coco_results(regions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def coco_file_name(record: ImageRecord) -> str:
-    """The image's file name in the data set: its id (the file stem) and suffix. Not the name of
-    `record.image`, which the index resolves through symlinks to the file they point at."""
+    """The image's file name in the data set: its id (the file stem) and suffix (the manifest keeps
+    a symlinked file's own name, so this is the name the source JSON used)."""
     return f"{record.id}{Path(record.image).suffix}"
 
 

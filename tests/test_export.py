@@ -25,10 +25,10 @@ from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from labelgen.data.classes import coco_label_space
+from labelgen.data.classes import coco_label_space, official_coco_categories
+from labelgen.data.coco_gt import rasterise_coco
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask, write_mask
-from labelgen.data.validate import rasterise_coco
 from labelgen.export import coco_image_ids, export_masks
 from labelgen.pipeline.runner import plan_run, run_pipeline
 from labelgen.stages.index import MANIFEST, load_manifest
@@ -147,9 +147,15 @@ def test_coco_image_ids_fall_back_to_numeric_stems_then_counting():
 def _coco128_photo(coco128, image_id: int) -> tuple[Path, np.ndarray]:
     """A coco128 photo's path and its GT class-index mask (80 contiguous labels), upright."""
     img = next(i for i in coco128["images"] if i["id"] == image_id)
-    _, label_of = coco_label_space("contiguous")
-    anns = [a | {"label": label_of[a["category_id"]]} for a in coco128["annotations"] if a["image_id"] == image_id]
-    return COCO128 / "images" / "train2017" / img["file_name"], rasterise_coco(tuple(anns), img["height"], img["width"])
+    names = official_coco_categories()
+    _, label_of = coco_label_space(names, "contiguous", "coco128")
+    anns = [
+        a | {"label": label_of[a["category_id"]], "name": names[a["category_id"]]}
+        for a in coco128["annotations"]
+        if a["image_id"] == image_id
+    ]
+    gt = rasterise_coco(tuple(anns), img["height"], img["width"])
+    return COCO128 / "images" / "train2017" / img["file_name"], gt.mask
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +167,7 @@ def mixed_folder(tmp_path_factory, coco128):
     root = tmp_path_factory.mktemp("folder")
     (root / "images").mkdir()
     (root / "masks").mkdir()
-    names = coco_label_space("contiguous")[0][1:]
+    names = coco_label_space(official_coco_categories(), "contiguous", "coco128")[0][1:]
     (root / "classes.txt").write_text("".join(f"{n}\n" for n in names))
     upright = {}
     for stem, image_id in (("plain", 30), ("lossless", 34), ("turned", 42)):

@@ -6,6 +6,7 @@ import csv
 import difflib
 import json
 import logging
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,8 +332,9 @@ def _inside(root: Path, relative: str, where: str, listing: Listing) -> Path | N
     if not relative:
         listing.problems.append(problem(where, "empty image path", where=where))
         return None
-    resolved = (root / relative).resolve()
-    if not resolved.is_relative_to(root.resolve()):
+    # normalised, not resolved: `..` may not climb out of the root, but a symlinked image is fine
+    resolved = Path(os.path.normpath(root.absolute() / relative))
+    if not resolved.is_relative_to(root.absolute()):
         listing.problems.append(
             problem(relative, f"image path {relative!r} points outside the data root {root}", where=where)
         )

@@ -8,6 +8,7 @@ each; nothing is decided silently.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -156,11 +157,11 @@ def _index_one(
     width, height = info.size(orientation)
     return ImageRecord(
         id=item.id,
-        image=str(Path(item.image).resolve()),
+        image=os.path.abspath(item.image),  # not resolved: a symlinked data set keeps its own file names
         width=width,
         height=height,
         tags=tuple(tags),
-        mask=str(Path(mask_path).resolve()) if mask_path is not None else None,
+        mask=os.path.abspath(mask_path) if mask_path is not None else None,
         split=item.split,
         sha256=file_digest(Path(item.image)),
         orientation=orientation,
