@@ -38,7 +38,8 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LabelgenError as e:
-            click.echo(f"error: {e}", err=True)
+            for line in str(e).splitlines():  # one line per wrong thing (a recipe can have several)
+                click.echo(f"error: {line}", err=True)
             sys.exit(2)
         except OSError as e:  # an input we did not wrap ourselves: still one line naming the file
             where = f"{e.filename}: " if e.filename else ""
@@ -90,8 +91,11 @@ def main(verbose: bool) -> None:
     help="Local cluster kind when no --scheduler: CPU processes, or one worker per GPU (dask-cuda).",
 )
 @click.option("--force", multiple=True, metavar="STAGE", help="Recompute STAGE and what depends on it; repeatable.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan (each stage, key, state) and the changed settings; run nothing."
+)
 @_user_errors
-def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, workers, cluster, force) -> None:
+def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, workers, cluster, force, dry_run) -> None:
     """Bring TARGET (a stage name, or `full`) and everything upstream of it up to date.
 
     Finished stages and shards are skipped; a rerun after a crash does only what is missing.
@@ -108,6 +112,9 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
     for warning in recipe_warnings(resolved):
         log.warning("%s", warning)
     run_path = Path(run_dir or Path("runs") / dataset).resolve()
+    if dry_run:
+        _print_plan(resolved, run_path, target, tuple(force), _recipe(dataset, None, data_root, ()))
+        return
     prepared = prepare_run(resolved, run_path, target, tuple(force))  # every refusal before a cluster starts
     try:
         with open_client(scheduler, workers, cluster) as client:
@@ -120,6 +127,31 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
     report = artifacts.get("evaluate")
     if report is not None:
         click.echo(f"report: {report.path / 'report.md'}")
+
+
+def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shipped) -> None:
+    """`run --dry-run`: every stage of the run with its key and what a run would do, then the
+    settings that differ from the shipped recipe of the data set. Touches nothing."""
+    from labelgen.pipeline.runner import descendants, plan_run
+    from labelgen.status import stage_status
+
+    plan = plan_run(recipe, run_path, target)
+    forced = set().union(*(descendants(f, plan) for f in force)) if force else set()
+    click.echo(f"plan of `labelgen run {target}` in {run_path}:")
+    for p in plan:
+        state = stage_status(p.artifact)
+        does = {"done": "skip (done)", "partial": f"resume ({state.detail})", "failed": f"rerun ({state.detail})"}
+        action = "rerun (--force)" if p.stage.name in forced else does.get(state.state, "run")
+        click.echo(f"  {p.stage.name:14s} {p.artifact.key}  {action}")
+    changed = [
+        f"  {section}.{key} = {value!r} (shipped: {shipped.to_dict()[section][key]!r})"
+        for section, values in recipe.to_dict().items()
+        for key, value in values.items()
+        if shipped.to_dict()[section][key] != value and (section, key) != ("dataset", "root")
+    ]
+    click.echo("settings that differ from the shipped recipe:" if changed else "settings: the shipped recipe")
+    for line in changed:
+        click.echo(line)
 
 
 def _interrupted(run_path: Path) -> None:

@@ -159,3 +159,21 @@ def test_lr_below_min_lr_is_warned():
     assert "peak lr base_lr·batch_size/512 = 6.25e-06 is below min_lr=1e-05" in warning
     assert "base_lr ≥ 0.00032" in warning
     assert recipe_warnings(load_recipe(recipe_path("coco"))) == []
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, client):
+    from labelgen.pipeline.runner import run_pipeline
+    from tests.conftest import tiny_recipe
+
+    run_dir = tmp_path / "run"
+    run_pipeline(tiny_recipe(), run_dir, "index", client)
+    files_before = sorted(str(p) for p in run_dir.rglob("*"))
+    record = (run_dir / "recipe.json").read_bytes()
+    args = ["run", "pseudo_labels", "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir)]
+    result = CliRunner().invoke(main, [*args, "--dry-run", "--set", "pseudo_labels.bg_threshold=0.5"])
+    assert result.exit_code == 0, result.output
+    rows = {ln.split()[0]: ln.split()[2:] for ln in result.output.splitlines() if ln.startswith("  ") and "=" not in ln}
+    assert rows["index"] == ["skip", "(done)"] and rows["train_cam"] == ["run"] and rows["evaluate"] == ["run"]
+    assert "  pseudo_labels.bg_threshold = 0.5 (shipped: 0.43)" in result.output
+    assert sorted(str(p) for p in run_dir.rglob("*")) == files_before
+    assert (run_dir / "recipe.json").read_bytes() == record
