@@ -228,12 +228,13 @@ def data_index(dataset, data_root, splits, overrides, out) -> None:
     Example:
       labelgen data index --dataset voc --data-root data/VOCdevkit --split train --out voc_train.json
     """
-    from labelgen.stages.index import MANIFEST, PROBLEMS, index_dataset
+    from labelgen.stages.index import MANIFEST, PROBLEMS, index_dataset, log_problems
 
     params = _dataset_params(dataset, data_root, splits, overrides)
     out_path = Path(out).resolve()
     files = out_path.parent / f"{out_path.stem}_files"  # problems report and rasterised GT masks
     manifest = index_dataset(params, Path(data_root).resolve(), files)
+    log_problems(json.loads((files / PROBLEMS).read_text()), files / PROBLEMS)
     (files / MANIFEST).replace(out_path)
     click.echo(f"{len(manifest.records)} images -> {out_path}; problems -> {files / PROBLEMS}")
 

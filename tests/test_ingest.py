@@ -294,7 +294,7 @@ def test_every_row_of_a_tags_file_is_accounted_for(tmp_path):
     lines = {int(p["where"].rsplit(":", 1)[1]): p for p in problems}
     assert {r.id for r in manifest.records} == {"a", "f"}
     assert set(lines) == {3, 4, 6, 7, 8}  # every other row is in the manifest
-    assert "'skateboard' is a class name" in lines[3]["reason"] and "';'" in lines[3]["reason"]
+    assert "'skateboard' is a class name" in lines[3]["reason"] and "semicolons" in lines[3]["reason"]
     assert lines[4]["action"] == "not indexed (split not used)" and "dataset.val_split=test" in lines[4]["reason"]
     assert "did you mean 'zebra'" in lines[6]["reason"] and "case-sensitive" in lines[6]["reason"]
     assert "4 fields but the header names 3" in lines[7]["reason"]
@@ -347,9 +347,10 @@ def test_index_logs_one_line_per_kind_of_problem(tmp_path, caplog):
     for a in data["annotations"]:
         a["segmentation"] = [[1, 2, 3, 4]]  # every shape broken: 4 images × their annotations
     root = write_coco_root(tmp_path / "coco", data)
+    args = ["data", "index", "--dataset", "coco", "--data-root", str(root), "--split", "train2017"]
     with caplog.at_level(logging.INFO, logger="labelgen"):
-        index_dataset(COCO, root, tmp_path / "out")
-    problems = _problems(tmp_path / "out")
+        assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "m.json")]).exit_code == 0
+    problems = _problems(tmp_path / "m_files")
     lines = [r.message for r in caplog.records if r.name == "labelgen.stages.index"]
     assert len(problems) == 16 and len(lines) == 2  # grouped, not one line per image or annotation
     broken = next(ln for ln in lines if "a polygon needs" in ln)

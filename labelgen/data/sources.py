@@ -258,7 +258,7 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str]) -> Listin
         split = entry["split"] or "train"
         if split not in splits:
             if split in names:
-                why = f"split {split!r} is a class name: several tags go in one column, separated by ';'"
+                why = f"split {split!r} is a class name: several tags go in one column, separated by semicolons (a;b)"
                 listing.problems.append(problem(image, why, where=where))
             else:
                 indexed = ", ".join(splits)

@@ -62,9 +62,7 @@ def index_dataset(params: DatasetParams, root: Path, out_dir: Path) -> Manifest:
     ]
     records = [r for recs, _ in results for r in recs]
     problems = listing.problems + [p for _, probs in results for p in probs]
-    manifest = _assemble(params.name, listing.classes, listing.category_ids, records, problems, out_dir)
-    log_problems(problems, out_dir / PROBLEMS)
-    return manifest
+    return _assemble(params.name, listing.classes, listing.category_ids, records, problems, out_dir)
 
 
 def log_problems(problems: list[dict[str, str]], path: Path) -> None:
