@@ -77,7 +77,13 @@ def export_source(run_dir: Path, what: str) -> ExportSource:
         raise ConfigError(f"--what {what!r}; allowed: {', '.join(WHATS)}")
     recipe, _ = last_recipe(run_dir)
     plan = {p.stage.name: p.artifact for p in plan_run(recipe, run_dir, "full")}
-    art = plan[WHATS[what]]
+    art = plan.get(WHATS[what])
+    if art is None:  # train_decoder.masks=<folder>: the run has no CAM stages at all
+        masks = recipe["train_decoder"].masks
+        raise ArtifactError(
+            f"{run_dir} makes no {WHATS[what]}: it retrains on the masks in train_decoder.masks={masks}; "
+            "export --what predictions, or use that folder itself"
+        )
     if not art.is_complete():
         raise ArtifactError(
             f"{WHATS[what]} of {run_dir} is not finished ({art.path}); run `labelgen run {WHATS[what]}` first"
