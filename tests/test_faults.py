@@ -205,8 +205,6 @@ def test_a_pickle_where_an_array_is_expected_fails_its_checksum(tmp_path):
     art.write_shard_record(0, [part], {})
     np.save(part, np.array([{"x": 1}], dtype=object), allow_pickle=True)  # swapped for a pickle
     assert not art.shard_is_valid(0)  # so it is recomputed, never loaded
-    with pytest.raises(ValueError, match="allow_pickle"):
-        np.load(part)  # and numpy's default refuses it anyway
 
 
 def test_recipe_with_a_wrong_type(tmp_path):

@@ -25,7 +25,6 @@ STAGES: dict[str, Stage] = {
 }
 ORDER: tuple[str, ...] = ("index", "train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict", "evaluate")
 MASK_STAGES = ("export_cams", "pseudo_labels", "predict")  # what `evaluate` scores, where present
-TARGETS = (*ORDER, "full")
 
 
 def stages_for(target: str, recipe: Recipe) -> list[str]:
@@ -34,7 +33,7 @@ def stages_for(target: str, recipe: Recipe) -> list[str]:
     A mask-producing target is followed by `evaluate` over whatever masks the run holds;
     `full` (or `evaluate`) means every stage.
     """
-    producers = [n for n in ORDER if n in STAGES and n != "evaluate"]
+    producers = [n for n in ORDER if n != "evaluate"]
     if target in ("full", "evaluate"):
         target = producers[-1]
     if target not in producers:
