@@ -36,7 +36,10 @@ print("SECONDS", time.perf_counter() - started, "PEAK_MB", resource.getrusage(re
 def one_run(run_dir: Path, imports: str) -> dict:
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE.format(imports=imports), str(run_dir)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", MEASURE.format(imports=imports), str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     wall = time.perf_counter() - started
     fields = out.stderr.split("SECONDS", 1)[1].split()
