@@ -8,6 +8,7 @@ parallel across workers. (A stage's shard count comes from the manifest, which i
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 import time
@@ -166,9 +167,11 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
     _execute(client, p.stage, art, missing)
     records = [art.shard_record(u.index) for u in units]
     assert all(r is not None for r in records), "every unit writes its record before returning"
+    compute = _one_precision(p.stage.name, art, records)
     info = p.stage.finalize(ctx, records)
     elapsed = time.perf_counter() - started
-    art.write_success(p.key_params, {k: a.key for k, a in p.inputs.items()}, {"seconds": round(elapsed, 2), **info})
+    info = {"seconds": round(elapsed, 2), **info, **({"compute": compute} if compute else {})}
+    art.write_success(p.key_params, {k: a.key for k, a in p.inputs.items()}, info)
     log.info("stage %-13s done in %.1fs -> %s", p.stage.name, elapsed, art.path)
 
 
@@ -222,5 +225,34 @@ def run_unit(art: Artifact, unit: Unit, log_level: int = logging.INFO) -> dict[s
     started = time.perf_counter()
     files, info = unit.fn(*unit.args)
     info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), **info}
+    compute = compute_record(unit.args[0] if unit.args else None)
+    if compute:
+        info["compute"] = compute
     art.write_shard_record(unit.index, files, info)
     return art.shard_record(unit.index)
+
+
+def compute_record(params: Any) -> dict[str, str] | None:
+    """Where a model unit ran and at what precision `precision = "auto"` resolved to there, so one
+    cache key never silently names results of two precisions; None for a unit without a model."""
+    precision = getattr(params, "precision", None)
+    if precision is None:
+        return None
+    from labelgen.models.precision import resolve_precision
+    from labelgen.store.checkpoint import pick_device
+
+    device = pick_device(getattr(params, "device", "auto"))
+    return {"device": device.type, "precision": resolve_precision(device, precision)}
+
+
+def _one_precision(stage: str, art: Artifact, records: list[dict[str, Any]]) -> dict[str, str] | None:
+    """The one (device, precision) of a stage's units; `ArtifactError` when resumed shards were
+    computed at another precision than the rest (a run moved between a bf16 and an fp32 machine)."""
+    seen = {json.dumps(r["compute"], sort_keys=True) for r in records if r.get("compute")}
+    if len(seen) > 1:
+        kinds = " and ".join(sorted(seen))
+        raise ArtifactError(
+            f"{stage} in {art.path} holds units computed at different precisions ({kinds}): the results would "
+            f"mix; rerun with --force {stage}, or set {stage}.precision to bf16 or fp32 instead of auto"
+        )
+    return json.loads(seen.pop()) if seen else None
