@@ -31,7 +31,7 @@ def test_data_index_writes_a_manifest(tmp_path):
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.read_text())
-    assert manifest["schema"] == 2 and len(manifest["records"]) == 126
+    assert manifest["schema"] == 3 and len(manifest["records"]) == 126
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
