@@ -134,3 +134,26 @@ def test_data_index_on_worker_processes_equals_one_process(tmp_path):
     assert all(np.array_equal(gt_mask(a), gt_mask(b)) for a, b in zip(pooled.records, inline.records, strict=True))
     assert (tmp_path / "pool" / "problems.json").read_text() == (tmp_path / "inline" / "problems.json").read_text()
     assert not (tmp_path / "pool" / "_inputs").exists()  # task inputs are gone once the manifest is written
+
+
+def test_string_and_float_image_ids_find_their_annotations(tmp_path):
+    """Ids written as strings (some tools do) or as floats: the fast decode of annotations reads
+    floats as text, so ids must still be compared as the JSON's values."""
+    plain = coco_json((74, 73))
+    strings, floats = coco_json((74, 73)), coco_json((74, 73))
+    for data, convert in ((strings, str), (floats, float)):
+        for entry in data["images"]:
+            entry["id"] = convert(entry["id"])
+        for ann in data["annotations"]:
+            ann["image_id"] = convert(ann["image_id"])
+    results = [
+        index_dataset(COCO_PARAMS, write_coco_root(tmp_path / n, d), tmp_path / f"{n}-out")
+        for n, d in (("plain", plain), ("strings", strings), ("floats", floats))
+    ]
+    expected = [(r.id, r.tags) for r in results[0].records]
+    assert expected == [("000000000073", (4,)), ("000000000074", (1, 2, 17))]
+    for manifest in results[1:]:
+        assert [(r.id, r.tags) for r in manifest.records] == expected
+        assert all(
+            np.array_equal(gt_mask(a), gt_mask(b)) for a, b in zip(results[0].records, manifest.records, strict=True)
+        )

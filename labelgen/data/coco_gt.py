@@ -211,8 +211,8 @@ _REFERENCE = re.compile(r"(.+" + re.escape(GT_SUFFIX) + r")#(\d+)")
 
 
 def gt_reference(file: Path, n: int) -> str:
-    """What a manifest row's `mask` holds for COCO GT: entry `n` of the GT file `file` (absolute)."""
-    return f"{file.resolve()}#{n}"
+    """What a manifest row's `mask` holds for COCO GT: entry `n` of the GT file `file` (an absolute path)."""
+    return f"{file}#{n}"
 
 
 def is_gt_reference(mask: Path | str) -> bool:

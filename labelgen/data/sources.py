@@ -220,12 +220,15 @@ class _CocoSplit:
             self.positions.setdefault(img["id"], []).append(self.sink.add(item))
 
     def annotation(self, n: int, ann: Any, text: str) -> None:
-        """Route annotation `n` of the file (`text`: its JSON) to its image's slice."""
+        """Route annotation `n` of the file to its image's slice. `ann` may hold floats as their
+        text (the JSON stream's fast decode): it is decoded exactly from `text` where a value is used."""
         image_id = ann.get("image_id", _MISSING) if isinstance(ann, dict) else _MISSING
+        if isinstance(image_id, str):  # an id written as a string, or a float read as text
+            ann = json.loads(text)
+            image_id = ann["image_id"]
         if image_id is _MISSING or not _hashable(image_id):
-            self.listing.problems.append(
-                problem(self._where(n, ann), "not an object with an image_id", ANNOTATION_SKIPPED)
-            )
+            where = self._where(n, json.loads(text))
+            self.listing.problems.append(problem(where, "not an object with an image_id", ANNOTATION_SKIPPED))
         elif not self.images_read:
             self.early_count += 1
             self.early.write(f"{n}\t{one_line(text)}\n")
@@ -233,7 +236,8 @@ class _CocoSplit:
             for position in self.positions[image_id]:
                 self.sink.add_annotation(position, n, text)
         else:
-            self.orphans.append((self._where(n, ann), ann.get("category_id"), image_id))
+            exact = json.loads(text)
+            self.orphans.append((self._where(n, exact), exact.get("category_id"), image_id))
 
     def _where(self, n: int, ann: Any) -> str:
         return f"{self.ann_file} annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}"
@@ -275,7 +279,7 @@ def _list_coco_split(
                     state.image(img)
                 state.images_read = True
             elif key == "annotations":
-                for n, (ann, text) in enumerate(stream.elements()):
+                for n, (ann, text) in enumerate(stream.elements(floats_as_text=True)):
                     state.annotation(n, ann, text)
             elif key == "categories":
                 categories = _categories(stream.value(), ann_file)

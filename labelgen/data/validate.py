@@ -102,6 +102,7 @@ def index_items(
     The usable COCO shapes of the rows with complete COCO GT go into `gt_file` (written only if
     there are any); their `mask` refers to their entry there."""
     records, problems, shapes = [], [], {}
+    gt_file = gt_file.resolve()
     for n, item in enumerate(items):
         notes: list[tuple[str, str]] = []
         try:
