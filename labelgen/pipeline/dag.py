@@ -6,23 +6,39 @@ index -> train_cam -> export_cams -> pseudo_labels -> train_decoder -> predict
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Mapping
+
 from labelgen.config import Recipe
 from labelgen.errors import ConfigError
 from labelgen.pipeline.stage import Stage
-from labelgen.stages import evaluate, export_cams, index, predict, pseudo_labels, train_cam, train_decoder
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        index.STAGE,
-        train_cam.STAGE,
-        export_cams.STAGE,
-        pseudo_labels.STAGE,
-        train_decoder.STAGE,
-        predict.STAGE,
-        evaluate.STAGE,
-    )
-}
+
+@functools.cache
+def _stages() -> dict[str, Stage]:
+    from labelgen.stages import evaluate, export_cams, index, predict, pseudo_labels, train_cam, train_decoder
+
+    stages = (index, train_cam, export_cams, pseudo_labels, train_decoder, predict, evaluate)
+    return {m.STAGE.name: m.STAGE for m in stages}
+
+
+class _Stages(Mapping[str, Stage]):
+    """The stages by name, imported on first use. A dask worker imports this module with the runner
+    only to run a unit (`run_unit`); importing every stage there would load torch and timm into
+    every CPU worker (seconds per worker) whatever the unit needs. The unit's own module imports
+    what it uses."""
+
+    def __getitem__(self, name: str) -> Stage:
+        return _stages()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_stages())
+
+    def __len__(self) -> int:
+        return len(_stages())
+
+
+STAGES: Mapping[str, Stage] = _Stages()
 ORDER: tuple[str, ...] = ("index", "train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict", "evaluate")
 MASK_STAGES = ("export_cams", "pseudo_labels", "predict")  # what `evaluate` scores, where present
 TARGETS = (*ORDER, "full")
