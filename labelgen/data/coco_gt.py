@@ -107,7 +107,7 @@ def _shape_rle(shape: dict[str, Any], height: int, width: int) -> dict:
     return {"size": rle["size"], "counts": rle["counts"].encode("ascii", "replace")}
 
 
-def usable_shape(ann: dict, height: int, width: int, faults: list[str]) -> dict[str, Any] | None:
+def _usable_shape(ann: dict, height: int, width: int, faults: list[str]) -> dict[str, Any] | None:
     """{"polygons": ...} or {"rle": ...}: the usable part of one annotation's segmentation, or None
     when it has none. What is broken is appended to `faults`, one phrase each. Only a compressed RLE
     is decoded (to prove it decodes); polygons are checked without drawing them."""
@@ -152,7 +152,7 @@ def check_coco(annotations: tuple[dict, ...], height: int, width: int) -> CocoGt
     for ann in annotations:
         name = f"annotation {ann.get('id', '?')} ({ann['name']})"
         faults: list[str] = []
-        shape = usable_shape(ann, height, width, faults)
+        shape = _usable_shape(ann, height, width, faults)
         if shape is None:
             if _bbox_inside(ann, height, width):
                 tags.add(ann["label"])

@@ -136,8 +136,12 @@ def run_units(units: list[Unit], images: int, workers: int | None) -> None:
             "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         )
         with ProcessPoolExecutor(min(workers or available_cores(), len(units)), mp_context=context) as pool:
-            for future in as_completed([pool.submit(unit.fn, *unit.args) for unit in units]):
-                bar.update(future.result()[1]["images"])
+            try:
+                for future in as_completed([pool.submit(unit.fn, *unit.args) for unit in units]):
+                    bar.update(future.result()[1]["images"])
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # after a failure, stop the rest rather than let it write on
+                raise
 
 
 def assemble_index(dataset: str, out: Path) -> dict[str, Any]:
