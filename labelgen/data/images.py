@@ -158,13 +158,13 @@ def inspect_image(path: Path | str, max_pixels: int = 40_000_000) -> ImageInfo:
 def _complete_without_decoding(path: Path, fmt: str | None) -> bool:
     """Whether the file's structure proves it complete, for the formats where that is cheap."""
     if fmt in ("JPEG", "MPO"):
-        return _tail(path, 2) == JPEG_EOI
+        return _tail(path, 2) == _JPEG_EOI
     if fmt == "PNG":
         return _png_ends_after_metadata(path)
     return False
 
 
-JPEG_EOI = b"\xff\xd9"
+_JPEG_EOI = b"\xff\xd9"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # chunks PIL reads EXIF orientation from (eXIf, text chunks with "Raw profile type exif" or XMP)
 _PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
