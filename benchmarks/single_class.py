@@ -24,7 +24,7 @@ import numpy as np
 from _common import REPO, SHARED, print_table, use_shared_weights, write_result
 
 from labelgen.config import load_recipe
-from labelgen.data.coco_gt import rasterise_coco
+from labelgen.data.coco_gt import check_coco, rasterise
 from labelgen.data.masks import read_mask, write_mask
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.pipeline.cluster import open_client
@@ -46,7 +46,8 @@ def build_folder(root: Path) -> dict[str, int]:
     for img in data["images"]:
         anns = [a for a in data["annotations"] if a["image_id"] == img["id"]]
         people = tuple({**a, "label": 1, "name": "person"} for a in anns if a["category_id"] == PERSON)
-        gt = rasterise_coco(people, img["height"], img["width"]).mask  # crowds of people: 255
+        shapes = check_coco(people, img["height"], img["width"]).shapes
+        gt = rasterise(shapes, img["height"], img["width"])  # crowds of people: 255
         source = COCO128 / "images" / "train2017" / img["file_name"]
         link = root / "images" / img["file_name"]
         if not link.exists():

@@ -196,6 +196,9 @@ def data() -> None:
 
 
 def _data_options(fn):
+    fn = click.option(
+        "--workers", type=int, help="Processes that check images [default: one per core this process may use]."
+    )(fn)
     fn = click.option("--set", "overrides", multiple=True, metavar="dataset.KEY=VALUE", help="Dataset setting.")(fn)
     fn = click.option(
         "--split", "splits", multiple=True, help="Splits to index [default: the recipe's train and val]."
@@ -221,20 +224,19 @@ def _dataset_params(dataset, data_root, splits, overrides):
 @_data_options
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Manifest JSON to write.")
 @_user_errors
-def data_index(dataset, data_root, splits, overrides, out) -> None:
+def data_index(dataset, data_root, splits, overrides, workers, out) -> None:
     """Write a manifest (one row per usable image) and a problems report beside it.
 
     \b
     Example:
       labelgen data index --dataset voc --data-root data/VOCdevkit --split train --out voc_train.json
     """
-    from labelgen.stages.index import MANIFEST, PROBLEMS, index_dataset, log_problems
+    from labelgen.stages.index import MANIFEST, PROBLEMS, index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
     out_path = Path(out).resolve()
-    files = out_path.parent / f"{out_path.stem}_files"  # problems report and rasterised GT masks
-    manifest = index_dataset(params, Path(data_root).resolve(), files)
-    log_problems(json.loads((files / PROBLEMS).read_text()), files / PROBLEMS)
+    files = out_path.parent / f"{out_path.stem}_files"  # problems report and COCO GT shapes
+    manifest = index_dataset(params, Path(data_root).resolve(), files, workers)
     (files / MANIFEST).replace(out_path)
     click.echo(f"{len(manifest.records)} images -> {out_path}; problems -> {files / PROBLEMS}")
 
@@ -242,7 +244,7 @@ def data_index(dataset, data_root, splits, overrides, out) -> None:
 @data.command("check")
 @_data_options
 @_user_errors
-def data_check(dataset, data_root, splits, overrides) -> None:
+def data_check(dataset, data_root, splits, overrides, workers) -> None:
     """Validate a data set and list every problem with its file, one line each; exit 1 if any image is
     left out or any GT is unusable (exit 0 when there are only notes: conversions, EXIF orientation,
     rows of splits not indexed).
@@ -257,11 +259,16 @@ def data_check(dataset, data_root, splits, overrides) -> None:
     from labelgen.stages.index import PROBLEMS, NoUsableImages, index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
+    index_log = logging.getLogger("labelgen.stages.index")
+    level = index_log.level
+    index_log.setLevel(logging.ERROR)  # its per-kind summary: the list below says it all, line by line
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            usable = len(index_dataset(params, Path(data_root).resolve(), Path(tmp)).records)
+            usable = len(index_dataset(params, Path(data_root).resolve(), Path(tmp), workers).records)
         except NoUsableImages:  # nothing usable: still list why, from the problems report
             usable = 0
+        finally:
+            index_log.setLevel(level)
         problems = json.loads((Path(tmp) / PROBLEMS).read_text())
     for p in problems:
         click.echo(describe(p))

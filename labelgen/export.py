@@ -297,7 +297,7 @@ def mmseg_settings(source: ExportSource, out: Path, fmt: str) -> dict[str, Any]:
     VOC colours of the palette PNGs) and one `BaseSegDataset` dict per split."""
     classes = list(source.manifest.classes)
     palette = voc_palette()
-    metainfo = {"classes": classes, "palette": [palette[3 * k : 3 * k + 3] for k in range(len(classes))]}
+    metainfo = {"classes": classes, "palette": [list(palette[3 * k : 3 * k + 3]) for k in range(len(classes))]}
     datasets = {
         split: {
             "type": "BaseSegDataset",

@@ -26,7 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from labelgen.data.classes import coco_label_space, official_coco_categories
-from labelgen.data.coco_gt import rasterise_coco
+from labelgen.data.coco_gt import check_coco, rasterise
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask, write_mask
 from labelgen.export import coco_image_ids, export_masks
@@ -154,8 +154,8 @@ def _coco128_photo(coco128, image_id: int) -> tuple[Path, np.ndarray]:
         for a in coco128["annotations"]
         if a["image_id"] == image_id
     ]
-    gt = rasterise_coco(tuple(anns), img["height"], img["width"])
-    return COCO128 / "images" / "train2017" / img["file_name"], gt.mask
+    gt = check_coco(tuple(anns), img["height"], img["width"])
+    return COCO128 / "images" / "train2017" / img["file_name"], rasterise(gt.shapes, img["height"], img["width"])
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_damaged_shard_is_detected_by_its_checksum_and_redone(cam_ready, tmp_pat
     _, reference = cam_ready
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
-    art = next(run_dir.glob("export_cams/*"))
+    art = next(p for p in run_dir.glob("export_cams/*") if p.is_dir())  # not the artifact's .lock file
     (art / "_SUCCESS.json").unlink()  # as if the run had crashed before finishing the stage
     shard = art / "cams.zarr" / "cams" / "c" / "3" / "0" / "0" / "0"
     shard.write_bytes(shard.read_bytes()[:100])  # a torn write
@@ -129,7 +129,7 @@ def test_disk_full_is_a_clear_error_and_the_rerun_completes(cam_ready, small_dis
     shutil.copytree(
         base, run_dir, ignore=shutil.ignore_patterns("last.pt")
     )  # the finished training, not its resume state
-    train = next(run_dir.glob("train_cam/*"))
+    train = next(p for p in run_dir.glob("train_cam/*") if p.is_dir())  # not the artifact's .lock file
     model_before = (train / "model.pt").read_bytes()
     filler = small_disk / "filler"
     with open(filler, "wb") as f:

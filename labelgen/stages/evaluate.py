@@ -19,7 +19,7 @@ import numpy as np
 from labelgen.cam import cam_to_labels, resize_maps
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
-from labelgen.data.masks import read_mask
+from labelgen.data.masks import gt_mask
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.stages.index import load_manifest
@@ -61,7 +61,7 @@ def score_shard(
     for r, stored in zip(records, arrays.rows(rows.start, rows.stop), strict=True):
         if r.mask is None:
             continue
-        gt = read_mask(r.mask)
+        gt = gt_mask(r)
         if arrays.kind == "cams":
             maps, labels = stored
             maps = resize_maps(maps, gt.shape)
@@ -181,7 +181,7 @@ def _overlays(ctx: StageContext, manifest: Manifest, path: Path) -> bool:
     for image_id in ids:
         r = by_id[image_id]
         image = read_image(r.image, ctx.recipe["dataset"].max_image_pixels, r.orientation)
-        row = [image, colourise(read_mask(r.mask))]
+        row = [image, colourise(gt_mask(r))]
         row += [overlay(image, stores[n].mask(stores[n].ids.index(image_id))) for n in train]
         rows.append(row)
     if rows:

@@ -26,7 +26,7 @@ from labelgen.cam import cam_to_labels
 from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
-from labelgen.data.masks import read_mask
+from labelgen.data.masks import gt_mask
 from labelgen.data.training import (
     TaggedImages,
     check_num_workers,
@@ -140,7 +140,7 @@ def gt_miou(
         image = read_image(r.image, dataset.max_image_pixels, r.orientation)
         size = image.shape[:2]
         maps = multiscale_cams(model, [image], [r.tags], (1.0,), True, "fine", size, mean, std, precision, 2)[0]
-        gt = read_mask(r.mask)
+        gt = gt_mask(r)
         labels = np.array(r.tags)
         for j, t in enumerate(SELECTION_THRESHOLDS):
             cms[j] += confusion_matrix(gt, cam_to_labels(maps, labels, t), num_labels)
