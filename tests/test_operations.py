@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
+from PIL import Image
 
 from labelgen.cli import main
 from labelgen.config import load_recipe, recipe_path, recipe_warnings
@@ -177,3 +178,30 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, client):
     assert "  pseudo_labels.bg_threshold = 0.5 (shipped: 0.43)" in result.output
     assert sorted(str(p) for p in run_dir.rglob("*")) == files_before
     assert (run_dir / "recipe.json").read_bytes() == record
+
+
+def test_an_edited_data_set_makes_a_new_index(tmp_path, client, caplog):
+    import logging
+
+    from labelgen.config import load_recipe, recipe_path
+    from labelgen.pipeline.runner import plan_run, run_pipeline
+    from labelgen.stages.index import load_manifest
+    from tests.realdata import coco_photo
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    for n in range(3):
+        Image.open(coco_photo((73, 472, 636)[n])).convert("RGB").resize((64, 48)).save(root / "images" / f"{n}.jpg")
+    (root / "classes.txt").write_text("cat\ndog\n")
+    (root / "tags.csv").write_text("image,tags\nimages/0.jpg,cat\nimages/1.jpg,Dog\nimages/2.jpg,dog\n")
+    recipe = load_recipe(recipe_path("folder"), [f'dataset.root="{root}"'])
+    first = run_pipeline(recipe, tmp_path / "run", "index", client)["index"]
+    assert [r.id for r in load_manifest(first).records] == ["0", "2"]
+    assert plan_run(recipe, tmp_path / "run", "index")[0].artifact.key == first.key  # nothing changed
+    (root / "tags.csv").write_text("image,tags\nimages/0.jpg,cat\nimages/1.jpg,dog\nimages/2.jpg,dog\n")  # fixed
+    with caplog.at_level(logging.INFO, logger="labelgen"):
+        second = run_pipeline(recipe, tmp_path / "run", "index", client)["index"]
+    assert second.key != first.key and [r.id for r in load_manifest(second).records] == ["0", "1", "2"]
+    assert any("stage index         reruns: its data changed" in r.message for r in caplog.records)
+    Image.open(coco_photo(74)).convert("RGB").resize((64, 48)).save(root / "images" / "2.jpg")  # replaced
+    assert plan_run(recipe, tmp_path / "run", "index")[0].artifact.key != second.key

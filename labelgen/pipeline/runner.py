@@ -97,6 +97,8 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
         forced |= descendants(name, plan)
     todo = [p for p in plan if p.stage.name in forced or not p.artifact.is_complete()]
     for p in todo:
+        _log_why_it_reruns(p, run_dir)
+    for p in todo:
         for check in p.stage.checks:
             check(recipe, run_dir)
     locks = [ArtifactLock(p.artifact) for p in todo]
@@ -109,6 +111,22 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
         raise
     record_run(run_dir, recipe, target, plan)
     return PreparedRun(recipe, run_dir, target, plan, todo, forced, locks)
+
+
+def _log_why_it_reruns(p: PlannedStage, run_dir: Path) -> None:
+    """Where this folder's last run had a finished artifact of the stage under another key, say which
+    of its settings (or its data) changed."""
+    try:
+        last = json.loads((run_dir / RUN_RECORD).read_text()).get("keys", {}).get(p.stage.name)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    before = Artifact(run_dir, p.stage.name, last) if last and last != p.artifact.key else None
+    if before is None or not before.is_complete():
+        return
+    old = before.success().get("params", {})
+    changed = sorted(k for k in {*old, *p.key_params} if old.get(k) != json.loads(json.dumps(p.key_params.get(k))))
+    what = ", ".join("its data" if k == "data" else k for k in changed) or "an upstream stage"
+    log.info("stage %-13s reruns: %s changed since the last run in this folder (%s)", p.stage.name, what, before.key)
 
 
 def record_run(run_dir: Path, recipe: Recipe, target: str, plan: list[PlannedStage]) -> None:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from labelgen.config import DatasetParams, Recipe
 from labelgen.data.coco_gt import GT_SUFFIX
 from labelgen.data.demo import generate_demo
+from labelgen.data.fingerprint import data_fingerprint
 from labelgen.data.manifest import Manifest, write_manifest
 from labelgen.data.problems import grouped, is_problem, problem
 from labelgen.data.slices import SliceWriter, read_slice
@@ -209,9 +210,13 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
 
 
 def _key_extra(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """The generated demo set is fully described by its params; a real data set by where it is and
+    what it holds now (so an edited data set makes a new index, never a stale one)."""
     params: DatasetParams = recipe["dataset"]
-    # the generated demo set is fully described by its params; a real data set by where it is
-    return {"root": "" if params.name == "demo" and not params.root else str(data_root(params, run_dir))}
+    if params.name == "demo" and not params.root:
+        return {"root": ""}
+    root = data_root(params, run_dir)
+    return {"root": str(root), "data": data_fingerprint(root) if root.is_dir() else None}
 
 
 def check_data_root(recipe: Recipe, run_dir: Path) -> None:
