@@ -42,6 +42,10 @@ class DatasetParams:
     tags_file: str = "tags.csv"  # folder: CSV (image,tags) or JSON lines, relative to root
     classes_file: str = "classes.txt"  # folder: one class name a line, relative to root
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
+    # images without tags: "keep" them as negatives (all-zero training targets; their pseudo-label and
+    # prediction are all background, no CAM is computed for them), or "leave_out" (VOC/COCO reference:
+    # COCO images without annotations are not in its 82,081-image list). pipelines/folder.toml keeps them.
+    untagged: Literal["keep", "leave_out"] = "leave_out"
     index_slice: int = _not_in_key(256, "images per index task")
     # demo only: a procedural data set generated from `demo_seed`
     demo_train_images: int = 160

@@ -96,7 +96,7 @@ def _names(labels: list[int], classes: tuple[str, ...]) -> str:
 
 
 def index_items(
-    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_file: Path
+    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_file: Path, keep_untagged: bool = False
 ) -> tuple[list[ImageRecord], list[dict[str, str]]]:
     """Validate each item; return manifest rows for the good ones and a problem for each bad one
     (and a note for each image kept with a decision: conversion, orientation, GT not scored).
@@ -112,10 +112,9 @@ def index_items(
             problems.append(problem(item.image, str(e).removeprefix(f"{item.image}: "), where=item.where))
             continue
         problems += [problem(item.image, reason, action, item.where) for reason, action in notes]
-        if not record.tags:
-            problems.append(
-                problem(item.image, "no image-level tags; WeakTr needs at least one class per image", where=item.where)
-            )
+        if not record.tags and not keep_untagged:
+            why = "no image-level tags; set dataset.untagged=keep to train on untagged images as negatives"
+            problems.append(problem(item.image, why, where=item.where))
             continue
         records.append(record)
         if coco is not None:

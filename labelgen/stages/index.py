@@ -96,11 +96,11 @@ def plan_index(params: DatasetParams, root: Path, out: Path) -> tuple[Listing, l
     for i in range(listing.slices):
         first = i * params.index_slice
         label = f"slice {i} (images {first}-{min(first + params.index_slice, listing.images) - 1})"
-        units.append(Unit(i, index_slice, (out, i, params.max_image_pixels), label))
+        units.append(Unit(i, index_slice, (out, i, params.max_image_pixels, params.untagged == "keep"), label))
     return listing, units
 
 
-def index_slice(out: Path, index: int, max_pixels: int) -> UnitResult:
+def index_slice(out: Path, index: int, max_pixels: int, keep_untagged: bool) -> UnitResult:
     """One index task: validate the items of slice `index` of the index folder `out`; writes its rows
     and problems (`slices/<index>.json`) and its COCO GT shapes (`gt/<index>.cocogt.json`, if any)."""
     listing = Listing.load(out / _LISTING)
@@ -110,7 +110,7 @@ def index_slice(out: Path, index: int, max_pixels: int) -> UnitResult:
         items = [_with_annotations(item, raw.get(k, []), listing.coco, problems) for k, item in enumerate(items)]
     gt = out / _GT / f"{index:06d}{GT_SUFFIX}"
     gt.unlink(missing_ok=True)  # a rerun writes it anew, or not at all
-    records, found = index_items(items, listing.classes, max_pixels, gt)
+    records, found = index_items(items, listing.classes, max_pixels, gt, keep_untagged)
     path = out / _SLICES / f"{index:06d}.json"
     path.write_text(json.dumps({"records": [r.__dict__ for r in records], "problems": problems + found}))
     return [path, *([gt] if gt.is_file() else [])], {"images": len(items), "problems": len(problems + found)}

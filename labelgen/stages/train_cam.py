@@ -29,7 +29,6 @@ from labelgen.data.manifest import Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.training import (
     TaggedImages,
-    check_num_workers,
     normalisation,
     seed_everything,
     start_epoch,
@@ -38,7 +37,7 @@ from labelgen.data.training import (
 from labelgen.errors import DataError
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
-from labelgen.models.precision import autocast, check_precision
+from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
@@ -241,10 +240,25 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     }
 
 
+def warn_if_no_contrast(manifest: Manifest, split: str) -> None:
+    """Warn loudly when every training image carries the same tag set: the multilabel loss is then
+    met by predicting those tags everywhere, and the CAMs localise only what pretraining knew."""
+    tag_sets = {r.tags for r in manifest.split(split)}
+    if len(tag_sets) == 1:
+        (tags,) = tag_sets
+        names = ", ".join(manifest.classes[t] for t in tags) or "no tags"
+        log.warning(
+            "!!! train_cam: every image of split %r is tagged {%s}: the classifier has nothing to contrast them "
+            "with. Add images without these objects as negatives (untagged rows, dataset.untagged=keep)",
+            split,
+            names,
+        )
+
+
 def _plan(ctx: StageContext) -> list[Unit]:
-    check_precision(ctx.params.precision, "train_cam.precision")
-    check_num_workers(ctx.params.num_workers, "train_cam.num_workers")
-    args = (ctx.params, ctx.recipe["dataset"], ctx.inputs["index"].path / "manifest.json", ctx.artifact.path)
+    manifest_path = ctx.inputs["index"].path / "manifest.json"
+    warn_if_no_contrast(Manifest.load(manifest_path), ctx.recipe["dataset"].train_split)
+    args = (ctx.params, ctx.recipe["dataset"], manifest_path, ctx.artifact.path)
     return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs")]
 
 

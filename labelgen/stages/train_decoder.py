@@ -25,7 +25,6 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
 from labelgen.data.training import (
-    check_num_workers,
     normalisation,
     normalise_batch,
     seed_everything,
@@ -34,7 +33,7 @@ from labelgen.data.training import (
 )
 from labelgen.errors import DataError
 from labelgen.models.losses import ClipStats, GradientClippingLoss
-from labelgen.models.precision import autocast, check_precision
+from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
@@ -212,8 +211,6 @@ def load_segmenter(path: Path, device: torch.device) -> tuple[Segmenter, tuple, 
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
-    check_precision(ctx.params.precision, "train_decoder.precision")
-    check_num_workers(ctx.params.num_workers, "train_decoder.num_workers")
     dataset: DatasetParams = ctx.recipe["dataset"]
     manifest_path = ctx.inputs["index"].path / "manifest.json"
     records = Manifest.load(manifest_path).split(dataset.train_split)
