@@ -85,10 +85,25 @@ class ExportCamsParams:
     cam: Literal["fine", "fused", "coarse"] = "fine"  # AAF + patch affinity, no affinity step, conv head only
     scales: tuple[float, ...] = (1.0, 1.2)  # first must be 1.0 (weaktr-method.md §1.7)
     flip: bool = True
-    stride: int = 1  # stored resolution = full size // stride
+    stride: int = 1  # stored resolution = full size // stride (rounded up), long side capped at max_side
+    # pixels: the longest side of any view the model sees. Views are the image resized by each scale;
+    # when max(scales) × the image's long side exceeds max_side, every view is shrunk by the same
+    # factor max_side / (max(scales) × long side), so all scales keep their ratios and the largest
+    # view's long side is max_side. Stored CAMs are also capped at max_side on their long side
+    # (pseudo_labels upsamples them to the image). 1024 keeps VOC (≤ 500 px × 1.2) and COCO (≤ 640 px
+    # × 1.2 = 768) exact; a DeiT-S/80-class view of 1024×1024 (the worst aspect) adds 1.25 GB
+    # (1280×1280: 2.44 GB), so 8 views a pass plus the attention cache fit a 16 GB GPU
+    # (benchmarks/inference_memory.py, README).
+    max_side: int = 1024
     shard_size: int = 32  # images per zarr shard and per dask task
     precision: Precision = "auto"  # see train_cam.precision
     batch_size: int = _not_in_key(8, "views (images of one size and their flips) per forward pass; 1 on CPU")
+    attention_cache_mb: int = _not_in_key(
+        1024,
+        "MiB of attention maps a forward pass may keep between its two passes instead of recomputing "
+        "them (WeakTr.cams); the CAMs are the same. 0: least memory, about 1.6× the time of keeping all "
+        "(a DeiT-S view of 768×576 keeps all 12 layers in 0.94 GB)",
+    )
     device: Literal["auto", "cpu", "cuda"] = _not_in_key("auto", "auto, cpu or cuda")
 
 
@@ -148,6 +163,13 @@ class PredictParams:
     crf_bilateral_srgb: float = 5.0
     crf_bilateral_compat: float = 3.0
     crf_iterations: int = 10
+    # pixels: the longest side of any image-sized array predict holds for all labels. A scale pass
+    # (short side resize_short × ratio, at least window) whose long side would exceed it shrinks,
+    # all passes by the same factor, so the largest pass's long side is max_side; probabilities are
+    # summed at the image size capped to a long side of max_side, and upsampled to the full image
+    # only for the argmax (a few labels at a time) and for the CRF (the labels present). 2048 keeps
+    # every image up to 2048 px with an aspect ratio up to 2.25:1 exact (largest pass 910 × 2048).
+    max_side: int = 2048
     shard_size: int = 32
     precision: Precision = "auto"  # see train_cam.precision
     device: Literal["auto", "cpu", "cuda"] = _not_in_key("auto", "auto, cpu or cuda")
@@ -331,7 +353,8 @@ def recipe_errors(recipe: Recipe) -> list[tuple[str, str]]:
                 "export_cams.stride", "export_cams.batch_size", "train_decoder.epochs", "train_decoder.batch_size",
                 "train_decoder.crop_size", "train_decoder.clip_window", "train_decoder.resize_short",
                 "train_decoder.decoder_layers", "predict.shard_size", "predict.resize_short", "predict.window",
-                "predict.window_stride", "train_cam.selection_subset"):  # fmt: skip
+                "predict.window_stride", "train_cam.selection_subset", "export_cams.max_side",
+                "predict.max_side"):  # fmt: skip
         section, _, name = key.partition(".")
         need(getattr(recipe[section], name) > 0, key, "must be > 0")
     need(0 <= cam.warmup_epochs <= cam.epochs, "train_cam.warmup_epochs", f"must be 0..train_cam.epochs={cam.epochs}")

@@ -1,6 +1,6 @@
 import pytest
 
-from labelgen.config import ExportCamsParams, load_recipe, recipe_path, significant_params
+from labelgen.config import ExportCamsParams, PredictParams, load_recipe, recipe_path, significant_params
 from labelgen.errors import ConfigError
 from tests.conftest import TINY_RECIPE, tiny_recipe
 
@@ -36,6 +36,8 @@ def test_insignificant_params_stay_out_of_the_key():
     params = significant_params(ExportCamsParams())
     assert "batch_size" not in params and "device" not in params
     assert params["scales"] == [1.0, 1.2]
+    assert "attention_cache_mb" not in params  # speed and memory only: the CAMs are bit-identical
+    assert params["max_side"] == 1024 and significant_params(PredictParams())["max_side"] == 2048  # change outputs
 
 
 @pytest.mark.parametrize(

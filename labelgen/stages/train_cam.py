@@ -138,7 +138,23 @@ def gt_miou(
     for r in records:
         image = read_image(r.image, dataset.max_image_pixels, r.orientation)
         size = image.shape[:2]
-        maps = multiscale_cams(model, [image], [r.tags], (1.0,), True, "fine", size, mean, std, precision, 2)[0]
+        # Views at full size, as before max_side existed (a train_cam setting would change every
+        # train_cam key); attention maps recomputed rather than kept: the training state is in memory.
+        maps = multiscale_cams(
+            model,
+            [image],
+            [r.tags],
+            (1.0,),
+            True,
+            "fine",
+            size,
+            mean,
+            std,
+            precision,
+            2,
+            max_side=max(size),
+            cache_bytes=0,
+        )[0]
         gt = gt_mask(r)
         labels = np.array(r.tags)
         for j, t in enumerate(SELECTION_THRESHOLDS):
