@@ -13,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from labelgen.config import ExportCamsParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
@@ -76,9 +78,12 @@ def export_shard(
     for r in records:
         _log_resizing(r, params, model.backbone.patch_size)
     by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for j, r in enumerate(records):
-        by_size[(r.height, r.width)].append(j)
     cams: list[Any] = [None] * len(records)
+    for j, r in enumerate(records):
+        if r.tags:
+            by_size[(r.height, r.width)].append(j)
+        else:  # a negative (untagged image): no class to map, no forward pass spent on it
+            cams[j] = (np.zeros((0, *stored_size(r, params.stride, params.max_side)), np.float32), ())
     for members in by_size.values():
         for start in range(0, len(members), params.batch_size):
             batch = members[start : start + params.batch_size]

@@ -112,8 +112,9 @@ def train_epoch(
     state.model.train()
     sums: dict[str, float] = {}
     started = time.perf_counter()
-    n_images = 0
+    n_images = negatives = 0
     for images, targets in tqdm(loader, desc=f"train_cam epoch {epoch}", leave=False, mininterval=5):
+        negatives += int((targets.sum(dim=1) == 0).sum())  # untagged images: all-zero targets in the loss
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         parts = cam_step(state.model, state.optimizer, images, targets, precision)
         for k, v in parts.items():
@@ -125,6 +126,7 @@ def train_epoch(
         **{f"loss_{k}": v / batches for k, v in sums.items()},
         "images_per_s": n_images / seconds,
         "seconds": seconds,
+        "negatives": negatives,
     }
 
 
