@@ -43,3 +43,32 @@ def scores(cm: np.ndarray) -> dict[str, object]:
         "recall": recall.tolist(),
         "pixels": int(total),
     }
+
+
+def image_miou(cm: np.ndarray) -> float | None:
+    """mIoU of one image's confusion matrix (classes in its GT or prediction); None if it has no pixel."""
+    miou = scores(cm)["miou"]
+    return None if np.isnan(miou) else miou
+
+
+def tag_agreement(cm: np.ndarray, tags: tuple[int, ...]) -> float:
+    """How far two label maps of one image agree, in [0, 1], without GT (a WSSS proxy).
+
+    `cm` is their confusion matrix (rows: the first map, e.g. the pseudo-label; columns: the second,
+    e.g. the decoder's prediction). The mean IoU between them over background, the image's tags and
+    every label either map holds, where a tagged class that neither map holds counts 0: two maps that
+    both lost the object do not agree about it.
+    """
+    cm = cm.astype(np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    labels = sorted({0, *tags, *np.flatnonzero(union > 0).tolist()})
+    return float(np.mean([tp[c] / union[c] if union[c] else 0.0 for c in labels]))
+
+
+def label_shares(mask: np.ndarray, num_labels: int) -> np.ndarray:
+    """(num_labels,) float64: the share of a mask's scored pixels (not 255) holding each label; the
+    shares of labels 1.. sum to the foreground share. All zero for a mask of only ignore."""
+    counts = np.bincount(mask.ravel(), minlength=256)[:num_labels].astype(np.float64)
+    total = counts.sum()
+    return counts / total if total else counts

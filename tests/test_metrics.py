@@ -31,3 +31,27 @@ def test_predicted_class_absent_from_gt_counts_zero():
 def test_labels_outside_the_space_are_refused():
     with pytest.raises(ValueError, match="labels must be"):
         confusion_matrix(np.zeros((1, 1), np.uint8), np.full((1, 1), 9, np.uint8), 4)
+
+
+def test_tag_agreement_counts_a_tagged_class_both_maps_lost_as_zero():
+    from labelgen.metrics import tag_agreement
+
+    a = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)
+    b = np.array([[0, 0, 0, 1], [0, 0, 1, 1]], np.uint8)
+    cm = confusion_matrix(a, b, 4)
+    # background IoU 4/5, class 1 IoU 3/4; tag 2 is in neither map: 0, not left out
+    assert tag_agreement(cm, (1,)) == pytest.approx((4 / 5 + 3 / 4) / 2)
+    assert tag_agreement(cm, (1, 2)) == pytest.approx((4 / 5 + 3 / 4 + 0) / 3)
+    assert tag_agreement(confusion_matrix(a, a, 4), (1,)) == 1.0
+    # a label only one map holds (here 3, untagged) counts 0 too
+    c = np.where(b == 1, 3, b).astype(np.uint8)
+    assert tag_agreement(confusion_matrix(a, c, 4), (1,)) == pytest.approx((4 / 5 + 0 + 0) / 3)
+
+
+def test_label_shares_leave_ignore_out():
+    from labelgen.metrics import label_shares
+
+    mask = np.array([[0, 1, 1, 255], [2, 2, 2, 255]], np.uint8)
+    shares = label_shares(mask, 4)
+    assert shares.tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6, 0.0])
+    assert label_shares(np.full((2, 2), 255, np.uint8), 4).tolist() == [0, 0, 0, 0]
