@@ -252,9 +252,13 @@ def test_mask_size_and_values_are_checked_at_index_time(tmp_path):
     (root / "classes.txt").write_text("cat\n")
     (root / "tags.csv").write_text("image,tags\nsmall.png,cat\nvalues.png,cat\nok.png,cat\n")
     manifest = index_dataset(DatasetParams(name="folder", val_split=""), root, tmp_path / "out")
-    reasons = " ".join(p["reason"] for p in json.loads((tmp_path / "out" / "problems.json").read_text()))
-    assert [r.id for r in manifest.records] == ["ok"]
-    assert "must have the size of their image" in reasons and "outside the label space" in reasons
+    problems = json.loads((tmp_path / "out" / "problems.json").read_text())
+    reasons = " ".join(p["reason"] for p in problems)
+    by_id = {r.id: r for r in manifest.records}
+    assert set(by_id) == {"small", "values", "ok"}  # the tags stand; only the broken GT is not used
+    assert by_id["ok"].mask is not None and by_id["small"].mask is None and by_id["values"].mask is None
+    assert "is 10×10; they were made for another image" in reasons and "outside the label space" in reasons
+    assert [p["action"] for p in problems] == ["kept; GT not scored"] * 2
 
 
 # ----------------------------------------------------------- SIGKILL in every stage (heavier: marked slow)

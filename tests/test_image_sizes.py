@@ -55,7 +55,7 @@ def records(tmp_path_factory) -> list[ImageRecord]:
     for name, size in [*TINY.items(), ("wide", (150, 500))]:
         Image.fromarray(_photo(size)).save(root / f"{name}.png")
         items.append(SourceItem(name, root / f"{name}.png", "train", TAGS[name]))
-    rows, problems = index_items(items, 4, MAX_PIXELS, root / "gt")
+    rows, problems = index_items(items, ("background", "a", "b", "c"), MAX_PIXELS, root / "gt")
     assert not problems and [r.id for r in rows] == [*TINY, "wide"]  # the index accepts every size
     return rows
 

@@ -146,7 +146,10 @@ class Artifact:
         """Note that `unit` failed with `error` (its first line), for `labelgen status`."""
         line = (str(error).strip().splitlines() or [""])[0]
         record = {"unit": unit, "error": f"{type(error).__name__}: {line}", "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_json_atomic(self.path / FAILED, record)
+        try:
+            write_json_atomic(self.path / FAILED, record)
+        except OSError:  # a full disk (say) must not hide the error being reported
+            pass
 
     def failure(self) -> dict[str, Any] | None:
         """The last failure record of this artifact, or None."""
