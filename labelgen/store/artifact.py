@@ -8,6 +8,7 @@ checksum of the files they vouch for, so a shard damaged after completion is fou
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -146,10 +147,8 @@ class Artifact:
         """Note that `unit` failed with `error` (its first line), for `labelgen status`."""
         line = (str(error).strip().splitlines() or [""])[0]
         record = {"unit": unit, "error": f"{type(error).__name__}: {line}", "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        try:
+        with contextlib.suppress(OSError):  # a full disk (say) must not hide the error being reported
             write_json_atomic(self.path / FAILED, record)
-        except OSError:  # a full disk (say) must not hide the error being reported
-            pass
 
     def failure(self) -> dict[str, Any] | None:
         """The last failure record of this artifact, or None."""
