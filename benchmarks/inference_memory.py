@@ -12,7 +12,8 @@ the process's peak RSS (`ru_maxrss`), and in brackets what the image added to th
   the CRF over the labels present in the argmax).
 
 Cases: `bounded` uses the defaults of labelgen/config.py; `exact` switches max_side off (the lean
-two-pass CAMs, the default attention cache); `all maps` is export as it was before max_side (no
+two-pass CAMs, the default attention cache); `no cache` is bounded with attention_cache_mb=0 (every
+layer's maps recomputed: the least memory); `all maps` is export as it was before max_side (no
 bound, every layer's attention maps kept, which the lean path does with an unlimited cache). Cases
 whose estimated memory exceeds --limit-gb are not run and show their estimate instead.
 
@@ -171,6 +172,8 @@ def export_cases(args) -> list[tuple[str, int, int]]:
     defaults = ExportCamsParams()
     cases = [] if args.exact_only else [("bounded", defaults.max_side, defaults.attention_cache_mb)]
     cases.append(("exact", UNBOUNDED, defaults.attention_cache_mb))
+    if args.no_cache:
+        cases.append(("no cache", defaults.max_side, 0))
     if args.all_maps:
         cases.append(("all maps", UNBOUNDED, UNBOUNDED))
     return cases
@@ -252,6 +255,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), help="WxH pixels")
     parser.add_argument("--exact-only", action="store_true", help="only the cases without max_side")
     parser.add_argument("--all-maps", action="store_true", help="also export as before: every layer's maps kept")
+    parser.add_argument("--no-cache", action="store_true", help="also export with attention_cache_mb=0")
     parser.add_argument("--no-predict", dest="predict", action="store_false")
     parser.add_argument("--crf", action="store_true", help="also the predict CRF over 3 labels at full size")
     parser.add_argument("--limit-gb", type=float, default=6.0, help="skip cases estimated above this")

@@ -89,11 +89,12 @@ class ExportCamsParams:
     # pixels: the longest side of any view the model sees. Views are the image resized by each scale;
     # when max(scales) × the image's long side exceeds max_side, every view is shrunk by the same
     # factor max_side / (max(scales) × long side), so all scales keep their ratios and the largest
-    # view's long side is max_side. Stored CAMs are also capped at max_side on their long side
+    # view's long side is max_side; a view under one patch on a side is upsampled to one patch
+    # (`view_sizes`). Stored CAMs are also capped at max_side on their long side
     # (pseudo_labels upsamples them to the image). 1024 keeps VOC (≤ 500 px × 1.2) and COCO (≤ 640 px
     # × 1.2 = 768) exact; a DeiT-S/80-class view of 1024×1024 (the worst aspect) adds 1.25 GB
     # (1280×1280: 2.44 GB), so 8 views a pass plus the attention cache fit a 16 GB GPU
-    # (benchmarks/inference_memory.py, README).
+    # (benchmarks/inference_memory.py).
     max_side: int = 1024
     shard_size: int = 32  # images per zarr shard and per dask task
     precision: Precision = "auto"  # see train_cam.precision
@@ -168,7 +169,8 @@ class PredictParams:
     # all passes by the same factor, so the largest pass's long side is max_side; probabilities are
     # summed at the image size capped to a long side of max_side, and upsampled to the full image
     # only for the argmax (a few labels at a time) and for the CRF (the labels present). 2048 keeps
-    # every image up to 2048 px with an aspect ratio up to 2.25:1 exact (largest pass 910 × 2048).
+    # every image up to 2048 px with an aspect ratio up to 2.25:1 exact (largest pass 910 × 2048);
+    # a 4032×3024 photo with 81 labels (DeiT-S) adds 2.4 GB instead of an estimated 15 GB.
     max_side: int = 2048
     shard_size: int = 32
     precision: Precision = "auto"  # see train_cam.precision

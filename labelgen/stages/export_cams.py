@@ -124,9 +124,11 @@ def _plan(ctx: StageContext) -> list[Unit]:
     if min(p.scales) <= 0:
         raise ConfigError(f"export_cams.scales={list(p.scales)}: scales must be positive")
     if p.max_side < 1:
-        raise ConfigError(f"export_cams.max_side={p.max_side}: must be a positive number of pixels")
+        raise ConfigError(
+            f"export_cams.max_side={p.max_side}: set a positive number of pixels (default {ExportCamsParams.max_side})"
+        )
     if p.attention_cache_mb < 0:
-        raise ConfigError(f"export_cams.attention_cache_mb={p.attention_cache_mb}: must be 0 or more")
+        raise ConfigError(f"export_cams.attention_cache_mb={p.attention_cache_mb}: set 0 MiB or more")
     manifest, records = _train_records(ctx)
     layout = StoreLayout(
         tuple(r.id for r in records), tuple(stored_size(r, p.stride, p.max_side) for r in records), p.shard_size
@@ -134,7 +136,10 @@ def _plan(ctx: StageContext) -> list[Unit]:
     store = ctx.artifact.path / CAMS
     if not (store / "zarr.json").is_file():  # created once; a resumed run keeps the finished shards
         create_cam_store(
-            store, layout, max(len(r.tags) for r in records), {"stride": p.stride, "classes": list(manifest.classes)}
+            store,
+            layout,
+            max(len(r.tags) for r in records),
+            {"stride": p.stride, "max_side": p.max_side, "classes": list(manifest.classes)},
         )
     model = ctx.inputs["train_cam"].path / MODEL
     max_pixels = ctx.recipe["dataset"].max_image_pixels

@@ -176,7 +176,9 @@ def _plan(ctx: StageContext) -> list[Unit]:
     p: PredictParams = ctx.params
     check_precision(p.precision, "predict.precision")
     if p.max_side < 1:
-        raise ConfigError(f"predict.max_side={p.max_side}: must be a positive number of pixels")
+        raise ConfigError(
+            f"predict.max_side={p.max_side}: set a positive number of pixels (default {PredictParams.max_side})"
+        )
     manifest = load_manifest(ctx.inputs["index"])
     model = ctx.inputs["train_decoder"].path / MODEL
     max_pixels = ctx.recipe["dataset"].max_image_pixels
