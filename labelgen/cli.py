@@ -114,6 +114,7 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
     run_path = Path(run_dir or Path("runs") / dataset).resolve()
     if dry_run:
         _print_plan(resolved, run_path, target, tuple(force), _recipe(dataset, None, data_root, ()))
+        _dry_run_checks(resolved, run_path, target)
         return
     prepared = prepare_run(resolved, run_path, target, tuple(force))  # every refusal before a cluster starts
     try:
@@ -152,6 +153,26 @@ def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shi
     click.echo("settings that differ from the shipped recipe:" if changed else "settings: the shipped recipe")
     for line in changed:
         click.echo(line)
+
+
+def _dry_run_checks(recipe, run_path: Path, target: str) -> None:
+    """The checks a run makes before its cluster starts (data root, weights), reported, not fatal to
+    the plan; exit 2 if one fails, as the run would."""
+    from labelgen.pipeline.runner import plan_run
+
+    failed = []
+    for p in plan_run(recipe, run_path, target):
+        if p.artifact.is_complete():
+            continue
+        for check in p.stage.checks:
+            try:
+                check(recipe, run_path)
+            except LabelgenError as e:
+                failed.append(f"error: {e}")
+    for line in failed:
+        click.echo(line, err=True)
+    if failed:
+        sys.exit(2)
 
 
 def _interrupted(run_path: Path) -> None:

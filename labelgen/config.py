@@ -249,10 +249,19 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
         if section not in STAGE_PARAMS:
             where = next((o for (sec, _), o in origin.items() if sec == section), f"section [{section}] in {path}")
             raise ConfigError(_unknown_message(f"{where}: unknown section [{section}]", section, STAGE_PARAMS))
-    sections = {
-        name: build_params(cls, raw.get(name, {}), where=f"{path} [{name}]", origin=origin, section=name)
-        for name, cls in STAGE_PARAMS.items()
-    }
+    sections, wrong = {}, []
+    for name, cls in STAGE_PARAMS.items():
+        values = raw.get(name, {})
+        good = {}
+        for key, value in values.items() if isinstance(values, dict) else []:
+            try:  # each setting on its own, so that every wrong one is reported, not only the first
+                build_params(cls, {key: value}, where=f"{path} [{name}]", origin=origin, section=name)
+                good[key] = value
+            except ConfigError as e:
+                wrong.append(str(e))
+        sections[name] = build_params(cls, good if isinstance(values, dict) else values, f"{path} [{name}]")
+    if wrong:
+        raise ConfigError("\n".join(wrong))
     recipe = Recipe(sections=sections, source=str(path))
     errors = recipe_errors(recipe)
     if errors:

@@ -87,3 +87,13 @@ def test_all_wrong_settings_are_reported_at_once_one_line_each(tmp_path):
     assert lines[2].startswith("error: --set train_cam.random_erasing=2: 2.0: is a probability")
     assert "demo.toml [predict] window_stride: 112: must be ≤ predict.window=8" in lines[3]
     assert not (tmp_path / "recipe.json").exists()
+
+
+def test_several_wrong_settings_are_all_named():
+    with pytest.raises(ConfigError) as e:
+        load_recipe(
+            recipe_path("demo"),
+            ["export_cams.cam=fien", "train_decoder.scale_range=[0.5]", "train_cam.epocs=3", "train_decoder.epocs=3"],
+        )
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4 and all(line.startswith("--set ") for line in lines)

@@ -430,7 +430,9 @@ def _tag_hint(unknown: list[str], names: dict[str, int]) -> str:
 def _read_tags_file(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) of a CSV (header `image,tags[,split]`, tags separated by `;`) or JSON-lines
     tags file. A row is {image, tags: list of names, split} or {image?, error} when it cannot be read."""
-    text = read_user_text(path, "tags file", "write a CSV with header image,tags[,split]")
+    text = read_user_text(
+        path, "tags file", "write a CSV with header image,tags[,split] (or set dataset.tags_file to a .jsonl file)"
+    )
     if path.suffix in (".jsonl", ".json"):
         return [(no, _json_row(line)) for no, line in enumerate(text.splitlines(), 1) if line.strip()]
     lines = list(csv.reader(text.splitlines()))
