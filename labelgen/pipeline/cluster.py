@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import dask
 from distributed import Client, LocalCluster
@@ -20,9 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def local_gpu_count() -> int:
-    import torch  # imported here: the CLI stays fast for commands that need no model
-
-    return torch.cuda.device_count()
+    """NVIDIA GPUs this process may use, without importing torch (which costs the driver seconds and
+    about 500 MB before any work): the driver's device list, narrowed by CUDA_VISIBLE_DEVICES."""
+    devices = Path("/proc/driver/nvidia/gpus")
+    present = len(list(devices.iterdir())) if devices.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return present
+    return min(present, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
 
 
 def _quiet_dask_logs() -> None:
