@@ -184,7 +184,8 @@ def _interrupted(run_path: Path) -> None:
     partial = [f"{s} ({r.detail.split()[0]} units)" for s, r in states.items() if r.state == "partial"]
     kept = f"done: {', '.join(done) or 'no stage'}" + (f"; partly done: {', '.join(partial)}" if partial else "")
     command = " ".join(shlex.quote(a) for a in ["labelgen", *sys.argv[1:]])
-    click.echo(f"interrupted; finished work is kept ({kept}); resume with: {command}", err=True)
+    # Starts on a line of its own: a worker's progress bar may have left the cursor mid-line.
+    click.echo(f"\ninterrupted; finished work is kept ({kept}); resume with: {command}", err=True)
     sys.exit(130)
 
 
