@@ -34,6 +34,7 @@ def probe(case: dict) -> dict:
     """Runs in a fresh process: seconds per view, and the backbone and fusion shares."""
     import torch
 
+    from labelgen.config import ExportCamsParams
     from labelgen.models.precision import autocast
     from labelgen.models.weaktr import WeakTr, WeakTrConfig, fuse_attention
     from labelgen.pipeline.worker_process import prepare_worker_process
@@ -47,7 +48,8 @@ def probe(case: dict) -> dict:
     cpu = torch.device("cpu")
 
     with torch.no_grad(), autocast(cpu, case["precision"]):
-        total = seconds_per_call(lambda: model.cams(x, "fine"), REPEATS)
+        cache = ExportCamsParams().attention_cache_mb * 2**20  # as export_cams runs by default
+        total = seconds_per_call(lambda: model.cams(x, "fine", cache), REPEATS)
         backbone = seconds_per_call(lambda: model.backbone.forward_features(x, trace=True), REPEATS)
         maps = model.backbone.forward_features(x, trace=True).attn_maps
         fusion = seconds_per_call(lambda: fuse_attention(maps, None), REPEATS)

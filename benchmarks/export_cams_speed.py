@@ -66,7 +66,7 @@ def stacked_fusion(maps: list[torch.Tensor], weights: torch.Tensor | None) -> to
     """The reference's fusion (weaktr-method.md §1.4): stack the maps to L×B×H×N×N, arrange them as
     B×K×N×N (j = h·L + l), weight them and take the mean over K. Same result as labelgen's
     `fuse_attention`, which accumulates layer by layer instead (a test checks they agree)."""
-    stacked = torch.stack(maps).permute(1, 2, 0, 3, 4).flatten(1, 2)  # B, K, N, N
+    stacked = torch.stack(list(maps)).permute(1, 2, 0, 3, 4).flatten(1, 2)  # B, K, N, N
     if weights is not None:
         stacked = stacked * weights[:, :, None, None].to(stacked.dtype)
     return stacked.mean(dim=1)
@@ -88,7 +88,7 @@ def reference_loop(model_path: Path, recs: list[ImageRecord], out: Path, precisi
                 x = (x - m) / s
                 for flip in (False, True):
                     with torch.no_grad(), autocast(torch.device("cpu"), precision):
-                        cam = model.cams(x.flip(-1) if flip else x, "fine").float()
+                        cam = model(x.flip(-1) if flip else x).fine_cam.float()  # every layer's maps kept
                     cam = F.interpolate(cam, size=(r.height, r.width), mode="bilinear", align_corners=False)
                     cam = cam.flip(-1) if flip else cam
                     total = cam if total is None else total + cam
@@ -111,7 +111,7 @@ def labelgen_export(
     from distributed import Client, LocalCluster
 
     params = ExportCamsParams(scales=SCALES, shard_size=shard, batch_size=views, precision=precision)
-    layout = StoreLayout(tuple(r.id for r in recs), tuple(stored_size(r, 1) for r in recs), shard)
+    layout = StoreLayout(tuple(r.id for r in recs), tuple(stored_size(r, 1, params.max_side) for r in recs), shard)
     store = out / "cams.zarr"
     with (
         LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,

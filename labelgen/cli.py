@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from labelgen.config import load_recipe, recipe_path
+from labelgen.config import load_recipe, recipe_path, recipe_warnings
 from labelgen.errors import ConfigError, LabelgenError
 
 log = logging.getLogger("labelgen")
@@ -37,7 +38,8 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LabelgenError as e:
-            click.echo(f"error: {e}", err=True)
+            for line in str(e).splitlines():  # one line per wrong thing (a recipe can have several)
+                click.echo(f"error: {line}", err=True)
             sys.exit(2)
         except OSError as e:  # an input we did not wrap ourselves: still one line naming the file
             where = f"{e.filename}: " if e.filename else ""
@@ -55,6 +57,7 @@ def _recipe(dataset: str, recipe: str | None, data_root: str | None, overrides: 
 
 
 @click.group()
+@click.version_option(package_name="labelgen", prog_name="labelgen")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """labelgen: dense pseudo-masks from image-level tags with WeakTr.
@@ -88,8 +91,11 @@ def main(verbose: bool) -> None:
     help="Local cluster kind when no --scheduler: CPU processes, or one worker per GPU (dask-cuda).",
 )
 @click.option("--force", multiple=True, metavar="STAGE", help="Recompute STAGE and what depends on it; repeatable.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan (each stage, key, state) and the changed settings; run nothing."
+)
 @_user_errors
-def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, workers, cluster, force) -> None:
+def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, workers, cluster, force, dry_run) -> None:
     """Bring TARGET (a stage name, or `full`) and everything upstream of it up to date.
 
     Finished stages and shards are skipped; a rerun after a crash does only what is missing.
@@ -100,12 +106,23 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
       labelgen run pseudo_labels --dataset coco --data-root data/coco --set pseudo_labels.bg_threshold=0.42
     """
     from labelgen.pipeline.cluster import open_client
-    from labelgen.pipeline.runner import run_pipeline
+    from labelgen.pipeline.runner import execute_run, prepare_run
 
     resolved = _recipe(dataset, recipe, data_root, overrides)
+    for warning in recipe_warnings(resolved):
+        log.warning("%s", warning)
     run_path = Path(run_dir or Path("runs") / dataset).resolve()
-    with open_client(scheduler, workers, cluster) as client:
-        artifacts = run_pipeline(resolved, run_path, target, client, force=tuple(force))
+    if dry_run:
+        _print_plan(resolved, run_path, target, tuple(force), _recipe(dataset, None, data_root, ()))
+        _dry_run_checks(resolved, run_path, target)
+        return
+    prepared = prepare_run(resolved, run_path, target, tuple(force))  # every refusal before a cluster starts
+    try:
+        with open_client(scheduler, workers, cluster) as client:
+            artifacts = execute_run(prepared, client)
+    except KeyboardInterrupt:
+        prepared.release()
+        _interrupted(run_path)
     for name, art in artifacts.items():
         click.echo(f"{name:14s} {art.path}")
     report = artifacts.get("evaluate")
@@ -113,20 +130,81 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
         click.echo(f"report: {report.path / 'report.md'}")
 
 
+def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shipped) -> None:
+    """`run --dry-run`: every stage of the run with its key and what a run would do, then the
+    settings that differ from the shipped recipe of the data set. Touches nothing."""
+    from labelgen.pipeline.runner import descendants, plan_run
+    from labelgen.status import stage_status
+
+    plan = plan_run(recipe, run_path, target)
+    forced = set().union(*(descendants(f, plan) for f in force)) if force else set()
+    click.echo(f"plan of `labelgen run {target}` in {run_path}:")
+    for p in plan:
+        state = stage_status(p.artifact)
+        does = {"done": "skip (done)", "partial": f"resume ({state.detail})", "failed": f"rerun ({state.detail})"}
+        action = "rerun (--force)" if p.stage.name in forced else does.get(state.state, "run")
+        click.echo(f"  {p.stage.name:14s} {p.artifact.key}  {action}")
+    changed = [
+        f"  {section}.{key} = {value!r} (shipped: {shipped.to_dict()[section][key]!r})"
+        for section, values in recipe.to_dict().items()
+        for key, value in values.items()
+        if shipped.to_dict()[section][key] != value and (section, key) != ("dataset", "root")
+    ]
+    click.echo("settings that differ from the shipped recipe:" if changed else "settings: the shipped recipe")
+    for line in changed:
+        click.echo(line)
+
+
+def _dry_run_checks(recipe, run_path: Path, target: str) -> None:
+    """The checks a run makes before its cluster starts (data root, weights), reported, not fatal to
+    the plan; exit 2 if one fails, as the run would."""
+    from labelgen.pipeline.runner import plan_run
+
+    failed = []
+    for p in plan_run(recipe, run_path, target):
+        if p.artifact.is_complete():
+            continue
+        for check in p.stage.checks:
+            try:
+                check(recipe, run_path)
+            except LabelgenError as e:
+                failed.append(f"error: {e}")
+    for line in failed:
+        click.echo(line, err=True)
+    if failed:
+        sys.exit(2)
+
+
+def _interrupted(run_path: Path) -> None:
+    """Ctrl-C: one line saying what is finished and the command that resumes; exit 130 (128 + SIGINT)."""
+    from labelgen.status import run_status
+
+    states = {r.stage: r for r in run_status(run_path)}
+    done = [s for s, r in states.items() if r.state == "done"]
+    partial = [f"{s} ({r.detail.split()[0]} units)" for s, r in states.items() if r.state == "partial"]
+    kept = f"done: {', '.join(done) or 'no stage'}" + (f"; partly done: {', '.join(partial)}" if partial else "")
+    command = " ".join(shlex.quote(a) for a in ["labelgen", *sys.argv[1:]])
+    # Starts on a line of its own: a worker's progress bar may have left the cursor mid-line.
+    click.echo(f"\ninterrupted; finished work is kept ({kept}); resume with: {command}", err=True)
+    sys.exit(130)
+
+
 @main.command()
-@click.option("--run-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--run-dir", type=click.Path(file_okay=False), help="A run folder [default: the last one run].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_user_errors
-def status(run_dir: str, as_json: bool) -> None:
-    """Show every stage of a run: done, partial (k/n units), stale or missing, with key and path.
+def status(run_dir: str | None, as_json: bool) -> None:
+    """Show every stage of a run: done, partial (k/n units), failed (with the error), stale or missing,
+    with key and path.
 
     \b
     Example:
       labelgen status --run-dir runs/demo --json
     """
     from labelgen.status import run_status
+    from labelgen.store.runs import last_run_dir
 
-    rows = run_status(Path(run_dir).resolve())
+    rows = run_status(Path(run_dir).resolve() if run_dir else last_run_dir())
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in rows], indent=1))
         return
@@ -140,6 +218,9 @@ def data() -> None:
 
 
 def _data_options(fn):
+    fn = click.option(
+        "--workers", type=int, help="Processes that check images [default: one per core this process may use]."
+    )(fn)
     fn = click.option("--set", "overrides", multiple=True, metavar="dataset.KEY=VALUE", help="Dataset setting.")(fn)
     fn = click.option(
         "--split", "splits", multiple=True, help="Splits to index [default: the recipe's train and val]."
@@ -165,7 +246,7 @@ def _dataset_params(dataset, data_root, splits, overrides):
 @_data_options
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Manifest JSON to write.")
 @_user_errors
-def data_index(dataset, data_root, splits, overrides, out) -> None:
+def data_index(dataset, data_root, splits, overrides, workers, out) -> None:
     """Write a manifest (one row per usable image) and a problems report beside it.
 
     \b
@@ -176,8 +257,8 @@ def data_index(dataset, data_root, splits, overrides, out) -> None:
 
     params = _dataset_params(dataset, data_root, splits, overrides)
     out_path = Path(out).resolve()
-    files = out_path.parent / f"{out_path.stem}_files"  # problems report and rasterised GT masks
-    manifest = index_dataset(params, Path(data_root).resolve(), files)
+    files = out_path.parent / f"{out_path.stem}_files"  # problems report and COCO GT shapes
+    manifest = index_dataset(params, Path(data_root).resolve(), files, workers)
     (files / MANIFEST).replace(out_path)
     click.echo(f"{len(manifest.records)} images -> {out_path}; problems -> {files / PROBLEMS}")
 
@@ -185,7 +266,7 @@ def data_index(dataset, data_root, splits, overrides, out) -> None:
 @data.command("check")
 @_data_options
 @_user_errors
-def data_check(dataset, data_root, splits, overrides) -> None:
+def data_check(dataset, data_root, splits, overrides, workers) -> None:
     """Validate a data set and list every problem with its file, one line each; exit 1 if any image is
     left out or any GT is unusable (exit 0 when there are only notes: conversions, EXIF orientation,
     rows of splits not indexed).
@@ -200,11 +281,16 @@ def data_check(dataset, data_root, splits, overrides) -> None:
     from labelgen.stages.index import PROBLEMS, NoUsableImages, index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
+    index_log = logging.getLogger("labelgen.stages.index")
+    level = index_log.level
+    index_log.setLevel(logging.ERROR)  # its per-kind summary: the list below says it all, line by line
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            usable = len(index_dataset(params, Path(data_root).resolve(), Path(tmp)).records)
+            usable = len(index_dataset(params, Path(data_root).resolve(), Path(tmp), workers).records)
         except NoUsableImages:  # nothing usable: still list why, from the problems report
             usable = 0
+        finally:
+            index_log.setLevel(level)
         problems = json.loads((Path(tmp) / PROBLEMS).read_text())
     for p in problems:
         click.echo(describe(p))
@@ -222,11 +308,19 @@ def data_check(dataset, data_root, splits, overrides) -> None:
 )
 @click.option("--format", "fmt", type=click.Choice(["voc", "mmseg", "coco"]), required=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
+@click.option(
+    "--image-format",
+    type=click.Choice(["auto", "jpg", "png"]),
+    default="auto",
+    show_default=True,
+    help="mmseg: the one suffix of img_dir; auto = the format most images have (png lossless, jpg quality 95).",
+)
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler.")
 @click.option("--workers", type=int, help="Worker processes of the local cluster.")
 @_user_errors
-def export(run_dir, what, fmt, out, scheduler, workers) -> None:
-    """Export masks for another segmenter: VOC palette PNGs, mmsegmentation layout, or COCO RLE JSON.
+def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
+    """Export masks for another segmenter: VOC palette PNGs, mmsegmentation layout, or COCO JSON
+    (a dataset file and a results file for COCO.loadRes/COCOeval, with the source's ids).
 
     \b
     Example:
@@ -236,7 +330,7 @@ def export(run_dir, what, fmt, out, scheduler, workers) -> None:
     from labelgen.pipeline.cluster import open_client
 
     with open_client(scheduler, workers) as client:
-        counts = export_masks(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), client)
+        counts = export_masks(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), client, image_format)
     click.echo(f"exported {counts} -> {Path(out).resolve()}")
 
 

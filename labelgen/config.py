@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from labelgen.errors import ConfigError
 
@@ -27,19 +27,25 @@ def _not_in_key(default: Any, doc: str = "") -> Any:
 
 
 LOADER_PROCESSES = "training loader processes: a count, or auto (one per core the trainer leaves, at most 16)"
+DatasetName = Literal["voc", "coco", "folder", "demo"]
+Precision = Literal["auto", "bf16", "fp32"]
 
 
 @dataclass(frozen=True)
 class DatasetParams:
-    name: str = "demo"  # one of voc, coco, folder, demo
+    name: DatasetName = "demo"
     root: str = ""  # data root; empty for demo means "<run-dir>/data/demo"
     train_split: str = "train"  # split used to train and to make pseudo-labels
     val_split: str = "val"  # held-out split for predictions; "" for none
-    coco_label_space: str = "contiguous"  # coco: "contiguous" (80 classes) or "original" (ids 1..90)
-    voc_tags_from: str = "masks"  # voc: image tags from "masks" or "xml" (Annotations/*.xml)
+    coco_label_space: Literal["contiguous", "original"] = "contiguous"  # coco: labels 1..K, or the category ids
+    voc_tags_from: Literal["masks", "xml"] = "masks"  # voc: image tags from the masks or Annotations/*.xml
     tags_file: str = "tags.csv"  # folder: CSV (image,tags) or JSON lines, relative to root
     classes_file: str = "classes.txt"  # folder: one class name a line, relative to root
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
+    # images without tags: "keep" them as negatives (all-zero training targets; their pseudo-label and
+    # prediction are all background, no CAM is computed for them), or "leave_out" (VOC/COCO reference:
+    # COCO images without annotations are not in its 82,081-image list). pipelines/folder.toml keeps them.
+    untagged: Literal["keep", "leave_out"] = "leave_out"
     index_slice: int = _not_in_key(256, "images per index task")
     # demo only: a procedural data set generated from `demo_seed`
     demo_train_images: int = 160
@@ -64,26 +70,42 @@ class TrainCamParams:
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; "" for none
     random_erasing: float = 0.25
     min_crop_scale: float = 0.08  # RandomResizedCrop lower scale bound
-    fusion: str = "aaf"  # "aaf" (adaptive attention fusion) or "mean" (ablation)
+    fusion: Literal["aaf", "mean"] = "aaf"  # adaptive attention fusion, or a plain mean (ablation)
     aaf_reduction: int = 8  # SE bottleneck over head-layers: K -> K // reduction
     aaf_feat_reduction: int = 8  # per-head feature squeeze: head_dim -> head_dim // reduction
-    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where native (CUDA, AVX512-BF16/AMX CPUs)
+    precision: Precision = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where native (CUDA, AVX512-BF16/AMX CPUs)
     seed: int = 504
-    selection: str = "last"  # "last" epoch, or "gt_miou" (uses pixel GT of a labelled subset)
+    selection: Literal["last", "gt_miou"] = "last"  # last epoch, or by CAM mIoU on the pixel GT of a subset
     selection_subset: int = 64  # images of the train split used by gt_miou selection
     num_workers: str = _not_in_key("auto", LOADER_PROCESSES)
 
 
 @dataclass(frozen=True)
 class ExportCamsParams:
-    cam: str = "fine"  # "fine" (AAF + patch affinity), "fused" (no affinity step), "coarse"
+    cam: Literal["fine", "fused", "coarse"] = "fine"  # AAF + patch affinity, no affinity step, conv head only
     scales: tuple[float, ...] = (1.0, 1.2)  # first must be 1.0 (weaktr-method.md §1.7)
     flip: bool = True
-    stride: int = 1  # stored resolution = full size // stride
+    stride: int = 1  # stored resolution = full size // stride (rounded up), long side capped at max_side
+    # pixels: the longest side of any view the model sees. Views are the image resized by each scale;
+    # when max(scales) × the image's long side exceeds max_side, every view is shrunk by the same
+    # factor max_side / (max(scales) × long side), so all scales keep their ratios and the largest
+    # view's long side is max_side; a view under one patch on a side is upsampled to one patch
+    # (`view_sizes`). Stored CAMs are also capped at max_side on their long side
+    # (pseudo_labels upsamples them to the image). 1024 keeps VOC (≤ 500 px × 1.2) and COCO (≤ 640 px
+    # × 1.2 = 768) exact; a DeiT-S/80-class view of 1024×1024 (the worst aspect) adds 1.25 GB
+    # (1280×1280: 2.44 GB), so 8 views a pass plus the attention cache fit a 16 GB GPU
+    # (benchmarks/inference_memory.py).
+    max_side: int = 1024
     shard_size: int = 32  # images per zarr shard and per dask task
-    precision: str = "auto"  # "auto", "bf16" or "fp32" (see train_cam.precision)
+    precision: Precision = "auto"  # see train_cam.precision
     batch_size: int = _not_in_key(8, "views (images of one size and their flips) per forward pass; 1 on CPU")
-    device: str = _not_in_key("auto", "auto, cpu or cuda")
+    attention_cache_mb: int = _not_in_key(
+        1024,
+        "MiB of attention maps a forward pass may keep between its two passes instead of recomputing "
+        "them (WeakTr.cams); the CAMs are the same. 0: least memory, about 1.6× the time of keeping all "
+        "(a DeiT-S view of 768×576 keeps all 12 layers in 0.94 GB)",
+    )
+    device: Literal["auto", "cpu", "cuda"] = _not_in_key("auto", "auto, cpu or cuda")
 
 
 @dataclass(frozen=True)
@@ -122,7 +144,7 @@ class TrainDecoderParams:
     gradient_clipping: bool = True
     clip_window: int = 120  # pixels, local window of the clamp (weaktr-method.md §3.2)
     clip_start: float = 1.2  # clipping is on once the global mean loss is below this
-    precision: str = "auto"  # "auto", "bf16" or "fp32" (see train_cam.precision)
+    precision: Precision = "auto"  # see train_cam.precision
     seed: int = 0
     num_workers: str = _not_in_key("auto", LOADER_PROCESSES)
 
@@ -142,9 +164,17 @@ class PredictParams:
     crf_bilateral_srgb: float = 5.0
     crf_bilateral_compat: float = 3.0
     crf_iterations: int = 10
+    # pixels: the longest side of any image-sized array predict holds for all labels. A scale pass
+    # (short side resize_short × ratio, at least window) whose long side would exceed it shrinks,
+    # all passes by the same factor, so the largest pass's long side is max_side; probabilities are
+    # summed at the image size capped to a long side of max_side, and upsampled to the full image
+    # only for the argmax (a few labels at a time) and for the CRF (the labels present). 2048 keeps
+    # every image up to 2048 px with an aspect ratio up to 2.25:1 exact (largest pass 910 × 2048);
+    # a 4032×3024 photo with 81 labels (DeiT-S) adds 2.4 GB instead of an estimated 15 GB.
+    max_side: int = 2048
     shard_size: int = 32
-    precision: str = "auto"  # "auto", "bf16" or "fp32" (see train_cam.precision)
-    device: str = _not_in_key("auto", "auto, cpu or cuda")
+    precision: Precision = "auto"  # see train_cam.precision
+    device: Literal["auto", "cpu", "cuda"] = _not_in_key("auto", "auto, cpu or cuda")
 
 
 @dataclass(frozen=True)
@@ -202,7 +232,9 @@ def recipe_path(dataset: str) -> Path:
 
 
 def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read a TOML recipe, apply `section.key=value` overrides, and type-check everything."""
+    """Read a TOML recipe, apply `section.key=value` overrides, and check everything: types, allowed
+    values, tuple lengths, ranges and the rules between settings. Raises `ConfigError` with one line
+    per wrong setting, naming the `--set` argument or the recipe file it came from."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -210,28 +242,58 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
         raise ConfigError(f"recipe {path} not found") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"recipe {path} is not valid TOML: {e}") from e
+    origin: dict[tuple[str, str], str] = {}  # (section, key) -> the --set argument that gave it
     for override in overrides:
         section, key, value = _parse_override(override)
-        raw.setdefault(section, {})[key] = value
-    sections = {}
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ConfigError(f"--set {override!r}: [{section}] is not a table in {path}")
+        raw[section][key] = value
+        origin[section, key] = f"--set {override}"
+    for section in raw:
+        if section not in STAGE_PARAMS:
+            where = next((o for (sec, _), o in origin.items() if sec == section), f"section [{section}] in {path}")
+            raise ConfigError(_unknown_message(f"{where}: unknown section [{section}]", section, STAGE_PARAMS))
+    sections, wrong = {}, []
     for name, cls in STAGE_PARAMS.items():
-        sections[name] = build_params(cls, raw.pop(name, {}), where=f"{path} [{name}]")
-    if raw:
-        unknown = next(iter(raw))
-        raise ConfigError(_unknown_message(f"section [{unknown}] in {path}", unknown, STAGE_PARAMS))
-    return Recipe(sections=sections, source=str(path))
+        values = raw.get(name, {})
+        good = {}
+        for key, value in values.items() if isinstance(values, dict) else []:
+            try:  # each setting on its own, so that every wrong one is reported, not only the first
+                build_params(cls, {key: value}, where=f"{path} [{name}]", origin=origin, section=name)
+                good[key] = value
+            except ConfigError as e:
+                wrong.append(str(e))
+        sections[name] = build_params(cls, good if isinstance(values, dict) else values, f"{path} [{name}]")
+    if wrong:
+        raise ConfigError("\n".join(wrong))
+    recipe = Recipe(sections=sections, source=str(path))
+    errors = recipe_errors(recipe)
+    if errors:
+        raise ConfigError("\n".join(f"{_origin(origin, key, path)}: {e}" for key, e in errors))
+    return recipe
 
 
-def build_params(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Make `cls` from a mapping, with clear errors for unknown keys and wrong types."""
+def _origin(origin: dict[tuple[str, str], str], key: str, path: Path) -> str:
+    section, _, name = key.partition(".")
+    return origin.get((section, name), f"{path} [{section}] {name}")
+
+
+def build_params(
+    cls: type, values: dict[str, Any], where: str, origin: dict[tuple[str, str], str] | None = None, section: str = ""
+) -> Any:
+    """Make `cls` from a mapping, with clear errors for unknown keys, wrong types and values outside
+    an allowed set (`Literal`) or a tuple's length. A key given by `--set` is named by that argument."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a table of settings, got {values!r}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
+        at = (origin or {}).get((section, key), f"{where} {key}")
         if key not in hints:
-            raise ConfigError(_unknown_message(f"unknown setting {key!r} in {where}", key, hints))
-        kwargs[key] = _coerce(value, hints[key], f"{where} {key}")
+            raise ConfigError(
+                _unknown_message(f"{at}: unknown setting {key!r} in [{section or cls.__name__}]", key, hints)
+            )
+        kwargs[key] = _coerce(value, hints[key], at)
     return cls(**kwargs)
 
 
@@ -256,11 +318,20 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value in allowed:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
-        item_type = typing.get_args(hint)[0]
-        return tuple(_coerce(v, item_type, where) for v in value)
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r} ({len(value)})")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -276,3 +347,71 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise AssertionError(f"union types are not used in params: {where}")
     name = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def recipe_errors(recipe: Recipe) -> list[tuple[str, str]]:
+    """(setting, what is wrong) for every setting outside its range and every broken rule between
+    settings; empty when the recipe can run. Checked when a recipe is loaded, before any work."""
+    errors: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            section, _, name = key.partition(".")
+            errors.append((key, f"{getattr(recipe[section], name)!r}: {why}"))
+
+    d, cam, exp, pl = recipe["dataset"], recipe["train_cam"], recipe["export_cams"], recipe["pseudo_labels"]
+    dec, pred = recipe["train_decoder"], recipe["predict"]
+    need(d.val_split != d.train_split, "dataset.val_split", "must differ from dataset.train_split (or be empty)")
+    need(d.max_image_pixels > 0, "dataset.max_image_pixels", "must be > 0")
+    need(d.index_slice > 0, "dataset.index_slice", "must be > 0")
+    for key in ("train_cam.epochs", "train_cam.batch_size", "train_cam.input_size", "export_cams.shard_size",
+                "export_cams.stride", "export_cams.batch_size", "train_decoder.epochs", "train_decoder.batch_size",
+                "train_decoder.crop_size", "train_decoder.clip_window", "train_decoder.resize_short",
+                "train_decoder.decoder_layers", "predict.shard_size", "predict.resize_short", "predict.window",
+                "predict.window_stride", "train_cam.selection_subset", "export_cams.max_side",
+                "predict.max_side"):  # fmt: skip
+        section, _, name = key.partition(".")
+        need(getattr(recipe[section], name) > 0, key, "must be > 0")
+    need(0 <= cam.warmup_epochs <= cam.epochs, "train_cam.warmup_epochs", f"must be 0..train_cam.epochs={cam.epochs}")
+    need(0 < cam.min_crop_scale <= 1, "train_cam.min_crop_scale", "must be in (0, 1]")
+    need(0 <= cam.random_erasing <= 1, "train_cam.random_erasing", "is a probability: 0..1")
+    for key in ("train_cam.num_workers", "train_decoder.num_workers"):
+        section, _, name = key.partition(".")
+        value = getattr(recipe[section], name)
+        need(value == "auto" or value.isdigit(), key, 'expected a count of loader processes (0 or more) or "auto"')
+    need(
+        bool(exp.scales) and exp.scales[0] == 1.0,
+        "export_cams.scales",
+        "the first scale must be 1.0 (it sets the output size)",
+    )
+    need(all(x > 0 for x in exp.scales), "export_cams.scales", "scales must be > 0")
+    need(0 <= pl.bg_threshold <= 1, "pseudo_labels.bg_threshold", "CAMs are normalised to 0..1, so must be in 0..1")
+    need(0 < pl.crf_gt_prob < 1, "pseudo_labels.crf_gt_prob", "is a probability: must be in (0, 1)")
+    need(
+        0 < dec.scale_range[0] <= dec.scale_range[1],
+        "train_decoder.scale_range",
+        "must be [low, high] with 0 < low ≤ high",
+    )
+    need(0 < dec.cat_max_ratio <= 1, "train_decoder.cat_max_ratio", "must be in (0, 1]")
+    need(dec.masks == "pseudo_labels" or Path(dec.masks).expanduser().is_dir(), "train_decoder.masks",
+         'must be "pseudo_labels" or an existing folder of <image id>.png masks')  # fmt: skip
+    need(bool(pred.scales) and all(x > 0 for x in pred.scales), "predict.scales", "must be one or more scales > 0")
+    need(pred.window >= pred.window_stride, "predict.window_stride", f"must be ≤ predict.window={pred.window}")
+    need(pred.depth_blend >= 0, "predict.depth_blend", "must be ≥ 0")
+    ev = recipe["evaluate"]
+    need(all(0 <= t <= 1 for t in ev.sweep_thresholds), "evaluate.sweep_thresholds", "thresholds must be in 0..1")
+    return errors
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Settings that are valid but most likely not what was meant, one line each."""
+    out = []
+    cam: TrainCamParams = recipe["train_cam"]
+    peak = cam.base_lr * cam.batch_size / 512  # the linear scaling rule train_cam applies
+    if peak < cam.min_lr:
+        out.append(
+            f"train_cam: peak lr base_lr·batch_size/512 = {peak:.3g} is below min_lr={cam.min_lr:g}, so the "
+            f"cosine schedule rises towards min_lr instead of decaying; raise train_cam.base_lr (for batch_size="
+            f"{cam.batch_size}, base_lr ≥ {cam.min_lr * 512 / cam.batch_size:.3g}) or lower train_cam.min_lr"
+        )
+    return out

@@ -1,4 +1,8 @@
-"""`labelgen status`: each stage of a run as done, partial (k of n units), stale or missing."""
+"""`labelgen status`: each stage of a run as done, partial (k of n units), failed, stale or missing.
+
+Reads files only (the run record `<run>/recipe.json` with every stage's key, and the artifact
+folders), so it imports neither torch nor a stage: it answers in well under a second.
+"""
 
 from __future__ import annotations
 
@@ -8,48 +12,66 @@ from pathlib import Path
 
 from labelgen.config import STAGE_PARAMS, Recipe, build_params
 from labelgen.errors import ArtifactError
-from labelgen.pipeline.runner import PLAN_FILE, plan_run
-from labelgen.store.artifact import SUCCESS
+from labelgen.store.artifact import PLAN_FILE, SUCCESS, Artifact
+from labelgen.store.runs import RUN_RECORD
 
 
 @dataclass(frozen=True)
 class StageStatus:
     stage: str
-    state: str  # done | partial | stale | missing
+    state: str  # done | partial | failed | stale | missing
     key: str
     path: str
     detail: str
 
 
-def last_recipe(run_dir: Path) -> tuple[Recipe, str]:
-    """The resolved recipe and target of the last `labelgen run` in this folder."""
-    path = run_dir / "recipe.json"
+def _run_record(run_dir: Path) -> dict:
+    path = run_dir / RUN_RECORD
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError as e:
         raise ArtifactError(f"{run_dir} holds no run ({path} missing); start one with `labelgen run`") from e
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is damaged ({e}); run `labelgen run` again to rewrite it") from e
+
+
+def last_recipe(run_dir: Path) -> tuple[Recipe, str]:
+    """The resolved recipe and target of the last `labelgen run` in this folder."""
+    data = _run_record(run_dir)
+    path = run_dir / RUN_RECORD
     sections = {name: build_params(cls, data[name], f"{path} [{name}]") for name, cls in STAGE_PARAMS.items()}
     return Recipe(sections=sections, source=data["source"]), data["target"]
 
 
-def run_status(run_dir: Path) -> list[StageStatus]:
+def _stage_keys(run_dir: Path, data: dict) -> dict[str, str]:
+    """Each planned stage's key, from the run record (older records lack them: recompute, slowly)."""
+    if "keys" in data:
+        return data["keys"]
+    from labelgen.pipeline.runner import plan_run  # imports every stage and torch
+
     recipe, target = last_recipe(run_dir)
-    out = []
-    for p in plan_run(recipe, run_dir, target):
-        art = p.artifact
-        if art.is_complete():
-            info = art.success()
-            out.append(StageStatus(art.stage, "done", art.key, str(art.path), f"finished {info['finished_at']}"))
-            continue
-        if (art.path / PLAN_FILE).is_file():
-            n = json.loads((art.path / PLAN_FILE).read_text())["units"]
-            k = sum(art.shard_is_valid(i) for i in range(n))
-            out.append(StageStatus(art.stage, "partial", art.key, str(art.path), f"{k}/{n} units done"))
-            continue
-        others = sorted(d.name for d in (run_dir / art.stage).glob("*") if (d / SUCCESS).is_file())
-        if others:
-            detail = f"outputs for other settings exist: {', '.join(others)}; rerun to update"
-            out.append(StageStatus(art.stage, "stale", art.key, str(art.path), detail))
-        else:
-            out.append(StageStatus(art.stage, "missing", art.key, str(art.path), "not run yet"))
-    return out
+    return {p.stage.name: p.artifact.key for p in plan_run(recipe, run_dir, target)}
+
+
+def stage_status(art: Artifact) -> StageStatus:
+    """The state of one planned artifact, from its files."""
+    row = (art.stage, art.key, str(art.path))
+    if art.is_complete():
+        return StageStatus(art.stage, "done", *row[1:], f"finished {art.success()['finished_at']}")
+    failure = art.failure()
+    if failure is not None:
+        return StageStatus(art.stage, "failed", *row[1:], f"{failure['unit']}: {failure['error']}")
+    if (art.path / PLAN_FILE).is_file():
+        n = json.loads((art.path / PLAN_FILE).read_text())["units"]
+        k = sum(art.shard_is_valid(i) for i in range(n))
+        return StageStatus(art.stage, "partial", *row[1:], f"{k}/{n} units done")
+    others = sorted(d.name for d in art.path.parent.glob("*") if (d / SUCCESS).is_file())
+    if others:
+        detail = f"outputs for other settings exist: {', '.join(others)}; rerun to update"
+        return StageStatus(art.stage, "stale", *row[1:], detail)
+    return StageStatus(art.stage, "missing", *row[1:], "not run yet")
+
+
+def run_status(run_dir: Path) -> list[StageStatus]:
+    keys = _stage_keys(run_dir, _run_record(run_dir))
+    return [stage_status(Artifact(run_dir, stage, key)) for stage, key in keys.items()]

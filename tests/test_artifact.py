@@ -37,7 +37,23 @@ def test_success_written_atomically(tmp_path):
     art.write_success({"p": 1}, {}, {"n": 2})
     assert art.is_complete() and art.success()["n"] == 2
     assert not list(art.path.glob(".*.tmp"))
-    write_json_atomic(tmp_path / "x.json", {"a": 1})
+
+
+def test_a_write_that_dies_midway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    import json
+
+    target = tmp_path / "x.json"
+    write_json_atomic(target, {"a": 1})
+
+    def dump_half(data, f, **kw):
+        f.write('{"a": ')  # the process dies here, half-way through the new content
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", dump_half)
+    with pytest.raises(OSError, match="disk full"):
+        write_json_atomic(target, {"a": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"a": 1}  # readers see the old file, never a torn one
 
 
 def _hold(path, ready):

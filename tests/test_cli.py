@@ -3,6 +3,7 @@ import json
 from click.testing import CliRunner
 
 from labelgen.cli import main
+from labelgen.data.manifest import MANIFEST_SCHEMA
 from labelgen.pipeline.runner import run_pipeline
 from tests.badfiles import write_corpus
 from tests.conftest import COCO128, tiny_recipe
@@ -31,7 +32,7 @@ def test_data_index_writes_a_manifest(tmp_path):
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.read_text())
-    assert manifest["schema"] == 2 and len(manifest["records"]) == 126
+    assert manifest["schema"] == MANIFEST_SCHEMA and len(manifest["records"]) == 126
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

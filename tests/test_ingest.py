@@ -69,7 +69,7 @@ def test_degenerate_coco_annotations_keep_the_index(tmp_path, broken_coco):
         (9002, "odd count of coordinates"),
         (9003, "polygon 1 has 2 point(s)"),
         (9004, "RLE size [10, 10] is not the image's"),
-        (9005, "no pixel inside"),
+        (9005, "no pixel inside the 480×640 image: skipped"),
         (9006, "category_id 99 is not among"),
     ]:
         line = next(ln for ln in text.splitlines() if f"annotation {ann_id}" in ln)
@@ -79,7 +79,13 @@ def test_degenerate_coco_annotations_keep_the_index(tmp_path, broken_coco):
     clean_by_id = {r.source_id: r for r in clean.records}
     # 74: two more dogs whose shapes are lines: the tags stand, but the GT misses two objects: not scored
     assert by_id[74].tags == clean_by_id[74].tags and by_id[74].mask is None
-    assert any("annotation 9001 (dog): tag kept" in p["reason"] for p in problems)
+    assert any(
+        "annotation 9001 (dog): polygon 0 has 2 point(s), a polygon needs 3; no usable shape left: tag kept"
+        in p["reason"]
+        for p in problems
+    )
+    not_scored = next(p for p in problems if p["file"].endswith("074.jpg") and p["action"] == "kept; GT not scored")
+    assert "(annotations 9001, 9002)" in not_scored["reason"]
     # 636 and 73 keep everything that was good: the GT pixels of the clean file's annotations are there
     assert _mask_iou(read_mask(by_id[73].mask), read_mask(clean_by_id[73].mask), 4) > 0.9
     # 73: the good polygon of 9003 is drawn (motorcycle, label 4), the broken one skipped
@@ -288,7 +294,7 @@ def test_every_row_of_a_tags_file_is_accounted_for(tmp_path):
     lines = {int(p["where"].rsplit(":", 1)[1]): p for p in problems}
     assert {r.id for r in manifest.records} == {"a", "f"}
     assert set(lines) == {3, 4, 6, 7, 8}  # every other row is in the manifest
-    assert "'skateboard' is a class name" in lines[3]["reason"] and "';'" in lines[3]["reason"]
+    assert "'skateboard' is a class name" in lines[3]["reason"] and "semicolons" in lines[3]["reason"]
     assert lines[4]["action"] == "not indexed (split not used)" and "dataset.val_split=test" in lines[4]["reason"]
     assert "did you mean 'zebra'" in lines[6]["reason"] and "case-sensitive" in lines[6]["reason"]
     assert "4 fields but the header names 3" in lines[7]["reason"]
@@ -334,3 +340,19 @@ def test_unreadable_tags_file_is_one_line(tmp_path):
     (root / "tags.csv").write_bytes(b"image,tags\n\xff\xfe\x00bad")
     result = CliRunner().invoke(main, ["data", "check", "--dataset", "folder", "--data-root", str(root)])
     assert result.exit_code == 2 and "not UTF-8" in result.output and "Traceback" not in result.output
+
+
+def test_index_logs_one_line_per_kind_of_problem(tmp_path, caplog):
+    data = coco_json()
+    for a in data["annotations"]:
+        a["segmentation"] = [[1, 2, 3, 4]]  # every shape broken: 4 images × their annotations
+    root = write_coco_root(tmp_path / "coco", data)
+    args = ["data", "index", "--dataset", "coco", "--data-root", str(root), "--split", "train2017"]
+    with caplog.at_level(logging.INFO, logger="labelgen"):
+        assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "m.json")]).exit_code == 0
+    problems = _problems(tmp_path / "m_files")
+    lines = [r.message for r in caplog.records if r.name == "labelgen.stages.index"]
+    assert len(problems) == 16 and len(lines) == 2  # grouped, not one line per image or annotation
+    broken = next(ln for ln in lines if "a polygon needs" in ln)
+    assert broken.startswith(f"index: {len(data['annotations'])} × annotation: polygon N has N point(s)")
+    assert lines[1].startswith("index: 4 × GT mask misses objects that have no usable shape [kept; GT not scored]")

@@ -1,13 +1,22 @@
+import weakref
+
 import numpy as np
 import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
-from labelgen.models.cam_inference import multiscale_cams
+from labelgen.data.training import normalise_batch
+from labelgen.models import vit
+from labelgen.models import weaktr as weaktr_module
+from labelgen.models.cam_inference import fit_factor, multiscale_cams, view_sizes
 from labelgen.models.vit import ViTBackbone
-from labelgen.models.weaktr import WeakTr, WeakTrConfig, fuse_attention, stack_head_features, weaktr_loss
+from labelgen.models.weaktr import WeakTr, WeakTrConfig, fuse_attention, pool_head_features, stack_pooled, weaktr_loss
 from labelgen.models.weights import create_vit
+from tests.conftest import COCO128, SHARED
+
+PARITY = SHARED / "parity"
 
 ARCH = "deit_tiny_patch16_224"
 WEIGHTS = "hub:deit_tiny_patch16_224.fb_in1k"
@@ -52,10 +61,12 @@ def test_any_input_size_and_grid(weaktr):
 def test_head_layer_order_is_head_major():
     b, n, heads, layers, hd = 1, 3, 2, 3, 4
     outs = [torch.arange(hd * heads).float().repeat(b, n, 1) + 100 * layer for layer in range(layers)]
-    f = stack_head_features(outs, heads)
-    assert f[0, 0, 0].tolist() == [0, 2, 4, 6]  # head 0 owns channels 0, 2, 4, 6 (strided split)
-    assert f[0, 1, 0].tolist() == [100, 102, 104, 106]  # j = 1: head 0, layer 1
-    assert f[0, 3, 0].tolist() == [1, 3, 5, 7]  # j = 3: head 1, layer 0
+    outs[0][0, 1, 0] = 50.0  # token 1 holds head 0's largest channel-0 value: pooling is a max over tokens
+    f = stack_pooled([pool_head_features(o, heads) for o in outs])
+    assert f.shape == (b, heads * layers, hd)
+    assert f[0, 0].tolist() == [50, 2, 4, 6]  # head 0 owns channels 0, 2, 4, 6 (strided split)
+    assert f[0, 1].tolist() == [100, 102, 104, 106]  # j = 1: head 0, layer 1
+    assert f[0, 3].tolist() == [1, 3, 5, 7]  # j = 3: head 1, layer 0
 
 
 def test_fused_attention_is_the_weighted_mean_over_head_layers():
@@ -66,6 +77,7 @@ def test_fused_attention_is_the_weighted_mean_over_head_layers():
     expected = (weights[:, :, None, None] * stacked).mean(dim=1)
     assert torch.allclose(fuse_attention(maps, weights), expected, atol=1e-6)
     assert torch.allclose(fuse_attention(maps, None), stacked.mean(dim=1), atol=1e-6)
+    assert torch.equal(fuse_attention(iter(maps), weights), fuse_attention(maps, weights))  # maps made on demand
 
 
 def test_gradient_paths(weaktr):
@@ -95,8 +107,20 @@ def test_mean_fusion_ablation_has_no_fusion_parameters():
 def test_multiscale_cams_are_normalised_per_tag(weaktr):
     weaktr.eval()
     images = [np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8) for i in range(2)]
+    norm = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     maps = multiscale_cams(
-        weaktr, images, [(1, 3), (2,)], (1.0, 1.2), True, "fine", (70, 90), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "fp32", 4
+        weaktr,
+        images,
+        [(1, 3), (2,)],
+        (1.0, 1.2),
+        True,
+        "fine",
+        (70, 90),
+        *norm,
+        "fp32",
+        4,
+        max_side=108,
+        cache_bytes=0,
     )
     assert maps[0].shape == (2, 70, 90) and maps[1].shape == (1, 70, 90)
     for m in maps:  # each map spans [0, 1], or is all zero where the untrained head gave ReLU(M) = 0
@@ -115,7 +139,7 @@ def naive_multiscale_cams(model, image, tags, scales, out_size, mean, std) -> np
         x = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         for flip in (False, True):
             with torch.no_grad():
-                cam = model.cams(x.flip(-1) if flip else x, "fine")
+                cam = model(x.flip(-1) if flip else x).fine_cam
             cam = torch.nn.functional.interpolate(cam, size=out_size, mode="bilinear", align_corners=False)
             total = total + (cam.flip(-1) if flip else cam)
     maps = total[0, [t - 1 for t in tags]]
@@ -135,7 +159,20 @@ def test_multiscale_shortcuts_equal_the_reference_order_of_work(views_per_pass):
     images = [rng.integers(0, 255, (61, 83, 3), dtype=np.uint8) for _ in range(2)]
     tags = [(1, 4), (3,)]
     norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    ours = multiscale_cams(model, images, tags, (1.0, 1.3), True, "fine", (61, 83), *norm, "fp32", views_per_pass)
+    ours = multiscale_cams(
+        model,
+        images,
+        tags,
+        (1.0, 1.3),
+        True,
+        "fine",
+        (61, 83),
+        *norm,
+        "fp32",
+        views_per_pass,
+        max_side=108,
+        cache_bytes=0,
+    )
     for image, t, m in zip(images, tags, ours, strict=True):
         ref = naive_multiscale_cams(model, image, t, (1.0, 1.3), (61, 83), *norm)
         assert ref.max() > 0.99
@@ -146,5 +183,148 @@ def test_bf16_cams_stay_close_to_fp32(weaktr):
     weaktr.eval()
     image = [np.random.default_rng(5).integers(0, 255, (64, 96, 3), dtype=np.uint8)]
     args = (weaktr, image, [(1, 2)], (1.0,), True, "fine", (64, 96), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    fp32, bf16 = multiscale_cams(*args, "fp32", 2)[0], multiscale_cams(*args, "bf16", 2)[0]
+    bounds = {"max_side": 96, "cache_bytes": 0}
+    fp32, bf16 = multiscale_cams(*args, "fp32", 2, **bounds)[0], multiscale_cams(*args, "bf16", 2, **bounds)[0]
     assert np.abs(fp32 - bf16).max() < 0.05
+
+
+def reference_cams(model: WeakTr, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """WeakTr's CAMs as labelgen computed them before the lean inference path (commit c24ab19): every
+    layer's attention maps traced and kept, the attention outputs stacked to B×K×N×hd and max-pooled
+    inside the AAF, the maps fused from the list."""
+    c, heads = model.config.num_classes, model.backbone.num_heads
+    out = model.backbone.forward_features(x, trace=True)
+    b, _, d = out.tokens.shape
+    h, w = out.grid
+    coarse = torch.relu(model.head(out.tokens[:, c:].transpose(1, 2).reshape(b, d, h, w)))
+    feats = torch.stack([o.reshape(b, -1, d // heads, heads) for o in out.attn_outputs], dim=1)
+    feats = feats.permute(0, 4, 1, 2, 3).flatten(1, 2)  # B, K, N, hd
+    weights = model.fusion.excite(model.fusion.squeeze(feats.amax(dim=2)).squeeze(-1))
+    layers = len(out.attn_maps)
+    fused_attn = torch.zeros_like(out.attn_maps[0][:, 0])
+    for layer, m in enumerate(out.attn_maps):
+        fused_attn = fused_attn + torch.einsum("bh,bhnm->bnm", weights[:, layer::layers], m)
+    fused_attn = fused_attn / (layers * heads)
+    fused = fused_attn[:, :c, c:].reshape(b, c, h, w) * coarse
+    fine = (fused_attn[:, c:, c:] @ fused.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
+    return {"coarse": coarse, "fused": fused, "fine": fine}
+
+
+def photo(index: int, size: tuple[int, int]) -> np.ndarray:
+    """A real COCO photo resized (PIL bicubic) to size = (h, w): H×W×3 uint8."""
+    image = Image.open(sorted((COCO128 / "images" / "train2017").glob("*.jpg"))[index]).convert("RGB")
+    return np.asarray(image.resize(size[::-1], Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def trained_head():
+    """A WeakTr whose CAM head is not all zero (as after training), DeiT-Tiny weights, 5 classes."""
+    torch.manual_seed(2)
+    model = WeakTr(WeakTrConfig(ARCH, num_classes=5), WEIGHTS).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+    return model
+
+
+def test_lean_cams_are_bit_identical_to_the_maps_of_every_layer(trained_head):
+    """The inference path (two passes, maps kept within a budget or recomputed) gives the very bits of
+    the computation that keeps every layer's maps, for every budget; so does the training forward."""
+    images = torch.from_numpy(np.stack([photo(0, (240, 320)), photo(1, (240, 320))])).permute(0, 3, 1, 2)
+    x = normalise_batch(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with torch.no_grad():
+        expected = reference_cams(trained_head, x)
+        out = trained_head(x)
+    layer_bytes = 2 * 3 * (5 + 300) ** 2 * 4  # B·H·N² float32
+    for budget in (0, 5 * layer_bytes, 12 * layer_bytes):
+        for kind, want in expected.items():
+            assert torch.equal(trained_head.cams(x, kind, budget), want), (kind, budget)
+    assert expected["fine"].abs().max() > 0
+    assert torch.equal(out.fine_cam, expected["fine"]) and torch.equal(out.fused_cam, expected["fused"])
+
+
+def test_lean_cams_hold_one_layers_attention_maps_at_a_time(trained_head, monkeypatch):
+    """Counts the attention-weight tensors (B, H, N, N) alive whenever a new one is made."""
+    made, peak = [], []
+
+    def tracked(fn):
+        def wrapper(*args):
+            result = fn(*args)
+            made.append(weakref.ref(result[1] if isinstance(result, tuple) else result))
+            peak.append(sum(r() is not None for r in made))
+            return result
+
+        return wrapper
+
+    block = tracked(vit.block_with_attention)
+    for module in (vit, weaktr_module):  # the traced forward's and the lean path's
+        monkeypatch.setattr(module, "block_with_attention", block)
+    monkeypatch.setattr(weaktr_module, "attention_weights", tracked(vit.attention_weights))
+    x = torch.randn(1, 3, 96, 128)
+    layer_bytes = 3 * (5 + 48) ** 2 * 4
+    for budget, most in ((0, 1), (3 * layer_bytes, 4), (12 * layer_bytes, 12)):
+        made.clear(), peak.clear()
+        trained_head.cams(x, "fine", budget)
+        assert len(made) == 12 + 12 - min(12, budget // layer_bytes)  # one pass, then the layers not kept
+        assert max(peak) == most, budget
+
+
+def test_view_sizes_keep_ratios_under_max_side_and_reach_one_patch():
+    # within the bound: the reference's sizes (round(H·s), round(W·s)), whatever the bound's margin
+    assert view_sizes(375, 500, (1.0, 0.8, 1.2), 16, 600) == [(375, 500), (300, 400), (450, 600)]
+    assert view_sizes(375, 500, (1.0, 1.2), 16, 10_000) == [(375, 500), (450, 600)]
+    # beyond: every view shrinks by one factor; the largest is max_side long
+    assert fit_factor(3024, 4032, 1.2, 1024) == pytest.approx(1024 / (1.2 * 4032))
+    sizes = view_sizes(3024, 4032, (1.0, 0.8, 1.2), 16, 1024)
+    assert sizes[2] == (768, 1024) and sizes[0] == (640, 853) and sizes[1] == (512, 683)
+    # below one patch: upsampled (aspect kept) to one patch, never past max_side
+    assert view_sizes(1, 1, (1.0, 1.2), 16, 1024) == [(16, 16), (16, 16)]
+    assert view_sizes(15, 15, (1.0, 1.2), 16, 1024) == [(16, 16), (18, 18)]
+    assert view_sizes(16, 16, (1.0, 1.2), 16, 1024) == [(16, 16), (19, 19)]
+    assert view_sizes(10, 100, (1.0, 0.5), 16, 1024) == [(16, 160), (16, 160)]
+    assert view_sizes(10, 1000, (1.0, 1.2), 16, 1024) == [(10, 1024), (10, 1024)]  # 10 rows, padded by the backbone
+
+
+def test_backbone_pads_sides_shorter_than_a_patch(trained_head):
+    x = torch.randn(1, 3, 5, 40)
+    tokens, grid = trained_head.backbone.embed(x)
+    assert grid == (1, 2) and tokens.shape == (1, 5 + 2, 192)
+    padded = torch.nn.functional.pad(x, (0, 8, 0, 11))  # zeros to 16×48; the grid drops the last 8 columns
+    assert torch.equal(tokens, trained_head.backbone.embed(padded[..., :, :32])[0])
+
+
+def _reference_state_dict(path) -> dict[str, torch.Tensor]:
+    """The reference stage-1 state dict in labelgen's names: its 20 class tokens and their positions
+    are the prefix tokens, the 14×14 position grid the patch positions; the AAF layers are renamed."""
+    renames = {
+        "adaptive_attention_fusion.attn_feat_ffn.": "fusion.squeeze.",
+        "adaptive_attention_fusion.attn_head_ffn.": "fusion.excite.",
+        "head.": "head.",
+    }
+    ref = load_file(path)
+    pos = ref.pop("pos_embed")
+    out = {
+        "backbone.prefix_tokens": ref.pop("cls_token"),
+        "backbone.prefix_pos": pos[:, :20],
+        "backbone.patch_pos": pos[:, 20:],
+    }
+    for key, value in ref.items():
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        out[renames[prefix] + key.removeprefix(prefix) if prefix else "backbone." + key] = value
+    return out
+
+
+def test_stage1_parity_with_the_reference_outputs():
+    """The reference's own outputs (../shared/parity, its README): forward and the lean CAMs."""
+    golden = np.load(PARITY / "stage1_outputs.npz")
+    model = WeakTr(WeakTrConfig(ARCH, num_classes=20), None).eval()
+    model.load_state_dict(_reference_state_dict(PARITY / "stage1_weights.safetensors"), strict=True)
+    x = torch.from_numpy(golden["input_224"])
+    with torch.no_grad():
+        out = model(x)
+    for name in ("cls_logits", "coarse_logits", "fine_logits", "coarse_cam", "fused_cam", "fine_cam"):
+        want = golden[name]
+        np.testing.assert_allclose(
+            getattr(out, name).numpy(), want, rtol=0, atol=2e-5 * np.abs(want).max(), err_msg=name
+        )
+    for kind in ("coarse", "fused", "fine"):
+        assert torch.equal(model.cams(x, kind, 0), getattr(out, f"{kind}_cam"))

@@ -95,3 +95,24 @@ def test_sigkill_mid_stage_then_rerun_does_only_missing_shards(tmp_path, client,
     for i in range(len(a)):
         (ma, la), (mb, lb) = a.cam(i), b.cam(i)
         assert np.array_equal(ma, mb) and np.array_equal(la, lb)
+
+
+def test_resolved_precision_is_recorded_and_never_mixed(demo_run, client, tmp_path):
+    from labelgen.errors import ArtifactError
+    from labelgen.models.precision import native_bf16
+
+    expected = {"device": "cpu", "precision": "bf16" if native_bf16("cpu") else "fp32"}
+    art = plan_run(tiny_recipe(), demo_run, "export_cams")[2].artifact
+    records = [json.loads(p.read_text()) for p in sorted((art.path / "_shards").glob("*.json"))]
+    assert records and all(r["compute"] == expected for r in records)
+    assert art.success()["compute"] == expected
+    assert "compute" not in json.loads(next((demo_run / "index").glob("*/_shards/*.json")).read_text())
+    moved = tmp_path / "run"
+    shutil.copytree(demo_run, moved)
+    art = plan_run(tiny_recipe(), moved, "export_cams")[2].artifact
+    (art.path / "_SUCCESS.json").unlink()
+    first = art.path / "_shards" / "000000.json"
+    other = {"device": "cuda", "precision": "bf16"}  # as if shard 0 had been made on a GPU machine
+    first.write_text(json.dumps({**json.loads(first.read_text()), "compute": other}))
+    with pytest.raises(ArtifactError, match="computed at different precisions"):
+        run_pipeline(tiny_recipe(), moved, "export_cams", client)

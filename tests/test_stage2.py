@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from labelgen.export import export_masks
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
@@ -77,3 +78,65 @@ def test_export_coco_loads_in_pycocotools(full_run, client, tmp_path):
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[names[image_id]])):
             rebuilt[coco_mask.decode(ann["segmentation"]).astype(bool)] = ann["category_id"]
         assert np.array_equal(rebuilt, np.where(mask == 255, 0, mask))
+    # the results list holds the same regions with the same ids: scored against the dataset file, AP is 1
+    evaluation = COCOeval(coco, coco.loadRes(str(tmp_path / "pseudo_labels_train_results.json")), iouType="segm")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)
+
+
+def test_force_moves_the_old_output_aside(full_run, client):
+    from labelgen.pipeline.runner import plan_run
+
+    art = plan_run(tiny_recipe(), full_run, "evaluate")[-1].artifact
+    before = (art.path / "metrics.json").read_text()
+    run_pipeline(tiny_recipe(), full_run, "evaluate", client, force=("evaluate",))
+    kept = list(art.path.parent.glob(f"{art.key}.replaced-*"))
+    assert len(kept) == 1 and (kept[0] / "metrics.json").read_text() == before
+    assert art.is_complete() and (kept[0] / "_SUCCESS.json").is_file()
+
+
+def test_retraining_on_a_mask_folder_and_what_export_says(full_run, client, tmp_path):
+    """train_decoder.masks=<folder>: no CAM stages run; exporting pseudo-labels is a one-line error."""
+    from click.testing import CliRunner
+
+    from labelgen.cli import main
+    from labelgen.status import run_status
+
+    export_masks(full_run, "pseudo_labels", "voc", tmp_path / "voc", client)
+    folder = tmp_path / "voc" / "SegmentationClass"
+    run_dir = tmp_path / "own"
+    arts = run_pipeline(tiny_recipe(f'train_decoder.masks="{folder}"'), run_dir, "train_decoder", client)
+    assert set(arts) == {"index", "train_decoder"} and arts["train_decoder"].is_complete()
+    assert not (run_dir / "train_cam").exists() and not (run_dir / "pseudo_labels").exists()
+    assert [(r.stage, r.state) for r in run_status(run_dir)] == [("index", "done"), ("train_decoder", "done")]
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--run-dir",
+            str(run_dir),
+            "--what",
+            "pseudo_labels",
+            "--format",
+            "voc",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert result.exit_code == 2 and "makes no pseudo_labels" in result.output and str(folder) in result.output
+
+
+def test_status_calls_outputs_of_other_settings_stale(full_run, tmp_path):
+    import shutil
+
+    from labelgen.pipeline.runner import prepare_run
+    from labelgen.status import run_status
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(full_run, run_dir)
+    prepare_run(tiny_recipe("pseudo_labels.bg_threshold=0.3"), run_dir, "pseudo_labels").release()
+    states = {r.stage: (r.state, r.detail) for r in run_status(run_dir)}
+    assert states["export_cams"][0] == "done"
+    assert states["pseudo_labels"][0] == "stale" and "outputs for other settings exist" in states["pseudo_labels"][1]

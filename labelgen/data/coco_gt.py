@@ -1,4 +1,5 @@
-"""COCO annotations of one image -> its tags and GT class-index mask, broken parts named and skipped.
+"""COCO annotations of one image -> its tags and its GT shapes, broken parts named and skipped; and
+the GT class-index mask rasterised from those shapes when a stage reads it.
 
 COCO-format files from annotation tools carry shapes pycocotools cannot rasterise (a "polygon" of two
 points, an odd coordinate count, an RLE whose size is not the image's, a shape wholly outside the
@@ -11,131 +12,239 @@ note naming the annotation id, and the image keeps everything else:
 - a usable shape with no pixel inside the image (and a bbox outside it, or none): the annotation is
   skipped, tag included (nothing of it is in the image);
 - an unknown category id: the annotation is skipped (noted when the file is listed).
+
+The index checks the annotations (`check_coco`) without drawing them: a shape's pixels are needed only
+for an annotation whose bbox is missing or outside the image, and then its run-length area suffices.
+It keeps the usable shapes of each image, compact, in one GT file per index slice
+(`write_gt_file`); a manifest row's `mask` refers to its entry as `<file>.cocogt.json#<n>`, and
+`read_gt` rasterises it on demand (`labelgen.data.masks.gt_mask` is how stages read GT).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
 from labelgen.data.masks import IGNORE_INDEX
+from labelgen.data.problems import NOT_SCORED, PARTS_SKIPPED
+from labelgen.errors import DataError
 
 
 @dataclass
 class CocoGt:
-    mask: np.ndarray  # H×W uint8 class indices; crowd-only regions 255
     tags: tuple[int, ...]  # labels of the annotations that are in the image
-    complete: bool  # False when an annotation had no usable shape: the mask misses an object
-    notes: list[str] = field(default_factory=list)  # one line per skipped part, naming the annotation id
+    complete: bool  # False when an annotation had no usable shape: a mask would miss an object
+    # the usable shapes in annotation order, each {"label", "crowd", "area" (or None), and "polygons"
+    # (lists of x, y coordinates) or "rle" (a COCO RLE of the image's size)}: what `rasterise` draws
+    shapes: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (reason, action): one per broken annotation
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _polygons(seg: list, name: str, notes: list[str]) -> list[list[float]]:
+_NUMBER_TYPES = {int, float}
+
+
+def _numbers(values: Any) -> bool:
+    """Whether `values` is a list of finite numbers (not booleans); C-level loops, as this runs on
+    every coordinate of every polygon of a data set."""
+    if not isinstance(values, list) or not set(map(type, values)) <= _NUMBER_TYPES:
+        return False
+    try:
+        return all(map(math.isfinite, values))
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _polygons(seg: list, faults: list[str]) -> list[list[float]]:
     """The usable polygons of a COCO polygon list: ≥ 3 points, an even count of finite numbers."""
     usable = []
     for k, poly in enumerate(seg):
-        if not isinstance(poly, list) or not all(_number(v) for v in poly):
-            notes.append(f"{name}: polygon {k} is not a list of numbers; skipped")
+        if not _numbers(poly):
+            faults.append(f"polygon {k} is not a list of numbers")
         elif len(poly) % 2:
-            notes.append(f"{name}: polygon {k} has an odd count of coordinates ({len(poly)}); skipped")
+            faults.append(f"polygon {k} has an odd count of coordinates ({len(poly)})")
         elif len(poly) < 6:
-            notes.append(f"{name}: polygon {k} has {len(poly) // 2} point(s), a polygon needs 3; skipped")
+            faults.append(f"polygon {k} has {len(poly) // 2} point(s), a polygon needs 3")
         else:
-            usable.append([float(v) for v in poly])
+            usable.append(list(map(float, poly)))
+    if not seg:
+        faults.append("empty segmentation")
     return usable
 
 
-def _rle(seg: dict, height: int, width: int, name: str, notes: list[str]) -> dict | None:
-    """A compressed RLE of the image's size, or None with a note."""
+def _rle_fault(seg: dict, height: int, width: int) -> str | None:
+    """What makes a COCO RLE unusable for a height × width image, or None."""
     size = seg.get("size")
     if not (isinstance(size, list) and len(size) == 2 and list(size) == [height, width]):
-        notes.append(f"{name}: RLE size {size} is not the image's [height, width] [{height}, {width}]")
-        return None
+        return f"RLE size {size} is not the image's [height, width] [{height}, {width}]"
     counts = seg.get("counts")
     if isinstance(counts, list):
         if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
-            notes.append(f"{name}: uncompressed RLE counts do not add up to {height}×{width} pixels")
-            return None
-        return coco_mask.frPyObjects(seg, height, width)
-    if isinstance(counts, str):
-        return {"size": size, "counts": counts.encode("ascii", "replace")}
-    if isinstance(counts, bytes):
-        return seg
-    notes.append(f"{name}: RLE counts are neither a list nor a string")
+            return f"uncompressed RLE counts do not add up to {height}×{width} pixels"
+    elif not isinstance(counts, str):
+        return "RLE counts are neither a list nor a string"
     return None
 
 
-def annotation_region(ann: dict, height: int, width: int, notes: list[str]) -> np.ndarray | None:
-    """The H×W bool region of one annotation, or None when it has no usable shape (with notes)."""
-    name = f"annotation {ann.get('id', '?')} ({ann['name']})"
+def _shape_rle(shape: dict[str, Any], height: int, width: int) -> dict:
+    """The pycocotools RLE of a usable shape (polygons merged into one region)."""
+    if "polygons" in shape:
+        return coco_mask.merge(coco_mask.frPyObjects(shape["polygons"], height, width))
+    rle = shape["rle"]
+    if isinstance(rle["counts"], list):
+        return coco_mask.frPyObjects(rle, height, width)
+    return {"size": rle["size"], "counts": rle["counts"].encode("ascii", "replace")}
+
+
+def _usable_shape(ann: dict, height: int, width: int, faults: list[str]) -> dict[str, Any] | None:
+    """{"polygons": ...} or {"rle": ...}: the usable part of one annotation's segmentation, or None
+    when it has none. What is broken is appended to `faults`, one phrase each. Only a compressed RLE
+    is decoded (to prove it decodes); polygons are checked without drawing them."""
     seg = ann.get("segmentation")
     if isinstance(seg, list):
-        polygons = _polygons(seg, name, notes)
-        if not polygons:
-            notes.append(f"{name}: no usable polygon")
-            return None
-        rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
-    elif isinstance(seg, dict):
-        rle = _rle(seg, height, width, name, notes)
-        if rle is None:
-            return None
-    else:
-        notes.append(f"{name}: segmentation is {type(seg).__name__}, not polygons or an RLE")
+        polygons = _polygons(seg, faults)
+        return {"polygons": polygons} if polygons else None
+    if not isinstance(seg, dict):
+        faults.append(f"segmentation is {type(seg).__name__}, not polygons or an RLE")
         return None
+    fault = _rle_fault(seg, height, width)
+    if fault:
+        faults.append(fault)
+        return None
+    shape = {"rle": {"size": seg["size"], "counts": seg["counts"]}}
     try:
-        return coco_mask.decode(rle).astype(bool)
+        coco_mask.decode(_shape_rle(shape, height, width))
     except Exception as e:  # pycocotools raises bare Exception/TypeError/ValueError for corrupt counts
-        notes.append(f"{name}: RLE cannot be decoded ({type(e).__name__}: {e})")
+        faults.append(f"RLE cannot be decoded ({type(e).__name__}: {e})")
         return None
+    return shape
+
+
+def _pixel_count(shape: dict[str, Any], height: int, width: int) -> int:
+    """Pixels of a usable shape inside the image, from its run-length encoding (no H×W array)."""
+    return int(coco_mask.area(_shape_rle(shape, height, width)))
 
 
 def _bbox_inside(ann: dict, height: int, width: int) -> bool:
     """Whether the annotation's bbox [x, y, w, h] overlaps the image with positive area (True if absent)."""
     box = ann.get("bbox")
-    if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
+    if not (isinstance(box, list) and len(box) == 4 and _numbers(box)):
         return True
     x, y, w, h = box
     return w > 0 and h > 0 and x < width and y < height and x + w > 0 and y + h > 0
 
 
-def rasterise_coco(annotations: tuple[dict, ...], height: int, width: int) -> CocoGt:
-    """Tags and class-index mask (height × width) of one image's annotations (each with `label` and
-    `name` added by the lister). Larger objects are drawn first so smaller ones stay visible; crowd
-    regions become ignore (255) where no single object covers them."""
-    mask = np.zeros((height, width), np.uint8)
-    crowd = np.zeros((height, width), bool)
-    tags, complete, notes = set(), True, []
-    regions = []
+def check_coco(annotations: tuple[dict, ...], height: int, width: int) -> CocoGt:
+    """Tags and usable shapes of one image's annotations (each with `label` and `name` added by the
+    lister) on a height × width image, with a note for each broken annotation."""
+    tags, notes, shapes, shapeless = set(), [], [], []
     for ann in annotations:
-        region = annotation_region(ann, height, width, notes)
         name = f"annotation {ann.get('id', '?')} ({ann['name']})"
-        if region is None:
+        faults: list[str] = []
+        shape = _usable_shape(ann, height, width, faults)
+        if shape is None:
             if _bbox_inside(ann, height, width):
                 tags.add(ann["label"])
-                complete = False
-                notes.append(f"{name}: tag kept; the GT mask lacks this object, so the image's GT is not scored")
+                shapeless.append(str(ann.get("id", "?")))
+                faults.append("no usable shape left: tag kept")
             else:
-                notes.append(f"{name}: no usable shape and its bbox {ann.get('bbox')} is outside the image; skipped")
-            continue
-        pixels = int(region.sum())
-        if pixels == 0 and not (ann.get("bbox") and _bbox_inside(ann, height, width)):
-            notes.append(f"{name}: no pixel inside the {width}×{height} image; skipped")
+                faults.append(f"no usable shape and its bbox {ann.get('bbox')} is outside the image: skipped")
+        # a bbox in the image keeps the annotation whatever its pixels: only without one are they counted
+        elif not (ann.get("bbox") and _bbox_inside(ann, height, width)) and not _pixel_count(shape, height, width):
+            faults.append(f"no pixel inside the {width}×{height} image: skipped")
+            shape = None
+        if faults:
+            broken = "; ".join(faults)
+            notes.append(
+                (f"{name}: {broken}" + ("; the other shapes are used" if shape is not None else ""), PARTS_SKIPPED)
+            )
+        if shape is None:
             continue
         # (a shape smaller than a pixel inside its bbox is a tiny object: COCO has them; its tag stays)
         tags.add(ann["label"])
         area = ann.get("area")
-        regions.append((area if _number(area) else pixels, ann, region))
-    for _, ann, region in sorted(regions, key=lambda r: -r[0]):
-        if ann.get("iscrowd"):
+        shapes.append(
+            {"label": ann["label"], "crowd": bool(ann.get("iscrowd")), "area": area if _number(area) else None, **shape}
+        )
+    if shapeless:
+        notes.append(
+            (
+                f"GT mask misses objects that have no usable shape (annotations {', '.join(shapeless)})",
+                NOT_SCORED,
+            )
+        )
+    return CocoGt(tuple(sorted(tags)), not shapeless, shapes, notes)
+
+
+def rasterise(shapes: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+    """The height × width uint8 class-index mask of an image's usable shapes (`CocoGt.shapes`).
+    Larger objects are drawn first so smaller ones stay visible (size: the annotation's `area`, else
+    its pixel count); crowd regions become ignore (255) where no single object covers them."""
+    mask = np.zeros((height, width), np.uint8)
+    crowd = np.zeros((height, width), bool)
+    rles = [_shape_rle(s, height, width) for s in shapes]
+    sizes = [s["area"] if s["area"] is not None else int(coco_mask.area(r)) for s, r in zip(shapes, rles, strict=True)]
+    for k in sorted(range(len(shapes)), key=lambda k: -sizes[k]):  # stable: equal sizes keep file order
+        region = coco_mask.decode(rles[k]).astype(bool)
+        if shapes[k]["crowd"]:
             crowd |= region
         else:
-            mask[region] = ann["label"]
+            mask[region] = shapes[k]["label"]
     mask[crowd & (mask == 0)] = IGNORE_INDEX
-    return CocoGt(mask, tuple(sorted(tags)), complete, notes)
+    return mask
+
+
+# ------------------------------------------------------------------------------------- GT files
+GT_SUFFIX = ".cocogt.json"
+_REFERENCE = re.compile(r"(.+" + re.escape(GT_SUFFIX) + r")#(\d+)")
+
+
+def gt_reference(file: Path, n: int) -> str:
+    """What a manifest row's `mask` holds for COCO GT: entry `n` of the GT file `file` (an absolute path)."""
+    return f"{file}#{n}"
+
+
+def is_gt_reference(mask: Path | str) -> bool:
+    return _REFERENCE.fullmatch(str(mask)) is not None
+
+
+def write_gt_file(path: Path, entries: dict[int, tuple[int, int, list[dict[str, Any]]]]) -> None:
+    """One index slice's GT: {n: (height, width, usable shapes)} as JSON, one entry a line."""
+    lines = [json.dumps(str(n)) + ": " + json.dumps(list(e), separators=(",", ":")) for n, e in entries.items()]
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+
+@functools.lru_cache(maxsize=4)
+def _gt_file(path: str, stamp: tuple[int, int]) -> dict[str, list]:
+    """A parsed GT file; the cache serves the next rows of the same slice (`stamp`: its mtime and size,
+    so a rewritten file is read anew)."""
+    return json.loads(Path(path).read_text())
+
+
+def read_gt(reference: str) -> np.ndarray:
+    """The H×W uint8 class-index GT mask a `gt_reference` names, rasterised from its shapes.
+    Raises `DataError` when the GT file or its entry is missing or unreadable."""
+    match = _REFERENCE.fullmatch(str(reference))
+    if match is None:
+        raise DataError(f"{reference}: not a COCO GT reference (<file>{GT_SUFFIX}#<n>)")
+    path, n = match.groups()
+    try:
+        stat = Path(path).stat()
+        height, width, shapes = _gt_file(path, (stat.st_mtime_ns, stat.st_size))[n]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(
+            f"{reference}: COCO GT not readable ({type(e).__name__}: {e}); re-create the index "
+            "(`labelgen run index --force index` or `labelgen data index`)"
+        ) from e
+    return rasterise(shapes, height, width)

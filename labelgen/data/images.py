@@ -11,6 +11,7 @@ passes that value back to `read_image`, so all stages see the same pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +103,12 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 def exif_orientation(img: Image.Image) -> int:
     """The EXIF orientation tag of an opened image: 1..8, or 1 when absent or not a valid value."""
+    return _valid_orientation(img.getexif)
+
+
+def _valid_orientation(getexif: Callable[[], Image.Exif]) -> int:
     try:
-        value = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        value = getexif().get(EXIF_ORIENTATION_TAG, 1)
     except Exception:  # a damaged EXIF block must not make a readable image unreadable
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -129,11 +134,78 @@ def read_image(path: Path | str, max_pixels: int = 40_000_000, orientation: int 
 
 
 def inspect_image(path: Path | str, max_pixels: int = 40_000_000) -> ImageInfo:
-    """Fully decode an image to prove it is readable; report its stored size, EXIF orientation and
-    any conversion."""
+    """Prove an image file readable and complete; report its stored size, mode, EXIF orientation and
+    any conversion `read_image` will make. Raises `DataError` naming the file, as `read_image` does.
+
+    Cheap where the format allows it (the index runs this on every image): JPEG (and MPO, a phone's
+    multi-picture JPEG) and PNG are checked from their headers, which give size, mode and EXIF, and
+    from how they end: a JPEG must end with its EOI marker (FF D9), a PNG's chunks must be whole and
+    end with IEND. A file failing that check, a PNG with metadata after its pixel data, and every
+    other format (GIF, BMP, TIFF, WebP, ...: no end marker that proves them complete) are decoded fully.
+    Corrupt bytes inside a complete JPEG or PNG are found when a stage decodes the image: `read_image`
+    then raises a one-line `DataError` naming the file.
+    """
     path = Path(path)
-    array = read_image(path, max_pixels)
-    with Image.open(path) as img:
-        mode, tag = img.mode, exif_orientation(img)
+    with _open(path, max_pixels) as img:
+        cheap = _complete_without_decoding(path, img.format)
+        if not cheap:
+            read_image(path, max_pixels)  # raises DataError for a broken file
+        mode, tag, (width, height) = img.mode, _orientation_tag(img, cheap), img.size
     converted = None if mode == "RGB" else _CONVERSIONS.get(mode, f"mode {mode} converted to RGB")
-    return ImageInfo(width=array.shape[1], height=array.shape[0], mode=mode, converted=converted, exif_orientation=tag)
+    return ImageInfo(width=width, height=height, mode=mode, converted=converted, exif_orientation=tag)
+
+
+def _complete_without_decoding(path: Path, fmt: str | None) -> bool:
+    """Whether the file's structure proves it complete, for the formats where that is cheap."""
+    if fmt in ("JPEG", "MPO"):
+        return _tail(path, 2) == _JPEG_EOI
+    if fmt == "PNG":
+        return _png_ends_after_metadata(path)
+    return False
+
+
+_JPEG_EOI = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# chunks PIL reads EXIF orientation from (eXIf, text chunks with "Raw profile type exif" or XMP)
+_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+
+
+def _tail(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(f.tell() - size, 0))
+        return f.read()
+
+
+def _png_ends_after_metadata(path: Path) -> bool:
+    """Whether a PNG's chunks are whole up to an IEND at the end of the file, with no metadata chunk
+    after the pixel data (PIL reads those only when it decodes): reads 8 bytes per chunk."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        if f.read(8) != _PNG_SIGNATURE:
+            return False
+        seen_pixels = False
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            end = f.tell() + length + 4  # data and CRC
+            if end > size:
+                return False
+            if kind == b"IEND":
+                return end == size
+            if seen_pixels and kind in _PNG_METADATA:
+                return False
+            seen_pixels = seen_pixels or kind == b"IDAT"
+            f.seek(end)
+
+
+def _orientation_tag(img: Image.Image, checked: bool) -> int:
+    """The EXIF orientation of an opened image. PIL's PNG reader decodes the whole image to look for
+    EXIF after the pixel data; where the chunks were `checked` to hold none there, the metadata read
+    with the header is complete and is used as it is."""
+    if img.format == "PNG" and checked:
+        return _valid_orientation(lambda: Image.Image.getexif(img))
+    return exif_orientation(img)

@@ -7,12 +7,14 @@ The schema is `data_manifests/manifest.schema.json`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from labelgen.errors import DataError
 
-MANIFEST_SCHEMA = 2  # 2: orientation, source_id, category_ids
+MANIFEST_SCHEMA = 3  # 2: orientation, source_id, category_ids; 3: `mask` may name COCO GT shapes
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,10 @@ class ImageRecord:
     width: int
     height: int
     tags: tuple[int, ...]  # foreground labels (1..C) present in the image
-    mask: str | None  # absolute path of the GT class-index PNG, if any
+    # where the GT is, if it is scored: the absolute path of a class-index PNG, or for COCO
+    # `<absolute path>.cocogt.json#<n>` (the image's annotation shapes, rasterised when read).
+    # Read it with `labelgen.data.masks.gt_mask(record)`.
+    mask: str | None
     split: str
     sha256: str  # of the image file bytes
     # EXIF orientation (1..8) labelgen applies when it reads the file: 1 = the stored pixels as they
@@ -57,16 +62,7 @@ class Manifest:
         return sorted({r.split for r in self.records})
 
     def save(self, path: Path) -> None:
-        data = {
-            "schema": MANIFEST_SCHEMA,
-            "dataset": self.dataset,
-            "classes": list(self.classes),
-            "category_ids": None if self.category_ids is None else list(self.category_ids),
-            "records": [asdict(r) for r in self.records],
-        }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=0))
-        tmp.replace(path)
+        write_manifest(path, self.dataset, self.classes, self.category_ids, (asdict(r) for r in self.records))
 
     @classmethod
     def load(cls, path: Path | str) -> Manifest:
@@ -90,3 +86,34 @@ class Manifest:
             records=records,
             category_ids=None if category_ids is None else tuple(category_ids),
         )
+
+
+def write_manifest(
+    path: Path,
+    dataset: str,
+    classes: tuple[str, ...],
+    category_ids: tuple[int, ...] | None,
+    rows: Iterable[dict[str, Any]],
+) -> int:
+    """Write a manifest from its header and its rows (`ImageRecord` fields), one row a line, without
+    holding the rows: the file appears whole (written aside, then renamed) and only if there is at
+    least one row. Returns the number of rows."""
+    header = {
+        "schema": MANIFEST_SCHEMA,
+        "dataset": dataset,
+        "classes": list(classes),
+        "category_ids": None if category_ids is None else list(category_ids),
+    }
+    tmp = path.with_suffix(".tmp")
+    count = 0
+    with open(tmp, "w") as f:
+        f.write(json.dumps(header)[:-1] + ', "records": [')
+        for row in rows:
+            f.write((",\n" if count else "\n") + json.dumps(row))
+            count += 1
+        f.write("\n]}\n")
+    if count:
+        tmp.replace(path)
+    else:
+        tmp.unlink()
+    return count

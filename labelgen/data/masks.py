@@ -1,18 +1,22 @@
-"""Reading and writing class-index masks (PNG): palette or grayscale, 255 = ignore."""
+"""Reading and writing class-index masks (PNG): palette or grayscale, 255 = ignore; and `gt_mask`,
+the one way stages read an image's GT."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from labelgen.data.manifest import ImageRecord
 from labelgen.errors import DataError
 
 IGNORE_INDEX = 255
 
 
-def voc_palette() -> list[int]:
+@functools.cache  # built once per process, not once per mask written
+def voc_palette() -> tuple[int, ...]:
     """The PASCAL VOC colour map (768 ints), used for every palette PNG labelgen writes."""
     palette = []
     for label in range(256):
@@ -24,11 +28,32 @@ def voc_palette() -> list[int]:
             b |= ((c >> 2) & 1) << (7 - bit)
             c >>= 3
         palette += [r, g, b]
-    return palette
+    return tuple(palette)
+
+
+def gt_mask(record: ImageRecord) -> np.ndarray:
+    """The GT of a manifest row: H×W uint8 class indices (255 = ignore) in the row's frame (its
+    `orientation` applied), (height, width) = the row's. Read from its mask file, or rasterised from
+    its COCO annotations. Raises `DataError` if the row has no GT (`mask` is None), if the GT cannot
+    be read, or if it does not have the row's size."""
+    if record.mask is None:
+        raise DataError(f"{record.image}: no GT mask in the manifest (its GT is not scored)")
+    mask = read_mask(record.mask)
+    if mask.shape != (record.height, record.width):
+        raise DataError(
+            f"{record.mask}: GT is {mask.shape[1]}×{mask.shape[0]} but the manifest row of {record.image} says "
+            f"{record.width}×{record.height}; re-create the index"
+        )
+    return mask
 
 
 def read_mask(path: Path | str) -> np.ndarray:
-    """An H×W uint8 class-index mask from a palette, grayscale or 16-bit PNG."""
+    """An H×W uint8 class-index mask from a palette, grayscale or 16-bit PNG, or from a manifest
+    row's COCO GT reference (`<file>.cocogt.json#<n>`: rasterised from its annotations)."""
+    from labelgen.data.coco_gt import is_gt_reference, read_gt  # coco_gt imports this module
+
+    if is_gt_reference(path):
+        return read_gt(str(path))
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -67,7 +92,7 @@ def check_mask(mask: np.ndarray, num_classes: int, path: Path, image_size: tuple
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{image_size[0]}x{image_size[1]}; masks must have the size of their image"
         )
-    values = np.unique(mask)
+    values = np.flatnonzero(value_counts(mask))
     bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if bad.size:
         raise DataError(
@@ -76,7 +101,13 @@ def check_mask(mask: np.ndarray, num_classes: int, path: Path, image_size: tuple
         )
 
 
-def tags_from_mask(mask: np.ndarray) -> tuple[int, ...]:
-    """Foreground classes present in a mask (background 0 and ignore 255 left out)."""
-    values = np.unique(mask)
-    return tuple(int(v) for v in values if v not in (0, IGNORE_INDEX))
+def value_counts(mask: np.ndarray) -> np.ndarray:
+    """(256,) int64: the pixel count of each value of a uint8 mask (a bincount: no sort, unlike np.unique)."""
+    return np.bincount(mask.ravel(), minlength=256)
+
+
+def tags_from_mask(mask: np.ndarray, counts: np.ndarray | None = None) -> tuple[int, ...]:
+    """Foreground classes present in a mask (background 0 and ignore 255 left out); pass its
+    `value_counts` where they are at hand."""
+    counts = value_counts(mask) if counts is None else counts
+    return tuple(int(v) for v in np.flatnonzero(counts) if v not in (0, IGNORE_INDEX))

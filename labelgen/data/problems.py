@@ -3,6 +3,7 @@ print them."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -46,3 +47,24 @@ def summary(usable: int, entries: list[dict[str, str]]) -> str:
     counts = Counter(e["action"] for e in entries)
     parts = [f"{n} {action}" for action, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     return f"{usable} usable images" + ("; " + ", ".join(parts) if parts else "; no problems")
+
+
+def kind(entry: dict[str, str]) -> str:
+    """What sort of problem an entry is, without its particulars: the reason up to its first
+    separator, with paths and numbers blanked ("image is N×N but the JSON's width×height is N×N")."""
+    reason = re.sub(r"^annotation \S+ \([^)]*\): ", "annotation: ", entry["reason"])
+    head = re.split(r";| \(", reason, maxsplit=1)[0]
+    head = re.sub(r"\S*/\S*", "<file>", head)
+    head = re.sub(r"\d+(\.\d+)?", "N", head)
+    return f"{head.strip()} [{entry['action']}]"
+
+
+def grouped(entries: list[dict[str, str]]) -> list[tuple[str, int, dict[str, str]]]:
+    """(kind, count, first entry) per kind, most frequent first: one log line per kind of problem."""
+    counts: Counter[str] = Counter()
+    first: dict[str, dict[str, str]] = {}
+    for e in entries:
+        k = kind(e)
+        counts[k] += 1
+        first.setdefault(k, e)
+    return [(k, n, first[k]) for k, n in counts.most_common()]

@@ -1,4 +1,6 @@
-"""What a data set holds before validation: one `SourceItem` per image, from each layout."""
+"""What a data set holds before validation: one `SourceItem` per image, from each layout, handed to
+a `SliceWriter` (the index tasks' inputs) as it is listed; and the COCO labels each task applies to
+its images' annotations."""
 
 from __future__ import annotations
 
@@ -6,10 +8,13 @@ import csv
 import difflib
 import json
 import logging
+import os
+import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from labelgen.config import DatasetParams
 from labelgen.data.classes import (
@@ -19,9 +24,13 @@ from labelgen.data.classes import (
     read_class_file,
     voc_classes,
 )
+from labelgen.data.json_stream import JsonObjectStream
 from labelgen.data.problems import ANNOTATION_SKIPPED, NOT_INDEXED, problem
 from labelgen.data.text import read_user_text
 from labelgen.errors import DataError
+
+if TYPE_CHECKING:
+    from labelgen.data.slices import SliceWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +42,70 @@ class SourceItem:
     split: str
     tags: tuple[int, ...] | None = None  # None: read them from the mask
     mask: Path | None = None  # GT class-index PNG
-    coco_annotations: tuple[dict[str, Any], ...] | None = None  # rasterised into a GT mask
+    # COCO: the image's annotations, each with `label` and `name` added (see `label_annotations`)
+    coco_annotations: tuple[dict[str, Any], ...] | None = None
     source_id: int | None = None  # the image's id in its source (COCO images[].id)
     annotated_size: tuple[int, int] | None = None  # (width, height) the annotations were drawn on (COCO JSON)
     where: str | None = None  # the line of the tags file that listed it ("<file>:<line>"), for problems
 
 
+@dataclass(frozen=True)
+class CocoLabels:
+    """What an index task needs to label its images' raw COCO annotations."""
+
+    categories: dict[int, str]  # {category id: name} the JSON declares
+    label_of: dict[int, int]  # category id -> label
+    files: dict[str, str]  # split -> its annotation file (named in problems)
+
+
 @dataclass
 class Listing:
+    """A data set's header, once its items are handed to a `SliceWriter`."""
+
     classes: tuple[str, ...]
-    items: list[SourceItem]
     category_ids: tuple[int, ...] | None = None  # source id of each label (COCO), see Manifest
     problems: list[dict[str, str]] = field(default_factory=list)  # {file, reason, action}
+    coco: CocoLabels | None = None
+    images: int = 0  # items listed
+    slices: int = 0  # slices they were cut into
+
+    def save(self, path: Path) -> None:
+        coco = self.coco and {
+            "categories": list(self.coco.categories.items()),
+            "label_of": list(self.coco.label_of.items()),
+            "files": self.coco.files,
+        }
+        data = {**self.__dict__, "coco": coco}
+        path.write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path: Path) -> Listing:
+        data = json.loads(path.read_text())
+        coco = data["coco"] and CocoLabels(
+            dict(data["coco"]["categories"]), dict(data["coco"]["label_of"]), data["coco"]["files"]
+        )
+        ids = data["category_ids"]
+        return cls(**{**data, "classes": tuple(data["classes"]), "category_ids": ids and tuple(ids), "coco": coco})
 
 
-def list_dataset(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
-    """Every image of the requested splits, with where its tags and GT come from."""
+def list_dataset(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
+    """Every image of the requested splits, with where its tags and GT come from, handed to `sink`."""
     if not root.is_dir():
         raise DataError(f"data root {root} is not a folder; pass --data-root PATH")
     listers = {"voc": _list_voc, "coco": _list_coco, "folder": _list_folder, "demo": _list_folder}
     if params.name not in listers:
         raise DataError(f"dataset {params.name!r} is unknown; allowed: {', '.join(sorted(listers))}")
-    return listers[params.name](params, root, splits)
+    started = time.perf_counter()
+    listing = listers[params.name](params, root, splits, sink)
+    listing.images, listing.slices = sink.count, sink.close()
+    log.info(
+        "index: listed %d images into %d slice(s) of up to %d in %.1fs",
+        listing.images,
+        listing.slices,
+        sink.size,
+        time.perf_counter() - started,
+    )
+    return listing
 
 
 # ---------------------------------------------------------------------------------------------- voc
@@ -66,9 +117,9 @@ def voc_root(root: Path) -> Path:
     raise DataError(f"{root}: no JPEGImages folder in it, in VOC2012/ or in VOCdevkit/VOC2012/")
 
 
-def _list_voc(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
+def _list_voc(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     base = voc_root(root)
-    listing = Listing(classes=voc_classes(), items=[])
+    listing = Listing(classes=voc_classes())
     names = {n: i for i, n in enumerate(listing.classes)}
     for split in splits:
         aug = split == "train_aug"
@@ -86,7 +137,7 @@ def _list_voc(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
                 tags = _voc_xml_tags(base / "Annotations" / f"{image_id}.xml", names, listing)
                 if tags is None:
                     continue
-            listing.items.append(SourceItem(image_id, base / "JPEGImages" / f"{image_id}.jpg", split, tags, item_mask))
+            sink.add(SourceItem(image_id, base / "JPEGImages" / f"{image_id}.jpg", split, tags, item_mask))
     return listing
 
 
@@ -104,22 +155,29 @@ def _voc_xml_tags(xml: Path, names: dict[str, int], listing: Listing) -> tuple[i
 
 
 # --------------------------------------------------------------------------------------------- coco
-def _list_coco(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
+def _list_coco(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
+    """Each split's JSON is read once, element by element: images become items, each annotation goes
+    to its image's slice as it is read (labels are applied by the index task, `label_annotations`:
+    a COCO file may declare its categories after its annotations)."""
     files = {split: _coco_files(root, split) for split in splits}
-    data = {split: _read_coco_json(ann_file) for split, (ann_file, _) in files.items()}
-    first = splits[0]
-    categories = _categories(data[first], files[first][0])
-    for split in splits[1:]:
-        if _categories(data[split], files[split][0]) != categories:
+    listing = Listing(classes=())
+    categories: dict[int, str] = {}
+    for split in splits:
+        ann_file, image_dir = files[split]
+        found = _list_coco_split(ann_file, image_dir, split, sink, listing)
+        if split == splits[0]:
+            categories = found
+        elif found != categories:
             raise DataError(
-                f"{files[split][0]} declares other categories than {files[first][0]}; the splits of one "
+                f"{ann_file} declares other categories than {files[splits[0]][0]}; the splits of one "
                 "data set must share one category list"
             )
+    first = files[splits[0]][0]
     official = categories == official_coco_categories()
-    classes, label_of = coco_label_space(categories, params.coco_label_space, str(files[first][0]))
+    classes, label_of = coco_label_space(categories, params.coco_label_space, str(first))
     log.info(
         "index: COCO classes from %s: %s, %s label space (%d labels incl. background)",
-        files[first][0],
+        first,
         "COCO's official 80 categories" if official else f"the JSON's own {len(categories)} categories",
         params.coco_label_space,
         len(classes),
@@ -127,14 +185,8 @@ def _list_coco(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
     category_ids = [0] * len(classes)
     for category_id, label in label_of.items():
         category_ids[label] = category_id
-    listing = Listing(classes=classes, items=[], category_ids=tuple(category_ids))
-    for split in splits:
-        ann_file, image_dir = files[split]
-        by_image = _annotations_by_image(data[split], ann_file, label_of, categories, listing)
-        for img in data[split]["images"]:
-            item = _coco_item(img, split, image_dir, ann_file, by_image, listing)
-            if item is not None:
-                listing.items.append(item)
+    listing.classes, listing.category_ids = classes, tuple(category_ids)
+    listing.coco = CocoLabels(categories, label_of, {split: str(files[split][0]) for split in splits})
     return listing
 
 
@@ -150,26 +202,122 @@ def _coco_files(root: Path, split: str) -> tuple[Path, Path]:
     return ann_file, image_dir
 
 
-def _read_coco_json(ann_file: Path) -> dict[str, Any]:
-    text = read_user_text(ann_file, "COCO annotation file", "check dataset.train_split / val_split")
+class _CocoSplit:
+    """The state of listing one COCO JSON: where each image id went, and the annotations that cannot
+    be routed yet (met before the images) or ever (no such image)."""
+
+    def __init__(
+        self, ann_file: Path, image_dir: Path, split: str, sink: SliceWriter, listing: Listing, early: TextIO
+    ) -> None:
+        self.ann_file, self.image_dir, self.split, self.sink, self.listing = ann_file, image_dir, split, sink, listing
+        self.positions: dict[Any, list[int]] = {}  # image id -> its item positions (several if the id repeats)
+        self.images_read = False
+        self.early, self.early_count = early, 0  # annotations met before the images, held in a temporary file
+        self.orphans: list[tuple[str, Any, Any]] = []  # (where, category id, image id): no such image
+
+    def image(self, img: Any) -> None:
+        item = _coco_item(img, self.split, self.image_dir, self.ann_file, self.listing)
+        if item is not None:
+            self.positions.setdefault(img["id"], []).append(self.sink.add(item))
+
+    def annotation(self, n: int, ann: Any, text: str) -> None:
+        """Route annotation `n` of the file to its image's slice. `ann` may hold floats as their
+        text (the JSON stream's fast decode): it is decoded exactly from `text` where a value is used."""
+        image_id = ann.get("image_id", _MISSING) if isinstance(ann, dict) else _MISSING
+        if isinstance(image_id, str):  # an id written as a string, or a float read as text
+            ann = json.loads(text)
+            image_id = ann["image_id"]
+        if image_id is _MISSING or not _hashable(image_id):
+            where = self._where(n, json.loads(text))
+            self.listing.problems.append(problem(where, "not an object with an image_id", ANNOTATION_SKIPPED))
+        elif not self.images_read:
+            self.early_count += 1
+            self.early.write(f"{n}\t{one_line(text)}\n")
+        elif image_id in self.positions:
+            for position in self.positions[image_id]:
+                self.sink.add_annotation(position, n, text)
+        else:
+            exact = json.loads(text)
+            self.orphans.append((self._where(n, exact), exact.get("category_id"), image_id))
+
+    def _where(self, n: int, ann: Any) -> str:
+        return f"{self.ann_file} annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}"
+
+    def route_early(self) -> None:
+        """Hand over the annotations that came before the images, now that the images are known."""
+        if not self.early_count:
+            return
+        self.early.seek(0)
+        for line in self.early:
+            n, text = line.rstrip("\n").split("\t", 1)
+            self.annotation(int(n), json.loads(text), text)
+
+    def report_orphans(self, categories: dict[int, str]) -> None:
+        """Annotations of no listed image are dropped; one with an unknown category is a problem too."""
+        for where, category_id, image_id in self.orphans:
+            if category_id not in categories:
+                self.listing.problems.append(_unknown_category(where, category_id, categories, image_id))
+
+
+def _list_coco_split(
+    ann_file: Path, image_dir: Path, split: str, sink: SliceWriter, listing: Listing
+) -> dict[int, str]:
+    """List one split's JSON into `sink`; returns its categories ({id: name}). Raises `DataError` for a
+    file that is not a COCO instances file."""
+    categories = None
+    with (
+        JsonObjectStream(ann_file, "COCO annotation file", "check dataset.train_split / val_split") as stream,
+        tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as early,
+    ):
+        state = _CocoSplit(ann_file, image_dir, split, sink, listing, early)
+        for key in stream:
+            if key in ("images", "annotations") and not stream.is_array():
+                raise DataError(
+                    f"{ann_file}: {key!r} is not a list; a COCO instances file has images, annotations, categories"
+                )
+            if key == "images":
+                for img, _ in stream.elements():
+                    state.image(img)
+                state.images_read = True
+            elif key == "annotations":
+                for n, (ann, text) in enumerate(stream.elements(floats_as_text=True)):
+                    state.annotation(n, ann, text)
+            elif key == "categories":
+                categories = _categories(stream.value(), ann_file)
+        for key, found in (("images", state.images_read), ("categories", categories is not None)):
+            if not found:
+                raise DataError(
+                    f"{ann_file}: no {key!r} list; a COCO instances file has images, annotations, categories"
+                )
+        state.route_early()
+    state.report_orphans(categories)
+    return categories
+
+
+_MISSING = object()
+
+
+def one_line(text: str) -> str:
+    """A JSON text on one line: it holds line breaks only between tokens (strings escape them)."""
+    return text.replace("\n", " ").replace("\r", " ") if "\n" in text or "\r" in text else text
+
+
+def _hashable(value: Any) -> bool:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{ann_file}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise DataError(f"{ann_file}: expected a COCO object with images, annotations and categories")
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{ann_file}: no {key!r} list; a COCO instances file has images, annotations, categories")
-    if not isinstance(data.setdefault("annotations", []), list):
-        raise DataError(f"{ann_file}: 'annotations' is not a list")
-    return data
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
-def _categories(data: dict[str, Any], ann_file: Path) -> dict[int, str]:
-    """{category id: name} of a COCO JSON; raises DataError for malformed, repeated or no categories."""
+def _categories(entries: Any, ann_file: Path) -> dict[int, str]:
+    """{category id: name} of a COCO JSON's categories; raises DataError for malformed, repeated or no categories."""
+    if not isinstance(entries, list):
+        raise DataError(
+            f"{ann_file}: 'categories' is not a list; a COCO instances file has images, annotations, categories"
+        )
     categories: dict[int, str] = {}
-    for c in data["categories"]:
+    for c in entries:
         if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)):
             raise DataError(f"{ann_file}: category {c!r} needs an integer 'id' and a string 'name'")
         if c["id"] in categories:
@@ -184,38 +332,33 @@ def _categories(data: dict[str, Any], ann_file: Path) -> dict[int, str]:
     return categories
 
 
-def _annotations_by_image(
-    data: dict[str, Any], ann_file: Path, label_of: dict[int, int], categories: dict[int, str], listing: Listing
-) -> dict[Any, list[dict[str, Any]]]:
-    """The annotations of each image id, with `label` and `name` added; an annotation with an unknown
-    category or without an image is a problem, not a lost index."""
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for n, ann in enumerate(data["annotations"]):
-        ann_id = ann.get("id", f"#{n}") if isinstance(ann, dict) else f"#{n}"
-        where = f"{ann_file} annotation {ann_id}"
-        if not isinstance(ann, dict) or "image_id" not in ann:
-            listing.problems.append(problem(where, "not an object with an image_id", ANNOTATION_SKIPPED))
-            continue
-        if ann.get("category_id") not in label_of:
-            listing.problems.append(
-                problem(
-                    where,
-                    f"category_id {ann.get('category_id')!r} is not among the file's categories "
-                    f"{sorted(categories)} (image {ann['image_id']})",
-                    ANNOTATION_SKIPPED,
-                )
-            )
+def _unknown_category(where: str, category_id: Any, categories: dict[int, str], image_id: Any) -> dict[str, str]:
+    return problem(
+        where,
+        f"category_id {category_id!r} is not among the file's categories {sorted(categories)} (image {image_id})",
+        ANNOTATION_SKIPPED,
+    )
+
+
+def label_annotations(
+    annotations: list[tuple[int, dict[str, Any]]], split: str, coco: CocoLabels
+) -> tuple[tuple[dict[str, Any], ...], list[dict[str, str]]]:
+    """One image's raw annotations ((index in the file's list, annotation), as listed) with `label`
+    and `name` added, and a problem for each whose category the file does not declare (skipped)."""
+    kept, problems = [], []
+    for n, ann in annotations:
+        where = f"{coco.files[split]} annotation {ann.get('id', f'#{n}')}"
+        if ann.get("category_id") not in coco.label_of:
+            problems.append(_unknown_category(where, ann.get("category_id"), coco.categories, ann["image_id"]))
             continue
         keep = {k: ann.get(k) for k in ("id", "segmentation", "iscrowd", "area", "bbox", "category_id")}
-        keep.update(label=label_of[ann["category_id"]], name=categories[ann["category_id"]])
-        by_image.setdefault(ann["image_id"], []).append(keep)
-    return by_image
+        keep.update(label=coco.label_of[ann["category_id"]], name=coco.categories[ann["category_id"]])
+        kept.append(keep)
+    return tuple(kept), problems
 
 
-def _coco_item(
-    img: Any, split: str, image_dir: Path, ann_file: Path, by_image: dict, listing: Listing
-) -> SourceItem | None:
-    if not (isinstance(img, dict) and isinstance(img.get("file_name"), str) and "id" in img):
+def _coco_item(img: Any, split: str, image_dir: Path, ann_file: Path, listing: Listing) -> SourceItem | None:
+    if not (isinstance(img, dict) and isinstance(img.get("file_name"), str) and "id" in img and _hashable(img["id"])):
         listing.problems.append(problem(ann_file, f"image entry {img!r} needs 'id' and 'file_name'"))
         return None
     size = (img.get("width"), img.get("height"))
@@ -227,17 +370,17 @@ def _coco_item(
         split,
         None,
         None,
-        tuple(by_image.get(img["id"], ())),
+        (),  # the annotations follow in the slice's annotations file
         img["id"] if isinstance(img["id"], int) else None,
         size,
     )
 
 
 # ----------------------------------------------------------------------------------- folder and demo
-def _list_folder(params: DatasetParams, root: Path, splits: list[str]) -> Listing:
+def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     """Every row of the tags file becomes an item or a problem naming its line."""
     classes = demo_classes() if params.name == "demo" else read_class_file(root / params.classes_file)
-    listing = Listing(classes=classes, items=[])
+    listing = Listing(classes=classes)
     names = {n: i for i, n in enumerate(classes) if i > 0}
     tags_path = root / params.tags_file
     for line_no, entry in _read_tags_file(tags_path):
@@ -257,7 +400,7 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str]) -> Listin
         split = entry["split"] or "train"
         if split not in splits:
             if split in names:
-                why = f"split {split!r} is a class name: several tags go in one column, separated by ';'"
+                why = f"split {split!r} is a class name: several tags go in one column, separated by semicolons (a;b)"
                 listing.problems.append(problem(image, why, where=where))
             else:
                 indexed = ", ".join(splits)
@@ -266,7 +409,7 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str]) -> Listin
             continue
         mask = root / "masks" / f"{image.stem}.png"
         tags = tuple(sorted({names[t] for t in tags_raw}))
-        listing.items.append(SourceItem(image.stem, image, split, tags, mask if mask.is_file() else None, where=where))
+        sink.add(SourceItem(image.stem, image, split, tags, mask if mask.is_file() else None, where=where))
     return listing
 
 
@@ -287,7 +430,9 @@ def _tag_hint(unknown: list[str], names: dict[str, int]) -> str:
 def _read_tags_file(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) of a CSV (header `image,tags[,split]`, tags separated by `;`) or JSON-lines
     tags file. A row is {image, tags: list of names, split} or {image?, error} when it cannot be read."""
-    text = read_user_text(path, "tags file", "write a CSV with header image,tags[,split]")
+    text = read_user_text(
+        path, "tags file", "write a CSV with header image,tags[,split] (or set dataset.tags_file to a .jsonl file)"
+    )
     if path.suffix in (".jsonl", ".json"):
         return [(no, _json_row(line)) for no, line in enumerate(text.splitlines(), 1) if line.strip()]
     lines = list(csv.reader(text.splitlines()))
@@ -331,8 +476,9 @@ def _inside(root: Path, relative: str, where: str, listing: Listing) -> Path | N
     if not relative:
         listing.problems.append(problem(where, "empty image path", where=where))
         return None
-    resolved = (root / relative).resolve()
-    if not resolved.is_relative_to(root.resolve()):
+    # normalised, not resolved: `..` may not climb out of the root, but a symlinked image is fine
+    resolved = Path(os.path.normpath(root.absolute() / relative))
+    if not resolved.is_relative_to(root.absolute()):
         listing.problems.append(
             problem(relative, f"image path {relative!r} points outside the data root {root}", where=where)
         )

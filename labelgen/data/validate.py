@@ -1,22 +1,25 @@
 """Validation of source items into manifest rows: the work of one `index` task.
 
-Per image: decode it (a broken file is left out), decide its orientation (which frame, stored pixels
-or EXIF-oriented, the annotations were drawn on), read its GT (COCO annotations rasterised, or a mask
-file) and check the GT against the tags. What is decided and why goes into problems.json, one line
-each; nothing is decided silently.
+Per image: check the file (a broken one is left out; see `inspect_image` for what is checked without
+decoding), decide its orientation (which frame, stored pixels or EXIF-oriented, the annotations were
+drawn on), check its GT (COCO annotations, kept as shapes and rasterised when a stage reads them; or
+a mask file) against the tags. What is decided and why goes into problems.json, one line each;
+nothing is decided silently.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from labelgen.data.coco_gt import rasterise_coco
+from labelgen.data.coco_gt import check_coco, gt_reference, write_gt_file
 from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.masks import IGNORE_INDEX, read_mask, tags_from_mask, write_mask
-from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, PARTS_SKIPPED, problem
+from labelgen.data.masks import IGNORE_INDEX, read_mask, tags_from_mask, value_counts
+from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, problem
 from labelgen.data.sources import SourceItem
 from labelgen.errors import DataError
 from labelgen.store.artifact import file_digest
@@ -60,16 +63,16 @@ def choose_orientation(info: ImageInfo, annotated: tuple[int, int] | None, what:
     )
 
 
-def mask_disagreements(mask: np.ndarray, tags: tuple[int, ...], classes: tuple[str, ...]) -> str | None:
-    """Why a user's GT mask contradicts the image's tags, with the likely cause; None if it agrees.
+def mask_disagreements(counts: np.ndarray, tags: tuple[int, ...], classes: tuple[str, ...]) -> str | None:
+    """Why a user's GT mask (given by its `value_counts`) contradicts the image's tags, with the likely
+    cause; None if it agrees.
 
     Checked: tagged classes with no pixel, classes in the mask the tags do not name, a mask mostly
     ignore (255). Binary masks (values 0/255, a common export) get the remapping hint."""
-    counts = np.bincount(mask.ravel(), minlength=256)
     present = {v for v in np.flatnonzero(counts) if v not in (0, IGNORE_INDEX)}
     missing = sorted(set(tags) - present)
     extra = sorted(present - set(tags))
-    ignore_share = counts[IGNORE_INDEX] / mask.size
+    ignore_share = counts[IGNORE_INDEX] / counts.sum()
     reasons = []
     if missing:
         reasons.append(f"no pixel of tagged {_names(missing, classes)}")
@@ -93,45 +96,50 @@ def _names(labels: list[int], classes: tuple[str, ...]) -> str:
 
 
 def index_items(
-    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_dir: Path
+    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_file: Path, keep_untagged: bool = False
 ) -> tuple[list[ImageRecord], list[dict[str, str]]]:
     """Validate each item; return manifest rows for the good ones and a problem for each bad one
-    (and a note for each image kept with a decision: conversion, orientation, GT not scored)."""
-    records, problems = [], []
-    for item in items:
+    (and a note for each image kept with a decision: conversion, orientation, GT not scored).
+    The usable COCO shapes of the rows with complete COCO GT go into `gt_file` (written only if
+    there are any); their `mask` refers to their entry there."""
+    records, problems, shapes = [], [], {}
+    gt_file = gt_file.resolve()
+    for n, item in enumerate(items):
         notes: list[tuple[str, str]] = []
         try:
-            record = _index_one(item, classes, max_pixels, gt_dir, notes)
+            record, coco = _index_one(item, classes, max_pixels, gt_reference(gt_file, n), notes)
         except DataError as e:
             problems.append(problem(item.image, str(e).removeprefix(f"{item.image}: "), where=item.where))
             continue
         problems += [problem(item.image, reason, action, item.where) for reason, action in notes]
-        if not record.tags:
-            problems.append(
-                problem(item.image, "no image-level tags; WeakTr needs at least one class per image", where=item.where)
-            )
+        if not record.tags and not keep_untagged:
+            why = "no image-level tags; set dataset.untagged=keep to train on untagged images as negatives"
+            problems.append(problem(item.image, why, where=item.where))
             continue
         records.append(record)
+        if coco is not None:
+            shapes[n] = (record.height, record.width, coco)
+    if shapes:
+        write_gt_file(gt_file, shapes)
     return records, problems
 
 
 def _index_one(
-    item: SourceItem, classes: tuple[str, ...], max_pixels: int, gt_dir: Path, notes: list[tuple[str, str]]
-) -> ImageRecord:
+    item: SourceItem, classes: tuple[str, ...], max_pixels: int, gt_ref: str, notes: list[tuple[str, str]]
+) -> tuple[ImageRecord, list[dict[str, Any]] | None]:
+    """The manifest row of one item, and its usable COCO shapes where its COCO GT is complete
+    (the row's `mask` is then `gt_ref`)."""
     info = inspect_image(item.image, max_pixels)
     if info.converted:
         notes.append((info.converted, CONVERTED))
-    tags, mask_path, mask = item.tags, item.mask, None
+    tags, mask_path, mask, coco = item.tags, item.mask, None, None
     if item.coco_annotations is not None:
         orientation, note = choose_orientation(info, item.annotated_size, "the JSON's width×height")
         width, height = info.size(orientation)
-        gt = rasterise_coco(item.coco_annotations, height, width)
-        notes += [(n, PARTS_SKIPPED) for n in gt.notes]
+        gt = check_coco(item.coco_annotations, height, width)
+        notes += gt.notes
         tags = gt.tags
-        mask_path = gt_dir / f"{item.id}.png"
-        write_mask(mask_path, gt.mask)
-        if not gt.complete:
-            mask_path = None
+        coco = gt.shapes if gt.complete else None
     elif mask_path is not None:
         mask = read_mask(mask_path)
         try:
@@ -154,18 +162,23 @@ def _index_one(
     if bad:
         raise DataError(f"{item.image}: tags {bad} outside the label space 1..{len(classes) - 1}")
     width, height = info.size(orientation)
-    return ImageRecord(
+    record = ImageRecord(
         id=item.id,
-        image=str(Path(item.image).resolve()),
+        image=os.path.abspath(item.image),  # not resolved: a symlinked data set keeps its own file names
         width=width,
         height=height,
         tags=tuple(tags),
-        mask=str(Path(mask_path).resolve()) if mask_path is not None else None,
+        mask=gt_ref if coco is not None else _absolute(mask_path),
         split=item.split,
         sha256=file_digest(Path(item.image)),
         orientation=orientation,
         source_id=item.source_id,
     )
+    return record, coco
+
+
+def _absolute(path: Path | None) -> str | None:
+    return os.path.abspath(path) if path is not None else None  # not resolved: keeps symlinked names
 
 
 def _check_user_mask(
@@ -177,8 +190,8 @@ def _check_user_mask(
 ) -> tuple[Path | None, tuple[int, ...]]:
     """(mask path to score, tags) for a mask file: values outside the label space or a mask that
     contradicts the tags keep the image (when the tags come from elsewhere) but not its GT."""
-    values = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    bad = [int(v) for v in values if v >= len(classes) and v != IGNORE_INDEX]
+    counts = value_counts(mask)
+    bad = [int(v) for v in np.flatnonzero(counts) if v >= len(classes) and v != IGNORE_INDEX]
     if bad:
         why = (
             f"mask {path} has values {bad} outside the label space 0..{len(classes) - 1} (and {IGNORE_INDEX} = "
@@ -189,12 +202,12 @@ def _check_user_mask(
         notes.append((why, NOT_SCORED))
         return None, tags
     if tags is None:  # tags read from the mask agree with it by construction; only its coverage can be off
-        share = float((mask == IGNORE_INDEX).mean())
+        share = float(counts[IGNORE_INDEX] / mask.size)
         if share > MOSTLY_IGNORE:
             notes.append((f"mask {path}: {100 * share:.0f}% of its pixels are {IGNORE_INDEX} (ignore)", NOT_SCORED))
-            return None, tags_from_mask(mask)
-        return path, tags_from_mask(mask)
-    disagreement = mask_disagreements(mask, tags, classes)
+            return None, tags_from_mask(mask, counts)
+        return path, tags_from_mask(mask, counts)
+    disagreement = mask_disagreements(counts, tags, classes)
     if disagreement:
         notes.append((f"{disagreement} (mask {path})", NOT_SCORED))
         return None, tags

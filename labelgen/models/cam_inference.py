@@ -27,11 +27,48 @@ def load_cam_model(path: Path, device: torch.device) -> tuple[WeakTr, tuple, tup
     return model.to(device).eval(), tuple(state["mean"]), tuple(state["std"])
 
 
-def _to_batch(images: list[np.ndarray], scale: float, mean, std, device) -> torch.Tensor:
-    h, w = images[0].shape[:2]
-    size = (round(w * scale), round(h * scale))
-    arrays = [np.asarray(Image.fromarray(im).resize(size, Image.BICUBIC)) if scale != 1.0 else im for im in images]
-    return normalise_batch(torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2), mean, std)
+def fit_factor(height: int, width: int, largest_scale: float, max_side: int) -> float:
+    """The factor (≤ 1) applied to every view of an H×W image so that its largest view, largest_scale
+    × long side, is at most max_side pixels; 1.0 (exactly) when it already is."""
+    return min(1.0, max_side / (largest_scale * max(height, width)))
+
+
+def view_sizes(height: int, width: int, scales: tuple[float, ...], patch: int, max_side: int) -> list[tuple[int, int]]:
+    """(h, w) in pixels of the view of each scale of an H×W image, as the model sees it.
+
+    A view is the image resized by scale × `fit_factor` (all scales keep their ratios; the largest
+    view's long side is at most max_side), each side rounded and at least 1. A view with a side
+    shorter than one patch is upsampled instead (aspect ratio kept) until that side is one patch,
+    unless that would take its long side past max_side; a side still shorter than one patch (aspect
+    ratios beyond max_side / patch) is zero-padded to one patch by the backbone. Within the bound
+    the sizes are the reference's, (round(H·s), round(W·s)).
+    """
+    long, short = max(height, width), min(height, width)
+    fit = fit_factor(height, width, max(scales), max_side)
+    sizes = []
+    for s in scales:
+        t = s * fit
+        if round(short * t) < patch:
+            t = min(patch / short, max_side / long)
+        sizes.append((max(1, round(height * t)), max(1, round(width * t))))
+    return sizes
+
+
+def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (align_corners False) resize of (k, h, w) maps to (k, *size). A side of a single patch
+    is replicated exactly: bilinear arithmetic would vary the constant in its last bits, and min–max
+    normalisation would blow that up into a map of noise."""
+    h, w = cams.shape[-2:]
+    inner = (size[0] if h > 1 else 1, size[1] if w > 1 else 1)
+    up = F.interpolate(cams[None], size=inner, mode="bilinear", align_corners=False)[0]
+    return up.expand(cams.shape[0], *size)
+
+
+def _to_batch(images: list[np.ndarray], size: tuple[int, int], mean, std, device) -> torch.Tensor:
+    """Same-size H×W×3 uint8 images resized (PIL bicubic) to size (h, w) -> normalised B, 3, h, w."""
+    if images[0].shape[:2] != size:
+        images = [np.asarray(Image.fromarray(im).resize(size[::-1], Image.BICUBIC)) for im in images]
+    return normalise_batch(torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2), mean, std)
 
 
 @torch.no_grad()
@@ -47,11 +84,20 @@ def multiscale_cams(
     std,
     precision: str,
     views_per_pass: int,
+    *,
+    max_side: int,
+    cache_bytes: int,
 ) -> list[np.ndarray]:
     """CAMs of the tagged classes of same-size images (H×W×3 uint8): per image a (k, h, w) float32
-    array, k = len(tags), each map min–max normalised; (h, w) = out_size. The images and their flips
-    go through the model `views_per_pass` at a time: large batches feed a GPU; on a CPU one view a
-    pass is fastest, because the attention maps of one view already overflow the caches.
+    array, k = len(tags), each map min–max normalised to [0, 1] (all 0 where a map is constant);
+    (h, w) = out_size. The images and their flips go through the model `views_per_pass` at a time:
+    large batches feed a GPU; on a CPU one view a pass is fastest, because the attention maps of one
+    view already overflow the caches.
+
+    The views are sized by `view_sizes`: at most max_side pixels on their long side, at least one
+    patch on their short side where the aspect ratio allows. `cache_bytes` bounds the attention maps
+    a forward pass keeps between its two passes (`WeakTr.cams`); it changes speed and memory, never
+    the maps.
 
     For every scale (and its horizontal flip) the CAMs are upsampled bilinearly to out_size,
     un-flipped and summed; absent classes are never looked at, which equals zeroing them. Two exact
@@ -60,17 +106,18 @@ def multiscale_cams(
     """
     device = next(model.parameters()).device
     n = len(images)
+    h, w = images[0].shape[:2]
     channels = [torch.tensor([c - 1 for c in t], device=device) for t in tags]
     totals: list[torch.Tensor | None] = [None] * n
-    for scale in scales:
-        x = _to_batch(images, scale, mean, std, device)
+    for size in view_sizes(h, w, scales, model.backbone.patch_size, max_side):
+        x = _to_batch(images, size, mean, std, device)
         views = torch.cat([x, x.flip(-1)]) if flip else x
         with autocast(device, precision):
-            cams = torch.cat([model.cams(v, kind).float() for v in views.split(views_per_pass)])
+            cams = torch.cat([model.cams(v, kind, cache_bytes).float() for v in views.split(views_per_pass)])
         if flip:
             cams = cams[:n] + cams[n:].flip(-1)
         for i in range(n):
-            up = F.interpolate(cams[i : i + 1, channels[i]], size=out_size, mode="bilinear", align_corners=False)[0]
+            up = upsample_cams(cams[i, channels[i]], out_size)
             totals[i] = up if totals[i] is None else totals[i] + up
     out = []
     for maps in totals:

@@ -7,14 +7,16 @@ fused CAM, the fine CAM through patch affinity, and three multilabel soft-margin
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labelgen.models.vit import ViTBackbone
+from labelgen.models.vit import ViTBackbone, attention_weights, block_with_attention
 from labelgen.models.weights import create_vit
 
 FUSIONS = ("aaf", "mean")
@@ -34,9 +36,9 @@ class WeakTrConfig:
 class AdaptiveAttentionFusion(nn.Module):
     """Per-image weights for the K = L·H head-layers, from the attention outputs (HEAD variant, §1.4).
 
-    Max-pool each head-layer's features over tokens, squeeze head_dim -> 1 with a shared two-layer
-    linear map (no nonlinearity between, as the reference), then a bias-free SE bottleneck over K with
-    a sigmoid.
+    Each head-layer's features are max-pooled over tokens (`pool_head_features`), squeezed
+    head_dim -> 1 by a shared two-layer linear map (no nonlinearity between, as the reference), then
+    weighed by a bias-free SE bottleneck over K with a sigmoid.
     """
 
     def __init__(self, num_maps: int, head_dim: int, reduction: int, feat_reduction: int):
@@ -51,33 +53,44 @@ class AdaptiveAttentionFusion(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, features: Tensor) -> Tensor:
-        """features: B, K, N, head_dim -> weights B, K in (0, 1)."""
-        pooled = features.amax(dim=2)  # B, K, head_dim
+    def forward(self, pooled: Tensor) -> Tensor:
+        """pooled: B, K, head_dim (`stack_pooled`) -> weights B, K in (0, 1)."""
         return self.excite(self.squeeze(pooled).squeeze(-1))
 
 
-def stack_head_features(outputs: list[Tensor], num_heads: int) -> Tensor:
-    """Per-layer attention outputs (B, N, D) -> B, K, N, D/H with head-layer index j = h·L + l
-    (head-major), as the reference. Its head split is strided (channel c belongs to head c mod H);
-    we keep that so reference AAF checkpoints mean the same thing."""
-    b, n, d = outputs[0].shape
-    feats = torch.stack([o.reshape(b, n, d // num_heads, num_heads) for o in outputs], dim=1)  # B, L, N, hd, H
-    return feats.permute(0, 4, 1, 2, 3).flatten(1, 2)  # B, H, L, N, hd -> B, K, N, hd
+def pool_head_features(output: Tensor, num_heads: int) -> Tensor:
+    """One layer's attention output (B, N, D) -> B, H, D/H: each head's features max-pooled over all
+    N tokens (class tokens included, as the reference). The reference's head split is strided
+    (channel c belongs to head c mod H); we keep that so reference AAF checkpoints mean the same thing.
+    Pooling each layer as it comes keeps only B·D numbers a layer instead of its B·N·D outputs."""
+    b, n, d = output.shape
+    return output.reshape(b, n, d // num_heads, num_heads).amax(dim=1).transpose(1, 2)
 
 
-def fuse_attention(maps: list[Tensor], weights: Tensor | None) -> Tensor:
+def stack_pooled(pooled: list[Tensor]) -> Tensor:
+    """L × (B, H, D/H) pooled features -> B, K, D/H with head-layer index j = h·L + l (head-major),
+    as the reference."""
+    return torch.stack(pooled, dim=2).flatten(1, 2)  # B, H, L, hd -> B, K, hd
+
+
+def fuse_attention(maps: Iterable[Tensor], weights: Tensor | None) -> Tensor:
     """Weighted mean of the K = L·H attention maps: (1/K) Σ_j w_j A_j, j = h·L + l; plain mean when
-    weights is None. maps: L × (B, H, N, N); weights: B, K. Accumulated layer by layer, so the K maps
-    are never stacked into one B×K×N×N tensor (two such copies per image at full resolution)."""
-    num_layers, num_heads = len(maps), maps[0].shape[1]
-    fused = torch.zeros_like(maps[0][:, 0])
-    for layer, m in enumerate(maps):
+    weights is None. maps: L × (B, H, N, N), in layer order, a list or an iterator that computes
+    each layer's maps on demand; weights: B, K. Accumulated layer by layer, so the K maps are never
+    stacked into one B×K×N×N tensor, and an iterator's maps are dropped as soon as they are added."""
+    fused, layer, num_heads = None, 0, 0
+    for m in maps:  # not enumerate: its reused result tuple would keep the last maps alive
+        num_heads = m.shape[1]
+        if fused is None:
+            fused = torch.zeros_like(m[:, 0])
         if weights is None:
             fused = fused + m.sum(dim=1)
         else:
-            fused = fused + torch.einsum("bh,bhnm->bnm", weights[:, layer::num_layers].to(m.dtype), m)
-    return fused / (num_layers * num_heads)
+            layers = weights.shape[1] // num_heads
+            fused = fused + torch.einsum("bh,bhnm->bnm", weights[:, layer::layers].to(m.dtype), m)
+        del m  # before the iterator computes the next layer's maps
+        layer += 1
+    return fused / (layer * num_heads)
 
 
 class WeakTrOutput(NamedTuple):
@@ -107,30 +120,77 @@ class WeakTr(nn.Module):
         )
 
     def forward(self, images: Tensor) -> WeakTrOutput:
-        c = self.config.num_classes
+        """The training forward: every output, with the gradient paths of §1.5. Holds all L layers'
+        attention maps (B, H, N, N each) at once, which backward needs; inference uses `cams`."""
         out = self.backbone.forward_features(images, trace=True)
-        b, _, d = out.tokens.shape
-        h, w = out.grid
-        cls_logits = out.tokens[:, :c].mean(dim=-1)  # B, C
-        patches = out.tokens[:, c:].transpose(1, 2).reshape(b, d, h, w)
-        cam_logits = self.head(patches)  # B, C, h, w
-        coarse_logits = cam_logits.mean(dim=(2, 3))
+        heads = self.backbone.num_heads
+        cam_logits = self._cam_logits(out.tokens, out.grid)
         coarse = F.relu(cam_logits).detach()
-        weights = None
-        if self.fusion is not None:
-            feats = stack_head_features([o.detach() for o in out.attn_outputs], self.backbone.num_heads)
-            weights = self.fusion(feats)  # B, K
-        fused_attn = fuse_attention([m.detach() for m in out.attn_maps], weights)  # B, N, N
+        weights = self._fusion_weights([pool_head_features(o.detach(), heads) for o in out.attn_outputs])
+        fused, fine = self._refine(coarse, fuse_attention([m.detach() for m in out.attn_maps], weights))
+        c = self.config.num_classes
+        cls_logits = out.tokens[:, :c].mean(dim=-1)  # B, C
+        return WeakTrOutput(cls_logits, cam_logits.mean(dim=(2, 3)), fine.mean(dim=(2, 3)), coarse, fused, fine)
+
+    @torch.no_grad()
+    def cams(self, images: Tensor, kind: str, cache_bytes: int) -> Tensor:
+        """B, C, h, w class activation maps (float, ≥ 0) of the chosen kind (fine, fused or coarse)
+        of normalised images B, 3, H, W; (h, w) is the patch grid. Inference only (no gradients).
+
+        Bit-identical to `forward`'s maps without holding all L layers' attention maps (B, H, N, N
+        each) at once. The AAF weights need every layer's pooled attention outputs before any map can
+        be weighed, so a first pass runs the blocks and keeps, per layer, either its attention maps
+        (while their total stays within `cache_bytes`) or its input tokens (B, N, D); a second pass
+        recomputes the maps of the layers not kept from their inputs (the same operations, so the
+        same bits) and adds all of them into the fused map, layer by layer. Peak memory beyond the
+        kept maps is about 3·B·H·N² float32 as measured (one layer's attention logits and softmax
+        weights, the B·N² fused map, temporaries); each recomputed layer costs its attention-weight
+        computation again (about 1.6× the time of keeping every layer, on a CPU).
+        """
+        x, grid = self.backbone.embed(images)
+        heads = self.backbone.num_heads
+        kept, recompute, pooled = [], [], []
+        for block in self.backbone.blocks:
+            tokens = x
+            x, weights, attn_out = block_with_attention(block, x)
+            pooled.append(pool_head_features(attn_out, heads))
+            if not recompute and (len(kept) + 1) * weights.numel() * weights.element_size() <= cache_bytes:
+                kept.append(weights)
+            else:
+                recompute.append((block, tokens))
+            del weights  # before the next block computes its own
+        coarse = F.relu(self._cam_logits(x, grid))
+        if kind == "coarse":
+            return coarse
+        maps = chain(_drain(kept), (attention_weights(b.attn, b.norm1(t)) for b, t in _drain(recompute)))
+        fused, fine = self._refine(coarse, fuse_attention(maps, self._fusion_weights(pooled)))
+        return {"fine": fine, "fused": fused}[kind]
+
+    def _cam_logits(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Last block's tokens B, C + P, D -> the coarse-CAM head's logits M, B, C, h, w."""
+        b, _, d = tokens.shape
+        patches = tokens[:, self.config.num_classes :].transpose(1, 2).reshape(b, d, *grid)
+        return self.head(patches)
+
+    def _fusion_weights(self, pooled: list[Tensor]) -> Tensor | None:
+        """B, K AAF weights from L × (B, H, hd) pooled attention outputs; None for mean fusion."""
+        return None if self.fusion is None else self.fusion(stack_pooled(pooled))
+
+    def _refine(self, coarse: Tensor, fused_attn: Tensor) -> tuple[Tensor, Tensor]:
+        """(fused CAM, fine CAM), B, C, h, w each, from the coarse CAM and the fused attention B, N, N:
+        class-to-patch attention ⊙ coarse CAM, then patch affinity · fused CAM."""
+        b, c, h, w = coarse.shape
         cross = fused_attn[:, :c, c:].reshape(b, c, h, w)
         affinity = fused_attn[:, c:, c:]  # B, P, P
         fused = cross * coarse
         fine = (affinity @ fused.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
-        return WeakTrOutput(cls_logits, coarse_logits, fine.mean(dim=(2, 3)), coarse, fused, fine)
+        return fused, fine
 
-    def cams(self, images: Tensor, kind: str) -> Tensor:
-        """B, C, h, w class activation maps of the chosen kind (fine, fused or coarse)."""
-        out = self.forward(images)
-        return {"fine": out.fine_cam, "fused": out.fused_cam, "coarse": out.coarse_cam}[kind]
+
+def _drain(items: list) -> Iterator:
+    """Yield and forget the items of a list, first to last, so each can be freed once used."""
+    while items:
+        yield items.pop(0)
 
 
 def weaktr_loss(out: WeakTrOutput, targets: Tensor) -> tuple[Tensor, dict[str, float]]:

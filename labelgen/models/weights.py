@@ -55,7 +55,13 @@ def create_vit(arch: str, weights: str | None, drop_path: float = 0.0) -> nn.Mod
 
 
 def resolve_weights_file(weights: str, arch: str) -> Path | None:
-    """The local file for a weights spec, or None when it must come from the hub."""
+    """The local file for a weights spec, or None when it must come from the hub.
+
+    A file path must exist. For "hub:<name>" with $LABELGEN_WEIGHTS_DIR set, the folder must hold a
+    file for `arch` (`<arch>.safetensors`, `<arch>.<tag>.safetensors|pth|pt|npz`; the file named
+    after the full hub name is preferred): a set folder without one is a mistake (the wrong model
+    in the recipe, or the wrong folder), so it is an error naming what the folder holds, not a
+    silent download. Raises `ConfigError`."""
     if not weights.startswith("hub:"):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -69,8 +75,45 @@ def resolve_weights_file(weights: str, arch: str) -> Path | None:
     exact = [p for p in candidates if p.name.startswith(name + ".")]
     if exact or candidates:
         return (exact or candidates)[0]
-    log.info("%s=%s has no file for %s; trying the timm hub", WEIGHTS_DIR_ENV, folder, arch)
-    return None
+    held = sorted(p.name for p in Path(folder).glob("*") if p.suffix in _EXTENSIONS) if Path(folder).is_dir() else []
+    raise ConfigError(
+        f"{WEIGHTS_DIR_ENV}={folder} has no weights file for {arch} (wanted by {weights}); it holds "
+        f"{', '.join(held) or 'no weights files'}. Put {arch}.safetensors there, point {WEIGHTS_DIR_ENV} at the "
+        "folder that has it, or unset it to download from the timm hub"
+    )
+
+
+def check_weights(arch: str, weights: str, setting: str) -> None:
+    """Fail before any work when `weights` of `arch` cannot be had: a missing file, a weights folder
+    without the model, or a hub download that fails now (offline); a successful download lands in
+    the hub cache, which the stage then reads. Raises `ConfigError` naming `setting`."""
+    if weights == "none":
+        return
+    try:
+        if resolve_weights_file(weights, arch) is not None:
+            return
+    except ConfigError as e:
+        raise ConfigError(f"{setting}: {e}") from None
+    name = weights.removeprefix("hub:")
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return  # weights timm fetches by URL: the stage downloads them (and names the error) itself
+    from huggingface_hub import hf_hub_download
+
+    try:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            try:
+                hf_hub_download(cfg.hf_hub_id, filename)
+                return
+            except Exception as e:  # the hub raises many types; a missing file name tries the next
+                if "EntryNotFound" in type(e).__name__:
+                    continue
+                raise
+    except Exception as e:
+        raise ConfigError(
+            f"{setting}={weights}: cannot get the weights from the timm hub ({type(e).__name__}). Offline? Put "
+            f"{arch}.safetensors in a folder and set {WEIGHTS_DIR_ENV}=that folder, or set {setting} to a file path"
+        ) from None
 
 
 def _from_hub(arch: str, name: str, drop_path: float) -> nn.Module:

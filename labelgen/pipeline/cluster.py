@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
+import signal
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import dask
 from distributed import Client, LocalCluster
@@ -16,9 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def local_gpu_count() -> int:
-    import torch  # imported here: the CLI stays fast for commands that need no model
-
-    return torch.cuda.device_count()
+    """NVIDIA GPUs this process may use, without importing torch (which costs the driver seconds and
+    about 500 MB before any work): the driver's device list, narrowed by CUDA_VISIBLE_DEVICES."""
+    devices = Path("/proc/driver/nvidia/gpus")
+    present = len(list(devices.iterdir())) if devices.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return present
+    return min(present, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
 
 
 def _quiet_dask_logs() -> None:
@@ -73,7 +83,7 @@ def _client(scheduler: str | None, workers: int | None, cluster: str) -> Iterato
     resources = {"GPU": 1} if gpus and n_workers == gpus else None
     if gpus and resources is None:
         log.info("%d GPU(s) and %d workers: GPU tasks are not pinned (use --workers %d to pin)", gpus, n_workers, gpus)
-    with dask.config.set({"distributed.worker.daemon": False}):  # workers may start data-loader processes
+    with dask.config.set({"distributed.worker.daemon": False}), _workers_ignore_sigint():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
@@ -84,7 +94,52 @@ def _client(scheduler: str | None, workers: int | None, cluster: str) -> Iterato
         )
     log.info("started a LocalCluster with %d worker process(es); dashboard %s", n_workers, cluster.dashboard_link)
     with cluster, Client(cluster) as client:
-        yield client
+        try:
+            yield client
+        except BaseException:  # Ctrl-C or a failed task: stop the workers now, without a warning each
+            logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+            raise
+        _close_workers(cluster)
+
+
+WORKER_EXIT_SECONDS = 60  # how long a finished worker may take to exit (torch's teardown) before it is killed
+
+
+def _close_workers(cluster: LocalCluster) -> None:
+    """Close the worker processes of a finished run, giving each time to exit. dask's own close
+    kills a worker that has not exited after 4 s with a warning; a worker that ran torch can take
+    longer than that to tear down on a busy machine, and the kill is then noise at the end of a
+    good run."""
+
+    async def close() -> None:
+        await asyncio.gather(*(w.close(timeout=WORKER_EXIT_SECONDS) for w in cluster.workers.values()))
+
+    cluster.sync(close)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT (an ignored signal stays ignored in a
+    child process). Ctrl-C in a terminal goes to the whole process group; only the driver should
+    act on it: it stops the cluster and says what finished, instead of every worker printing a
+    KeyboardInterrupt traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings_before = os.environ.get("PYTHONWARNINGS")
+    # The worker processes share the resource tracker that the first of them starts. After Ctrl-C a
+    # worker still running a training is stopped; the tracker then removes its loader queues'
+    # semaphores, as it should, but also warns once about "leaked semaphore objects": noise here.
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [warnings_before, "ignore:resource_tracker:UserWarning"]))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if warnings_before is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings_before
 
 
 def workers_have_gpus(client: Client) -> bool:

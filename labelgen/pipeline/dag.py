@@ -6,26 +6,47 @@ index -> train_cam -> export_cams -> pseudo_labels -> train_decoder -> predict
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Iterator, Mapping
+
 from labelgen.config import Recipe
 from labelgen.errors import ConfigError
 from labelgen.pipeline.stage import Stage
-from labelgen.stages import evaluate, export_cams, index, predict, pseudo_labels, train_cam, train_decoder
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        index.STAGE,
-        train_cam.STAGE,
-        export_cams.STAGE,
-        pseudo_labels.STAGE,
-        train_decoder.STAGE,
-        predict.STAGE,
-        evaluate.STAGE,
-    )
-}
 ORDER: tuple[str, ...] = ("index", "train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict", "evaluate")
+
+
+@functools.cache
+def _stage(name: str) -> Stage:
+    stage = importlib.import_module(f"labelgen.stages.{name}").STAGE
+    assert stage.name == name, f"labelgen.stages.{name} defines stage {stage.name!r}"
+    return stage
+
+
+class _Stages(Mapping[str, Stage]):
+    """The stages by name, each imported on first use. A dask worker imports this module with the
+    runner only to run a unit (`run_unit`); importing every stage there would load torch and timm
+    into every CPU worker (seconds per worker) whatever the unit needs; a run of `index` alone needs
+    no model stage either."""
+
+    def __getitem__(self, name: str) -> Stage:
+        if name not in ORDER:
+            raise KeyError(name)
+        return _stage(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in ORDER  # without importing it
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ORDER)
+
+    def __len__(self) -> int:
+        return len(ORDER)
+
+
+STAGES: Mapping[str, Stage] = _Stages()
 MASK_STAGES = ("export_cams", "pseudo_labels", "predict")  # what `evaluate` scores, where present
-TARGETS = (*ORDER, "full")
 
 
 def stages_for(target: str, recipe: Recipe) -> list[str]:
@@ -34,7 +55,7 @@ def stages_for(target: str, recipe: Recipe) -> list[str]:
     A mask-producing target is followed by `evaluate` over whatever masks the run holds;
     `full` (or `evaluate`) means every stage.
     """
-    producers = [n for n in ORDER if n in STAGES and n != "evaluate"]
+    producers = [n for n in ORDER if n != "evaluate"]
     if target in ("full", "evaluate"):
         target = producers[-1]
     if target not in producers:

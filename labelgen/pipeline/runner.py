@@ -8,6 +8,7 @@ parallel across workers. (A stage's shard count comes from the manifest, which i
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 import time
@@ -25,11 +26,10 @@ from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
 from labelgen.pipeline.stage import Stage, StageContext, Unit
 from labelgen.pipeline.worker_process import prepare_worker_process
-from labelgen.store.artifact import Artifact, ArtifactLock, stage_key, write_json_atomic
+from labelgen.store.artifact import PLAN_FILE, Artifact, ArtifactLock, stage_key, write_json_atomic
+from labelgen.store.runs import RUN_RECORD, remember_last_run
 
 log = logging.getLogger(__name__)
-
-PLAN_FILE = "_plan.json"
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,30 @@ def descendants(stage: str, plan: list[PlannedStage]) -> set[str]:
     return out
 
 
-def run_pipeline(
-    recipe: Recipe, run_dir: Path, target: str, client: Client, force: tuple[str, ...] = ()
-) -> dict[str, Artifact]:
-    """Bring `target` and its upstream stages up to date; return every stage's artifact."""
+@dataclass
+class PreparedRun:
+    """A run whose checks passed and whose artifacts are locked, ready for a cluster: everything
+    `labelgen run` can refuse is refused before a cluster starts or a file of the run changes."""
+
+    recipe: Recipe
+    run_dir: Path
+    target: str
+    plan: list[PlannedStage]
+    todo: list[PlannedStage]  # stages to compute, in DAG order
+    forced: set[str]
+    locks: list[ArtifactLock]
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+
+
+def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ...] = ()) -> PreparedRun:
+    """Plan the run, check it, take every lock it needs and record it in `<run>/recipe.json`.
+
+    Raises `ConfigError` for a target or --force name that is not part of the run, `DataError` for a
+    missing data root, and `LockHeldError` when another run writes one of the artifacts; in each case
+    before anything in the run folder is written."""
     plan = plan_run(recipe, run_dir, target)
     names = [p.stage.name for p in plan]
     forced: set[str] = set()
@@ -75,21 +95,69 @@ def run_pipeline(
         if name not in names:
             raise ConfigError(f"--force {name}: not part of this run ({', '.join(names)})")
         forced |= descendants(name, plan)
-    write_json_atomic(run_dir / "recipe.json", {"source": recipe.source, "target": target, **recipe.to_dict()})
     todo = [p for p in plan if p.stage.name in forced or not p.artifact.is_complete()]
+    for p in todo:
+        _log_why_it_reruns(p, run_dir)
+    for p in todo:
+        for check in p.stage.checks:
+            check(recipe, run_dir)
     locks = [ArtifactLock(p.artifact) for p in todo]
     try:
         for lock in locks:  # all at once, before any work: a second run fails fast and harms nothing
             lock.acquire()
-        for p in plan:
-            if p in todo:
-                _run_stage(p, recipe, client, replace=p.stage.name in forced and p.artifact.is_complete())
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    record_run(run_dir, recipe, target, plan)
+    return PreparedRun(recipe, run_dir, target, plan, todo, forced, locks)
+
+
+def _log_why_it_reruns(p: PlannedStage, run_dir: Path) -> None:
+    """Where this folder's last run had a finished artifact of the stage under another key, say which
+    of its settings (or its data) changed."""
+    try:
+        last = json.loads((run_dir / RUN_RECORD).read_text()).get("keys", {}).get(p.stage.name)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    before = Artifact(run_dir, p.stage.name, last) if last and last != p.artifact.key else None
+    if before is None or not before.is_complete():
+        return
+    old = before.success().get("params", {})
+    changed = sorted(k for k in {*old, *p.key_params} if old.get(k) != json.loads(json.dumps(p.key_params.get(k))))
+    what = ", ".join("its data" if k == "data" else k for k in changed) or "an upstream stage"
+    log.info("stage %-13s reruns: %s changed since the last run in this folder (%s)", p.stage.name, what, before.key)
+
+
+def record_run(run_dir: Path, recipe: Recipe, target: str, plan: list[PlannedStage]) -> None:
+    """`<run>/recipe.json`: the resolved recipe, the target and each stage's key, which `labelgen
+    status` reads without importing a model library; and the last-run pointer it defaults to."""
+    keys = {p.stage.name: p.artifact.key for p in plan}
+    write_json_atomic(
+        run_dir / RUN_RECORD, {"source": recipe.source, "target": target, "keys": keys, **recipe.to_dict()}
+    )
+    remember_last_run(run_dir)
+
+
+def execute_run(run: PreparedRun, client: Client) -> dict[str, Artifact]:
+    """Compute every stage of a prepared run that is not done, on `client`; release its locks."""
+    try:
+        for p in run.plan:
+            if p in run.todo:
+                replace = p.stage.name in run.forced and p.artifact.is_complete()
+                _run_stage(p, run.recipe, client, replace=replace)
             else:
                 log.info("stage %-13s skipped: done at %s", p.stage.name, p.artifact.path)
     finally:
-        for lock in locks:
-            lock.release()
-    return {p.stage.name: p.artifact for p in plan}
+        run.release()
+    return {p.stage.name: p.artifact for p in run.plan}
+
+
+def run_pipeline(
+    recipe: Recipe, run_dir: Path, target: str, client: Client, force: tuple[str, ...] = ()
+) -> dict[str, Artifact]:
+    """Bring `target` and its upstream stages up to date; return every stage's artifact."""
+    return execute_run(prepare_run(recipe, run_dir, target, force), client)
 
 
 def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -> None:
@@ -99,6 +167,7 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
         shutil.move(art.path, kept)
         log.info("stage %-13s forced: previous output moved to %s", p.stage.name, kept)
     art.path.mkdir(parents=True, exist_ok=True)
+    art.clear_failure()
     write_json_atomic(art.path / "recipe.json", recipe.to_dict())
     ctx = StageContext(params=p.params, recipe=recipe, artifact=art, inputs=p.inputs)
     started = time.perf_counter()
@@ -116,9 +185,11 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
     _execute(client, p.stage, art, missing)
     records = [art.shard_record(u.index) for u in units]
     assert all(r is not None for r in records), "every unit writes its record before returning"
+    compute = _one_precision(p.stage.name, art, records)
     info = p.stage.finalize(ctx, records)
     elapsed = time.perf_counter() - started
-    art.write_success(p.key_params, {k: a.key for k, a in p.inputs.items()}, {"seconds": round(elapsed, 2), **info})
+    info = {"seconds": round(elapsed, 2), **info, **({"compute": compute} if compute else {})}
+    art.write_success(p.key_params, {k: a.key for k, a in p.inputs.items()}, info)
     log.info("stage %-13s done in %.1fs -> %s", p.stage.name, elapsed, art.path)
 
 
@@ -128,14 +199,26 @@ def _execute(client: Client, stage: Stage, art: Artifact, units: list[Unit]) -> 
     resources = {"GPU": 1} if stage.gpu and workers_have_gpus(client) else None
     attempt = uuid.uuid4().hex[:8]  # fresh keys: a retry must not get an earlier attempt's (erred) result
     futures = {
-        client.submit(run_unit, art, u, key=f"{stage.name}-{u.index}-{attempt}", pure=False, resources=resources): u
+        client.submit(
+            run_unit,
+            art,
+            u,
+            logging.getLogger("labelgen").getEffectiveLevel(),
+            key=f"{stage.name}-{u.index}-{attempt}",
+            pure=False,
+            resources=resources,
+        ): u
         for u in units
     }
     try:
         with tqdm(total=len(units), desc=stage.name, unit="unit", disable=len(units) < 2) as bar:
             for future in as_completed(futures):
                 unit = futures[future]
-                record = _result(future, stage, art, unit)
+                try:
+                    record = _result(future, stage, art, unit)
+                except Exception as e:
+                    art.record_failure(unit.label, e)
+                    raise
                 log.info("stage %-13s %s done in %.1fs", stage.name, unit.label, record["seconds"])
                 bar.update()
     finally:
@@ -154,11 +237,40 @@ def _result(future: Any, stage: Stage, art: Artifact, unit: Unit) -> dict[str, A
         ) from e
 
 
-def run_unit(art: Artifact, unit: Unit) -> dict[str, Any]:
+def run_unit(art: Artifact, unit: Unit, log_level: int = logging.INFO) -> dict[str, Any]:
     """Executed on a worker: do the unit's work, then record its completion with checksums."""
-    prepare_worker_process()
+    prepare_worker_process(log_level)
     started = time.perf_counter()
     files, info = unit.fn(*unit.args)
     info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), **info}
+    compute = compute_record(unit.args[0] if unit.args else None)
+    if compute:
+        info["compute"] = compute
     art.write_shard_record(unit.index, files, info)
     return art.shard_record(unit.index)
+
+
+def compute_record(params: Any) -> dict[str, str] | None:
+    """Where a model unit ran and at what precision `precision = "auto"` resolved to there, so one
+    cache key never silently names results of two precisions; None for a unit without a model."""
+    precision = getattr(params, "precision", None)
+    if precision is None:
+        return None
+    from labelgen.models.precision import resolve_precision
+    from labelgen.store.checkpoint import pick_device
+
+    device = pick_device(getattr(params, "device", "auto"))
+    return {"device": device.type, "precision": resolve_precision(device, precision)}
+
+
+def _one_precision(stage: str, art: Artifact, records: list[dict[str, Any]]) -> dict[str, str] | None:
+    """The one (device, precision) of a stage's units; `ArtifactError` when resumed shards were
+    computed at another precision than the rest (a run moved between a bf16 and an fp32 machine)."""
+    seen = {json.dumps(r["compute"], sort_keys=True) for r in records if r.get("compute")}
+    if len(seen) > 1:
+        kinds = " and ".join(sorted(seen))
+        raise ArtifactError(
+            f"{stage} in {art.path} holds units computed at different precisions ({kinds}): the results would "
+            f"mix; rerun with --force {stage}, or set {stage}.precision to bf16 or fp32 instead of auto"
+        )
+    return json.loads(seen.pop()) if seen else None

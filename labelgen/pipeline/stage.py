@@ -48,6 +48,9 @@ class Stage:
     key_extra: Callable[[Recipe, Path], dict[str, Any]] = field(default=lambda recipe, run_dir: {})
     # the inputs this recipe really uses, where that depends on a setting (default: all of `inputs`)
     used_inputs: Callable[[Recipe], tuple[str, ...]] | None = None
+    # checks that need no cluster and no input (a data root exists, weights can be had), run by
+    # `prepare_run` for every stage that will run, before a cluster starts; each raises a LabelgenError
+    checks: tuple[Callable[[Recipe, Path], None], ...] = ()
 
     def inputs_for(self, recipe: Recipe) -> tuple[str, ...]:
         return self.used_inputs(recipe) if self.used_inputs else self.inputs

@@ -57,11 +57,28 @@ def use_every_core() -> None:
     torch.set_num_threads(available_cores())
 
 
-def prepare_worker_process() -> None:
-    """Call before a unit runs: the allocator fix, and one torch thread, because shards run one per
-    worker process side by side. A training unit, alone on its machine, then takes every core
-    itself; without this reset the shard tasks after it in the same worker would keep its count
-    and oversubscribe the cores."""
+class _DropComputeFailed(logging.Filter):
+    """dask's worker logs every failed task as a "Compute Failed" block with the traceback; labelgen's
+    driver reports the same failure itself (one line for a user error, the traceback otherwise), so
+    the worker's copy only repeats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+@functools.cache
+def _quiet_failed_tasks() -> None:  # once per process
+    logging.getLogger("distributed.worker").addFilter(_DropComputeFailed())
+
+
+def prepare_worker_process(log_level: int = logging.INFO) -> None:
+    """Call before a unit runs: the allocator fix; labelgen's log level, so that the records the
+    driver forwards (`Client.forward_logging`) are made at all; no duplicate "Compute Failed" blocks;
+    and one torch thread, because shards run one per worker process side by side. A training unit,
+    alone on its machine, then takes every core itself; without this reset the shard tasks after it
+    in the same worker would keep its count and oversubscribe the cores."""
     restore_buffer_reuse()
+    logging.getLogger("labelgen").setLevel(log_level)
+    _quiet_failed_tasks()
     if "torch" in sys.modules:  # only stages that use torch; the import alone costs seconds
         sys.modules["torch"].set_num_threads(1)

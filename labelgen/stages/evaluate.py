@@ -30,7 +30,7 @@ from labelgen.cam import cam_to_labels, resize_maps
 from labelgen.config import EvaluateParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
-from labelgen.data.masks import read_mask
+from labelgen.data.masks import gt_mask
 from labelgen.data.problems import NOT_SCORED
 from labelgen.data.training import normalise_batch
 from labelgen.errors import ConfigError
@@ -196,11 +196,6 @@ def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size
     return [float(torch.sigmoid(logits[t - 1])) for t in tags]
 
 
-def read_gt(record: ImageRecord) -> np.ndarray:
-    """The H×W uint8 GT mask of a manifest row that has one (255 = ignore)."""
-    return read_mask(record.mask)
-
-
 def label_maps(stored: dict[str, Any], size: tuple[int, int], bg_threshold: float) -> dict[str, np.ndarray]:
     """Each source's H×W label map of one image; CAMs at the recipe's background threshold."""
     out = {}
@@ -268,7 +263,7 @@ def evaluate_image(
     num = len(job.classes)
     image = read_image(r.image, job.max_pixels, r.orientation)
     labels = label_maps(stored, image.shape[:2], job.bg_threshold)
-    gt = read_gt(r) if r.mask else None
+    gt = gt_mask(r) if r.mask else None
     ious = score_against_gt(gt, stored, labels, job, totals.cms) if gt is not None else {}
     totals.scored += gt is not None
     confidence = None
@@ -392,7 +387,7 @@ def worst_overlays(jobs: list[ShardJob], ranking: list[RankEntry], count: int, p
         image = read_image(r.image, job.max_pixels, r.orientation)
         stored = {n: ImageArrays(p).rows(job.start + j, job.start + j + 1)[0] for n, p in job.stores.items()}
         labels = label_maps(stored, image.shape[:2], job.bg_threshold)
-        gt = overlay(image, read_gt(r)) if r.mask else None
+        gt = overlay(image, gt_mask(r)) if r.mask else None
         rows.append([image, gt, *(overlay(image, labels[s]) if s in labels else None for s in sources)])
     overlay_grid(rows, ["image (worst first)", "GT", *(source_title(s) for s in sources)], path)
     return True

@@ -1,24 +1,43 @@
-"""index: scan a data set, validate every image, read tags and GT masks -> manifest + problems.
+"""index: scan a data set, validate every image, read tags and check GT -> manifest + problems.
 
 Output: `manifest.json` (see data_manifests/manifest.schema.json), `problems.json` (every file left
-out or converted, with the reason), `gt_masks/` (COCO masks rasterised from the JSON).
+out or converted, with the reason), `gt/<slice>.cocogt.json` (COCO: each image's usable annotation
+shapes, rasterised when a stage reads the GT: `labelgen.data.masks.gt_mask`), `slices/` (each task's
+rows and problems, assembled into the manifest), `listing.json` (the data set's header).
+
+The driver lists the data set once into per-slice task inputs (`_inputs/`, removed once the manifest
+is written): a COCO JSON is read element by element and each annotation written to its image's
+slice, so neither the driver nor the tasks' arguments hold annotations. Tasks receive paths.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from labelgen.config import DatasetParams, Recipe
+from labelgen.data.coco_gt import GT_SUFFIX
 from labelgen.data.demo import generate_demo
-from labelgen.data.manifest import ImageRecord, Manifest
-from labelgen.data.problems import problem
-from labelgen.data.sources import SourceItem, list_dataset
+from labelgen.data.fingerprint import data_fingerprint
+from labelgen.data.manifest import Manifest, write_manifest
+from labelgen.data.problems import grouped, is_problem, problem
+from labelgen.data.slices import SliceWriter, read_slice
+from labelgen.data.sources import CocoLabels, Listing, SourceItem, label_annotations, list_dataset
 from labelgen.data.validate import index_items
 from labelgen.errors import DataError
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.worker_process import available_cores
 from labelgen.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -31,6 +50,9 @@ class NoUsableImages(DataError):
 MANIFEST = "manifest.json"
 PROBLEMS = "problems.json"
 _LISTING = "listing.json"
+_INPUTS = "_inputs"
+_SLICES = "slices"
+_GT = "gt"
 
 
 def data_root(params: DatasetParams, run_dir: Path) -> Path:
@@ -50,57 +72,119 @@ def load_manifest(index: Artifact) -> Manifest:
     return Manifest.load(index.path / MANIFEST)
 
 
-def index_dataset(params: DatasetParams, root: Path, out_dir: Path) -> Manifest:
-    """Index without the artifact machinery, for `labelgen data index/check`: same code, one process.
-    Writes problems.json (always, also when nothing is usable) and manifest.json into `out_dir`."""
-    listing = list_dataset(params, root, dataset_splits(params))
-    gt_dir = out_dir / "gt_masks"
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    results = [
-        index_items(s, listing.classes, params.max_image_pixels, gt_dir)
-        for s in _slices(listing.items, params.index_slice)
-    ]
-    records = [r for recs, _ in results for r in recs]
-    problems = listing.problems + [p for _, probs in results for p in probs]
-    return _assemble(params.name, listing.classes, listing.category_ids, records, problems, out_dir)
+def index_dataset(params: DatasetParams, root: Path, out_dir: Path, workers: int | None = None) -> Manifest:
+    """Index without the artifact machinery, for `labelgen data index/check`: the stage's plan, slice
+    tasks and assembly, into `out_dir`. One slice runs in this process; more run on a pool of
+    `workers` processes (default: one per available core), with a progress bar. Writes problems.json
+    (always, also when nothing is usable: then raises `NoUsableImages`) and manifest.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    listing, units = plan_index(params, root, out_dir)
+    run_units(units, listing.images, workers)
+    assemble_index(params.name, out_dir)
+    return Manifest.load(out_dir / MANIFEST)
 
 
-def _slices(items: list[SourceItem], size: int) -> list[list[SourceItem]]:
-    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+def plan_index(params: DatasetParams, root: Path, out: Path) -> tuple[Listing, list[Unit]]:
+    """List the data set into per-slice task inputs under `out` (COCO JSONs read once, element by
+    element; nothing of them is kept here), and one unit per slice, whose arguments are paths."""
+    sink = SliceWriter(out / _INPUTS, params.index_slice)
+    listing = list_dataset(params, root, dataset_splits(params), sink)
+    listing.save(out / _LISTING)
+    for folder in (_SLICES, _GT):
+        (out / folder).mkdir(exist_ok=True)
+    units = []
+    for i in range(listing.slices):
+        first = i * params.index_slice
+        label = f"slice {i} (images {first}-{min(first + params.index_slice, listing.images) - 1})"
+        units.append(Unit(i, index_slice, (out, i, params.max_image_pixels, params.untagged == "keep"), label))
+    return listing, units
 
 
-def _assemble(
-    dataset: str,
-    classes: tuple[str, ...],
-    category_ids: tuple[int, ...] | None,
-    records: list[ImageRecord],
-    problems: list[dict[str, str]],
-    out: Path,
-) -> Manifest:
-    seen: dict[str, ImageRecord] = {}
-    for r in records:
-        if r.id in seen:
-            problems.append(problem(r.image, f"duplicate image id {r.id!r} (first: {seen[r.id].image})"))
-        else:
-            seen[r.id] = r
-    out.mkdir(parents=True, exist_ok=True)
+def index_slice(out: Path, index: int, max_pixels: int, keep_untagged: bool) -> UnitResult:
+    """One index task: validate the items of slice `index` of the index folder `out`; writes its rows
+    and problems (`slices/<index>.json`) and its COCO GT shapes (`gt/<index>.cocogt.json`, if any)."""
+    listing = Listing.load(out / _LISTING)
+    items, raw = read_slice(out / _INPUTS, index)
+    problems: list[dict[str, str]] = []
+    if listing.coco is not None:
+        items = [_with_annotations(item, raw.get(k, []), listing.coco, problems) for k, item in enumerate(items)]
+    gt = out / _GT / f"{index:06d}{GT_SUFFIX}"
+    gt.unlink(missing_ok=True)  # a rerun writes it anew, or not at all
+    records, found = index_items(items, listing.classes, max_pixels, gt, keep_untagged)
+    path = out / _SLICES / f"{index:06d}.json"
+    path.write_text(json.dumps({"records": [r.__dict__ for r in records], "problems": problems + found}))
+    return [path, *([gt] if gt.is_file() else [])], {"images": len(items), "problems": len(problems + found)}
+
+
+def _with_annotations(
+    item: SourceItem, raw: list[tuple[int, dict]], coco: CocoLabels, problems: list[dict[str, str]]
+) -> SourceItem:
+    """A COCO item with its labelled annotations; annotations of unknown categories go to `problems`."""
+    annotations, skipped = label_annotations(raw, item.split, coco)
+    problems += skipped
+    return replace(item, coco_annotations=annotations)
+
+
+def run_units(units: list[Unit], images: int, workers: int | None) -> None:
+    """Run index units outside a pipeline, with a progress bar (images). One unit runs in this
+    process: starting worker processes would cost more than it."""
+    with tqdm(total=images, desc="index", unit="image", disable=len(units) < 2) as bar:
+        if len(units) < 2 or workers == 1:
+            for unit in units:
+                bar.update(unit.fn(*unit.args)[1]["images"])
+            return
+        context = multiprocessing.get_context(
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
+        with ProcessPoolExecutor(min(workers or available_cores(), len(units)), mp_context=context) as pool:
+            try:
+                for future in as_completed([pool.submit(unit.fn, *unit.args) for unit in units]):
+                    bar.update(future.result()[1]["images"])
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # after a failure, stop the rest rather than let it write on
+                raise
+
+
+def assemble_index(dataset: str, out: Path) -> dict[str, Any]:
+    """Write manifest.json and problems.json from the slices' rows and problems, row by row (the
+    driver holds each row's id and image path, for the duplicate check), then remove the task
+    inputs; returns counts. Raises `NoUsableImages` (after writing problems.json) when no row is usable."""
+    listing = Listing.load(out / _LISTING)
+    problems, duplicates = list(listing.problems), []
+    seen: dict[str, str] = {}  # id -> image
+    splits: Counter[str] = Counter()
+
+    def unique_rows() -> Iterator[dict[str, Any]]:
+        for i in range(listing.slices):
+            data = json.loads((out / _SLICES / f"{i:06d}.json").read_text())
+            problems.extend(data["problems"])
+            for row in data["records"]:
+                if row["id"] in seen:
+                    why = f"duplicate image id {row['id']!r} (first: {seen[row['id']]})"
+                    duplicates.append(problem(row["image"], why))
+                    continue
+                seen[row["id"]] = row["image"]
+                splits[row["split"]] += 1
+                yield row
+
+    write_manifest(out / MANIFEST, dataset, listing.classes, listing.category_ids, unique_rows())
+    problems += duplicates
     (out / PROBLEMS).write_text(json.dumps(problems, indent=1))
+    shutil.rmtree(out / _INPUTS, ignore_errors=True)
+    log_problems(problems, out / PROBLEMS)
     if not seen:
         raise NoUsableImages(
             f"no usable images: every image was left out; see the problems report {out / PROBLEMS} "
             "(or run `labelgen data check`)"
         )
-    manifest = Manifest(dataset=dataset, classes=classes, records=tuple(seen.values()), category_ids=category_ids)
-    manifest.save(out / MANIFEST)
-    return manifest
+    return {"images": len(seen), "splits": dict(sorted(splits.items())), "problems": len(problems)}
 
 
-def _index_slice(
-    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_dir: Path, out: Path
-) -> UnitResult:
-    records, problems = index_items(items, classes, max_pixels, gt_dir)
-    out.write_text(json.dumps({"records": [r.__dict__ for r in records], "problems": problems}))
-    return [out], {"images": len(items), "problems": len(problems)}
+def log_problems(problems: list[dict[str, str]], path: Path) -> None:
+    """One log line per kind of problem, with its count and one example; the list is in `path`."""
+    for what, count, example in grouped(problems):
+        level = logging.WARNING if is_problem(example) else logging.INFO
+        log.log(level, "index: %d × %s, e.g. %s; list in %s", count, what, example["file"], path)
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
@@ -108,56 +192,49 @@ def _plan(ctx: StageContext) -> list[Unit]:
     root = data_root(params, ctx.artifact.run_dir)
     if params.name == "demo":
         generate_demo(root, params)
-    listing = list_dataset(params, root, dataset_splits(params))
-    out = ctx.artifact.path
-    (out / _LISTING).write_text(
-        json.dumps({"classes": listing.classes, "category_ids": listing.category_ids, "problems": listing.problems})
-    )
-    (out / "gt_masks").mkdir(exist_ok=True)
-    (out / "slices").mkdir(exist_ok=True)
-    units = []
-    for i, items in enumerate(_slices(listing.items, params.index_slice)):
-        args = (
-            items,
-            listing.classes,
-            params.max_image_pixels,
-            out / "gt_masks",
-            out / "slices" / f"{i:06d}.json",
-        )
-        units.append(Unit(i, _index_slice, args, f"slice {i} ({len(items)} images)"))
-    return units
+    return plan_index(params, root, ctx.artifact.path)[1]
 
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
-    out = ctx.artifact.path
-    listing = json.loads((out / _LISTING).read_text())
-    rows, problems = [], list(listing["problems"])
-    for path in sorted((out / "slices").glob("*.json")):
-        data = json.loads(path.read_text())
-        rows += [ImageRecord(**{**r, "tags": tuple(r["tags"])}) for r in data["records"]]
-        problems += data["problems"]
-    ids = listing["category_ids"]
-    manifest = _assemble(ctx.params.name, tuple(listing["classes"]), ids and tuple(ids), rows, problems, out)
-    for p in problems:
-        log.warning("index: %s: %s (%s)", p["file"], p["reason"], p["action"])
-    counts = {s: len(manifest.split(s)) for s in manifest.splits}
-    log.info("index: %d images %s, %d problem(s) -> %s", len(manifest.records), counts, len(problems), out / MANIFEST)
-    return {"images": len(manifest.records), "splits": counts, "problems": len(problems)}
+    started = time.perf_counter()
+    info = assemble_index(ctx.params.name, ctx.artifact.path)
+    log.info(
+        "index: %d images %s, %d problem(s), assembled in %.1fs -> %s",
+        info["images"],
+        info["splits"],
+        info["problems"],
+        time.perf_counter() - started,
+        ctx.artifact.path / MANIFEST,
+    )
+    return info
 
 
 def _key_extra(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """The generated demo set is fully described by its params; a real data set by where it is and
+    what it holds now (so an edited data set makes a new index, never a stale one)."""
     params: DatasetParams = recipe["dataset"]
-    # the generated demo set is fully described by its params; a real data set by where it is
-    return {"root": "" if params.name == "demo" and not params.root else str(data_root(params, run_dir))}
+    if params.name == "demo" and not params.root:
+        return {"root": ""}
+    root = data_root(params, run_dir)
+    return {"root": str(root), "data": data_fingerprint(root) if root.is_dir() else None}
+
+
+def check_data_root(recipe: Recipe, run_dir: Path) -> None:
+    """The data root exists (the demo set is generated, so it needs none)."""
+    params: DatasetParams = recipe["dataset"]
+    root = data_root(params, run_dir)
+    if not (params.name == "demo" and not params.root) and not root.is_dir():
+        raise DataError(f"data root {root} is not a folder; pass --data-root PATH (dataset {params.name!r})")
 
 
 STAGE = Stage(
     name="index",
-    version=1,
+    version=2,  # 2: COCO GT kept as shapes (gt/*.cocogt.json), rasterised when read; manifest schema 3
     section="dataset",
     inputs=(),
     gpu=False,
     plan=_plan,
     finalize=_finalize,
     key_extra=_key_extra,
+    checks=(check_data_root,),
 )

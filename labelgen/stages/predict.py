@@ -1,20 +1,27 @@
 """predict: multi-scale + flip + sliding-window Segmenter inference, optional softmax CRF
 (weaktr-method.md §3.4, §2) -> `masks_<split>.zarr` for the train split (refined pseudo-masks) and
-the val split. One dask task per shard."""
+the val split. One dask task per shard.
+
+Images of any size the index accepts run within a bounded memory: no array over all labels is
+longer than `predict.max_side` (`pass_size`, `working_size`); only the label map, the image and
+the CRF's few present labels are full size."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labelgen.cam import resize_maps, resized_argmax
 from labelgen.config import PredictParams
 from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.training import normalise_batch
+from labelgen.errors import ConfigError
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
@@ -22,6 +29,8 @@ from labelgen.stages.index import dataset_splits, load_manifest
 from labelgen.stages.train_decoder import MODEL, load_segmenter
 from labelgen.store.checkpoint import pick_device
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
+
+log = logging.getLogger(__name__)
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -54,18 +63,45 @@ def sliding_logits(model: Segmenter, x: torch.Tensor, window: int, stride: int, 
     return total / count
 
 
+def _pass_scale(h: int, w: int, ratio: float, p: PredictParams) -> float:
+    return max(p.resize_short * ratio, p.window) / min(h, w)
+
+
+def pass_fit(h: int, w: int, p: PredictParams) -> float:
+    """The factor (≤ 1) applied to every scale pass of an h×w image so that the largest pass's long
+    side is at most p.max_side pixels; 1.0 (exactly) when it already is."""
+    largest = max(_pass_scale(h, w, ratio, p) for ratio in p.scales) * max(h, w)
+    return min(1.0, p.max_side / largest)
+
+
 def pass_size(h: int, w: int, ratio: float, p: PredictParams) -> tuple[int, int]:
-    """The resized (h, w) of one scale pass: short side resize_short·ratio, keeping the aspect ratio;
-    short sides below the window are upsampled to it."""
-    scale = max(p.resize_short * ratio, p.window) / min(h, w)
+    """The resized (h, w) in pixels of one scale pass: short side resize_short·ratio, keeping the
+    aspect ratio; short sides below the window are upsampled to it; then every pass is shrunk by
+    `pass_fit`, so the largest is at most max_side long (only very elongated images)."""
+    scale = _pass_scale(h, w, ratio, p) * pass_fit(h, w, p)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def working_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(h, w) at which predict sums an h×w image's probabilities: its own size, or, when its long side
+    exceeds max_side, its size scaled to a long side of max_side (each side at least 1)."""
+    if max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 @torch.no_grad()
 def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, std) -> np.ndarray:
-    """Average class probabilities (L, H, W) over scales × flips for one H×W×3 uint8 image."""
+    """Class probabilities (L, h, w) float32, summing to 1 over the L labels at each pixel, averaged
+    over scales × flips for one H×W×3 uint8 image, at (h, w) = `working_size(H, W, p.max_side)`:
+    the image's size unless it is longer than max_side. `probs_to_mask` brings them to full size.
+
+    Each pass's probabilities are resized bilinearly to (h, w), un-flipped and added in place, so
+    memory holds about three L×h×w arrays and the pass's own, never L full-size arrays."""
     device = next(model.parameters()).device
     h, w = image.shape[:2]
+    size = working_size(h, w, p.max_side)
     x = normalise_batch(torch.from_numpy(image).to(device).permute(2, 0, 1)[None], mean, std)
     total = None
     for ratio in p.scales:
@@ -74,20 +110,47 @@ def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, s
             inp = scaled.flip(-1) if flip else scaled
             with autocast(device, p.precision):
                 probs = sliding_logits(model, inp, p.window, p.window_stride, p.depth_blend)
-            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
             probs = probs.flip(-1) if flip else probs
-            total = probs if total is None else total + probs
+            if total is None:
+                total = probs
+            else:
+                total += probs
+            del probs
     return (total[0] / total[0].sum(0, keepdim=True)).cpu().numpy()
 
 
 def probs_to_mask(image: np.ndarray, probs: np.ndarray, p: PredictParams) -> np.ndarray:
-    """Argmax, refined by a CRF over the classes present in the argmax (not renormalised, as the reference)."""
-    labels = probs.argmax(0)
+    """H×W uint8 labels of an H×W×3 uint8 image from its probabilities (L, h, w) at any size
+    (`predict_probs`): the argmax of the probabilities resized bilinearly to H×W (`resized_argmax`,
+    a few labels at a time), refined by a CRF at full size over the labels present in the argmax
+    (their probabilities resized, not renormalised, as the reference)."""
+    size = image.shape[:2]
+    labels = resized_argmax(probs, size)
     if not p.crf:
         return labels.astype(np.uint8)
     present = np.unique(labels)
-    refined = crf_on_probs(image, probs[present], CrfParams.of(p))
+    refined = crf_on_probs(image, resize_maps(probs[present], size), CrfParams.of(p))
     return present[refined.argmax(0)].astype(np.uint8)
+
+
+def _log_resizing(record: ImageRecord, p: PredictParams) -> None:
+    """Say (INFO) when an image is beyond predict.max_side: passes shrunk, or probabilities summed
+    below full size."""
+    h, w = record.height, record.width
+    fit, size = pass_fit(h, w, p), working_size(h, w, p.max_side)
+    if fit < 1.0 or size != (h, w):
+        log.info(
+            "predict: image %s is %d×%d px; passes shrunk by a factor %.4g, probabilities summed at %d×%d "
+            "(predict.max_side=%d)",
+            record.id,
+            w,
+            h,
+            fit,
+            size[1],
+            size[0],
+            p.max_side,
+        )
 
 
 def predict_shard(
@@ -103,6 +166,7 @@ def predict_shard(
     model, mean, std = load_segmenter(model_path, device)
     masks = []
     for r in records:
+        _log_resizing(r, p)
         image = read_image(r.image, max_pixels, r.orientation)
         masks.append(probs_to_mask(image, predict_probs(model, image, p, mean, std), p))
     return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
@@ -111,6 +175,10 @@ def predict_shard(
 def _plan(ctx: StageContext) -> list[Unit]:
     p: PredictParams = ctx.params
     check_precision(p.precision, "predict.precision")
+    if p.max_side < 1:
+        raise ConfigError(
+            f"predict.max_side={p.max_side}: set a positive number of pixels (default {PredictParams.max_side})"
+        )
     manifest = load_manifest(ctx.inputs["index"])
     model = ctx.inputs["train_decoder"].path / MODEL
     max_pixels = ctx.recipe["dataset"].max_image_pixels

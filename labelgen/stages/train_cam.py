@@ -26,10 +26,9 @@ from labelgen.cam import cam_to_labels
 from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
-from labelgen.data.masks import read_mask
+from labelgen.data.masks import gt_mask
 from labelgen.data.training import (
     TaggedImages,
-    check_num_workers,
     normalisation,
     seed_everything,
     start_epoch,
@@ -38,8 +37,9 @@ from labelgen.data.training import (
 from labelgen.errors import DataError
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
-from labelgen.models.precision import autocast, check_precision
+from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
+from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.pipeline.worker_process import use_every_core
 from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
@@ -112,8 +112,9 @@ def train_epoch(
     state.model.train()
     sums: dict[str, float] = {}
     started = time.perf_counter()
-    n_images = 0
+    n_images = negatives = 0
     for images, targets in tqdm(loader, desc=f"train_cam epoch {epoch}", leave=False, mininterval=5):
+        negatives += int((targets.sum(dim=1) == 0).sum())  # untagged images: all-zero targets in the loss
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         parts = cam_step(state.model, state.optimizer, images, targets, precision)
         for k, v in parts.items():
@@ -125,6 +126,7 @@ def train_epoch(
         **{f"loss_{k}": v / batches for k, v in sums.items()},
         "images_per_s": n_images / seconds,
         "seconds": seconds,
+        "negatives": negatives,
     }
 
 
@@ -138,8 +140,24 @@ def gt_miou(
     for r in records:
         image = read_image(r.image, dataset.max_image_pixels, r.orientation)
         size = image.shape[:2]
-        maps = multiscale_cams(model, [image], [r.tags], (1.0,), True, "fine", size, mean, std, precision, 2)[0]
-        gt = read_mask(r.mask)
+        # Views at full size, as before max_side existed (a train_cam setting would change every
+        # train_cam key); attention maps recomputed rather than kept: the training state is in memory.
+        maps = multiscale_cams(
+            model,
+            [image],
+            [r.tags],
+            (1.0,),
+            True,
+            "fine",
+            size,
+            mean,
+            std,
+            precision,
+            2,
+            max_side=max(size),
+            cache_bytes=0,
+        )[0]
+        gt = gt_mask(r)
         labels = np.array(r.tags)
         for j, t in enumerate(SELECTION_THRESHOLDS):
             cms[j] += confusion_matrix(gt, cam_to_labels(maps, labels, t), num_labels)
@@ -240,10 +258,25 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     }
 
 
+def warn_if_no_contrast(manifest: Manifest, split: str) -> None:
+    """Warn loudly when every training image carries the same tag set: the multilabel loss is then
+    met by predicting those tags everywhere, and the CAMs localise only what pretraining knew."""
+    tag_sets = {r.tags for r in manifest.split(split)}
+    if len(tag_sets) == 1:
+        (tags,) = tag_sets
+        names = ", ".join(manifest.classes[t] for t in tags) or "no tags"
+        log.warning(
+            "!!! train_cam: every image of split %r is tagged {%s}: the classifier has nothing to contrast them "
+            "with. Add images without these objects as negatives (untagged rows, dataset.untagged=keep)",
+            split,
+            names,
+        )
+
+
 def _plan(ctx: StageContext) -> list[Unit]:
-    check_precision(ctx.params.precision, "train_cam.precision")
-    check_num_workers(ctx.params.num_workers, "train_cam.num_workers")
-    args = (ctx.params, ctx.recipe["dataset"], ctx.inputs["index"].path / "manifest.json", ctx.artifact.path)
+    manifest_path = ctx.inputs["index"].path / "manifest.json"
+    warn_if_no_contrast(Manifest.load(manifest_path), ctx.recipe["dataset"].train_split)
+    args = (ctx.params, ctx.recipe["dataset"], manifest_path, ctx.artifact.path)
     return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs")]
 
 
@@ -251,6 +284,18 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     return {k: records[0][k] for k in ("selection", "final_loss", "images_per_s")}
 
 
+def _check_weights(recipe, run_dir: Path) -> None:
+    p = recipe["train_cam"]
+    check_weights(p.backbone, p.weights, "train_cam.weights")
+
+
 STAGE = Stage(
-    name="train_cam", version=2, section="train_cam", inputs=("index",), gpu=True, plan=_plan, finalize=_finalize
+    name="train_cam",
+    version=2,
+    section="train_cam",
+    inputs=("index",),
+    gpu=True,
+    plan=_plan,
+    finalize=_finalize,
+    checks=(_check_weights,),
 )

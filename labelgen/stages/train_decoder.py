@@ -25,7 +25,6 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
 from labelgen.data.training import (
-    check_num_workers,
     normalisation,
     normalise_batch,
     seed_everything,
@@ -34,8 +33,9 @@ from labelgen.data.training import (
 )
 from labelgen.errors import DataError
 from labelgen.models.losses import ClipStats, GradientClippingLoss
-from labelgen.models.precision import autocast, check_precision
+from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
+from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
 from labelgen.pipeline.worker_process import use_every_core
 from labelgen.stages.pseudo_labels import MASKS
@@ -211,8 +211,6 @@ def load_segmenter(path: Path, device: torch.device) -> tuple[Segmenter, tuple, 
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
-    check_precision(ctx.params.precision, "train_decoder.precision")
-    check_num_workers(ctx.params.num_workers, "train_decoder.num_workers")
     dataset: DatasetParams = ctx.recipe["dataset"]
     manifest_path = ctx.inputs["index"].path / "manifest.json"
     records = Manifest.load(manifest_path).split(dataset.train_split)
@@ -242,6 +240,11 @@ def _used_inputs(recipe) -> tuple[str, ...]:
     return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
 
 
+def _check_weights(recipe, run_dir: Path) -> None:
+    p = recipe["train_decoder"]
+    check_weights(p.backbone, p.weights, "train_decoder.weights")
+
+
 STAGE = Stage(
     name="train_decoder",
     version=2,
@@ -252,4 +255,5 @@ STAGE = Stage(
     finalize=_finalize,
     key_extra=_key_extra,
     used_inputs=_used_inputs,
+    checks=(_check_weights,),
 )

@@ -8,6 +8,7 @@ checksum of the files they vouch for, so a shard damaged after completion is fou
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -25,6 +26,8 @@ from labelgen.errors import ArtifactError, LockHeldError
 SCHEMA_VERSION = 1
 SUCCESS = "_SUCCESS.json"
 SHARDS = "_shards"
+PLAN_FILE = "_plan.json"  # how many units the stage was cut into, written before they run
+FAILED = "_FAILED.json"  # the unit that failed last and its error line; removed when the stage reruns
 
 
 def stage_key(stage: str, version: int, params: dict[str, Any], input_keys: dict[str, str]) -> str:
@@ -139,6 +142,23 @@ class Artifact:
     def write_shard_record(self, index: int, files: list[Path], info: dict[str, Any]) -> None:
         record = {"shard": index, "files": tree_digest(files, self.path), **info}
         write_json_atomic(self.shard_record_path(index), record)
+
+    def record_failure(self, unit: str, error: BaseException) -> None:
+        """Note that `unit` failed with `error` (its first line), for `labelgen status`."""
+        line = (str(error).strip().splitlines() or [""])[0]
+        record = {"unit": unit, "error": f"{type(error).__name__}: {line}", "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with contextlib.suppress(OSError):  # a full disk (say) must not hide the error being reported
+            write_json_atomic(self.path / FAILED, record)
+
+    def failure(self) -> dict[str, Any] | None:
+        """The last failure record of this artifact, or None."""
+        try:
+            return json.loads((self.path / FAILED).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def clear_failure(self) -> None:
+        (self.path / FAILED).unlink(missing_ok=True)
 
     def write_success(self, params: dict[str, Any], inputs: dict[str, str], info: dict[str, Any]) -> None:
         record = {

@@ -1,0 +1,210 @@
+"""Issue 13, operating labelgen: logs that reach the user, clean interrupts and failures, checks
+before a cluster starts, a quick status. Real `labelgen` processes on the tiny demo recipe."""
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image
+
+from labelgen.cli import main
+from labelgen.config import load_recipe, recipe_path, recipe_warnings
+from labelgen.store.artifact import Artifact, ArtifactLock
+from tests.conftest import TINY_RECIPE, WEIGHTS
+from tests.killing import labelgen_cmd
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "LABELGEN_WEIGHTS_DIR": str(WEIGHTS), "XDG_STATE_HOME": str(tmp_path / "state"), **extra}
+
+
+def _run(tmp_path: Path, run_dir: Path, target: str, *sets: str, env=None) -> subprocess.CompletedProcess:
+    cmd = labelgen_cmd(
+        "run", target, "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir), "--workers", "1"
+    )
+    cmd += [f"--set={s}" for s in sets]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(tmp_path), timeout=600)
+
+
+def test_user_error_in_a_task_is_one_line_and_status_says_failed(tmp_path):
+    run_dir = tmp_path / "run"
+    failed = _run(tmp_path, run_dir, "train_cam", "train_cam.batch_size=64")  # 24 train images
+    assert failed.returncode == 2
+    error_lines = [ln for ln in failed.stderr.splitlines() if ln.startswith("error: ")]
+    assert error_lines == [
+        "error: train split 'train' has 24 images, fewer than train_cam.batch_size=64; lower the batch size"
+    ]
+    assert "Traceback" not in failed.stderr and "Compute Failed" not in failed.stderr
+    status = subprocess.run(
+        labelgen_cmd("status", "--json"), capture_output=True, text=True, env=_env(tmp_path), timeout=60
+    )  # no --run-dir: the last run folder used
+    rows = {r["stage"]: r for r in json.loads(status.stdout)}
+    assert rows["index"]["state"] == "done"
+    assert rows["train_cam"]["state"] == "failed"
+    assert "DataError: train split 'train' has 24 images" in rows["train_cam"]["detail"]
+
+
+def test_worker_logs_reach_the_console_and_a_run_ends_quietly(tmp_path):
+    run_dir = tmp_path / "run"
+    done = _run(tmp_path, run_dir, "train_cam")
+    assert done.returncode == 0, done.stderr[-3000:]
+    err = done.stderr
+    assert "train_cam: epoch 1/2 loss cls" in err and "train_cam: epoch 2/2" in err  # logged on the worker
+    assert f"loading deit_tiny_patch16_224 weights from {WEIGHTS}" in err
+    assert "precision=auto on cpu" in err
+    assert "still alive" not in err and "Traceback" not in err and "leaked semaphore" not in err
+
+
+def test_ctrl_c_stops_quietly_and_says_how_to_resume(tmp_path):
+    EPOCHS = 40  # epochs take ~0.3 s here: a fast machine is still training when the signal arrives
+    run_dir = tmp_path / "run"
+    cmd = labelgen_cmd(
+        "run", "train_cam", "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir),
+        "--set=train_cam.num_workers=1", f"--set=train_cam.epochs={EPOCHS}",
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), start_new_session=True)
+    deadline = time.time() + 300
+    while not list(run_dir.glob("train_cam/*/last.pt")):  # mid-training, loader process running
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "still alive" not in err and "leaked semaphore" not in err
+    last = err.strip().splitlines()[-1]
+    # 0/1 while training; 1/1 if the signal lands between the unit's shard and the stage's _SUCCESS.json
+    assert re.match(r"interrupted; finished work is kept \(done: index; partly done: train_cam \([01]/1 units\)\)", last)
+    assert last.endswith(f"resume with: labelgen {' '.join(cmd[3:])}")
+    key = next(run_dir.glob("train_cam/*/last.pt")).parent.name
+    with ArtifactLock(Artifact(run_dir, "train_cam", key)):  # the lock was released
+        pass
+    resumed = _run(tmp_path, run_dir, "train_cam", "train_cam.num_workers=1", f"train_cam.epochs={EPOCHS}")
+    assert resumed.returncode == 0 and "train_cam: resuming after epoch" in resumed.stderr
+    assert f"train_cam: epoch {EPOCHS}/{EPOCHS}" in resumed.stderr
+
+
+def test_refused_second_run_leaves_the_run_folder_alone(tmp_path, client):
+    from labelgen.pipeline.runner import plan_run, run_pipeline
+    from tests.conftest import tiny_recipe
+
+    run_dir = tmp_path / "run"
+    run_pipeline(tiny_recipe(), run_dir, "index", client)
+    record = run_dir / "recipe.json"
+    before = (record.read_bytes(), record.stat().st_mtime_ns)
+    art = plan_run(tiny_recipe(), run_dir, "train_cam")[1].artifact
+    with ArtifactLock(art):  # another run is training
+        result = CliRunner().invoke(
+            main,
+            ["run", "train_cam", "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir)],
+        )
+    assert result.exit_code == 2 and "is being written by pid" in result.output
+    assert "started a LocalCluster" not in result.output
+    assert (record.read_bytes(), record.stat().st_mtime_ns) == before
+    assert not art.path.exists()
+
+
+def test_weights_and_data_root_are_checked_before_a_cluster_starts(tmp_path):
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    (empty / "deit_tiny_patch16_224.in1k.safetensors").write_bytes(b"x")  # the wrong model for the recipe
+    started = time.time()
+    result = _run(
+        tmp_path,
+        tmp_path / "run",
+        "full",
+        "train_cam.backbone=deit_small_patch16_224",
+        'train_cam.weights="hub:deit_small_patch16_224.fb_in1k"',
+        env=_env(tmp_path, LABELGEN_WEIGHTS_DIR=str(empty)),
+    )
+    assert result.returncode == 2 and time.time() - started < 60
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: train_cam.weights: LABELGEN_WEIGHTS_DIR=")
+    assert str(empty) in line and "no weights file for deit_small_patch16_224" in line
+    assert "it holds deit_tiny_patch16_224.in1k.safetensors" in line
+    assert "LocalCluster" not in result.stderr and not (tmp_path / "run" / "index").exists()
+    missing = CliRunner().invoke(
+        main, ["run", "index", "--dataset", "folder", "--data-root", str(tmp_path / "nope"), "--run-dir", str(tmp_path)]
+    )
+    assert missing.exit_code == 2 and "is not a folder" in missing.output and "LocalCluster" not in missing.output
+
+
+def test_status_imports_no_model_library(tmp_path, client):
+    from labelgen.pipeline.runner import run_pipeline
+    from tests.conftest import tiny_recipe
+
+    run_dir = tmp_path / "run"
+    run_pipeline(tiny_recipe(), run_dir, "index", client)
+    code = (
+        "import sys; from labelgen.cli import main\n"
+        f"try: main(['status', '--run-dir', {str(run_dir)!r}])\n"
+        "except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules and 'distributed' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "index" in out.stdout and "done" in out.stdout
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("labelgen, version ")
+
+
+def test_lr_below_min_lr_is_warned():
+    coco = load_recipe(recipe_path("coco"), ["train_cam.batch_size=16"])
+    (warning,) = recipe_warnings(coco)
+    assert "peak lr base_lr·batch_size/512 = 6.25e-06 is below min_lr=1e-05" in warning
+    assert "base_lr ≥ 0.00032" in warning
+    assert recipe_warnings(load_recipe(recipe_path("coco"))) == []
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, client):
+    from labelgen.pipeline.runner import run_pipeline
+    from tests.conftest import tiny_recipe
+
+    run_dir = tmp_path / "run"
+    run_pipeline(tiny_recipe(), run_dir, "index", client)
+    files_before = sorted(str(p) for p in run_dir.rglob("*"))
+    record = (run_dir / "recipe.json").read_bytes()
+    args = ["run", "pseudo_labels", "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir)]
+    result = CliRunner().invoke(main, [*args, "--dry-run", "--set", "pseudo_labels.bg_threshold=0.5"])
+    assert result.exit_code == 0, result.output
+    rows = {ln.split()[0]: ln.split()[2:] for ln in result.output.splitlines() if ln.startswith("  ") and "=" not in ln}
+    assert rows["index"] == ["skip", "(done)"] and rows["train_cam"] == ["run"] and rows["evaluate"] == ["run"]
+    assert "  pseudo_labels.bg_threshold = 0.5 (shipped: 0.43)" in result.output
+    assert sorted(str(p) for p in run_dir.rglob("*")) == files_before
+    assert (run_dir / "recipe.json").read_bytes() == record
+
+
+def test_an_edited_data_set_makes_a_new_index(tmp_path, client, caplog):
+    import logging
+
+    from labelgen.config import load_recipe, recipe_path
+    from labelgen.pipeline.runner import plan_run, run_pipeline
+    from labelgen.stages.index import load_manifest
+    from tests.realdata import coco_photo
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    for n in range(3):
+        Image.open(coco_photo((73, 472, 636)[n])).convert("RGB").resize((64, 48)).save(root / "images" / f"{n}.jpg")
+    (root / "classes.txt").write_text("cat\ndog\n")
+    (root / "tags.csv").write_text("image,tags\nimages/0.jpg,cat\nimages/1.jpg,Dog\nimages/2.jpg,dog\n")
+    recipe = load_recipe(recipe_path("folder"), [f'dataset.root="{root}"'])
+    first = run_pipeline(recipe, tmp_path / "run", "index", client)["index"]
+    assert [r.id for r in load_manifest(first).records] == ["0", "2"]
+    assert plan_run(recipe, tmp_path / "run", "index")[0].artifact.key == first.key  # nothing changed
+    (root / "tags.csv").write_text("image,tags\nimages/0.jpg,cat\nimages/1.jpg,dog\nimages/2.jpg,dog\n")  # fixed
+    with caplog.at_level(logging.INFO, logger="labelgen"):
+        second = run_pipeline(recipe, tmp_path / "run", "index", client)["index"]
+    assert second.key != first.key and [r.id for r in load_manifest(second).records] == ["0", "1", "2"]
+    assert any("stage index         reruns: its data changed" in r.message for r in caplog.records)
+    Image.open(coco_photo(74)).convert("RGB").resize((64, 48)).save(root / "images" / "2.jpg")  # replaced
+    assert plan_run(recipe, tmp_path / "run", "index")[0].artifact.key != second.key
