@@ -2,8 +2,8 @@
 before a cluster starts, a quick status. Real `labelgen` processes on the tiny demo recipe."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,7 +80,9 @@ def test_ctrl_c_stops_quietly_and_says_how_to_resume(tmp_path):
     assert "still alive" not in err and "leaked semaphore" not in err
     last = err.strip().splitlines()[-1]
     # 0/1 while training; 1/1 if the signal lands between the unit's shard and the stage's _SUCCESS.json
-    assert re.match(r"interrupted; finished work is kept \(done: index; partly done: train_cam \([01]/1 units\)\)", last)
+    assert re.match(
+        r"interrupted; finished work is kept \(done: index; partly done: train_cam \([01]/1 units\)\)", last
+    )
     assert last.endswith(f"resume with: labelgen {' '.join(cmd[3:])}")
     key = next(run_dir.glob("train_cam/*/last.pt")).parent.name
     with ArtifactLock(Artifact(run_dir, "train_cam", key)):  # the lock was released

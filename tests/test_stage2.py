@@ -12,8 +12,10 @@ from pycocotools.cocoeval import COCOeval
 
 from labelgen.export import export_masks
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
+from labelgen.pipeline.runner import run_pipeline
 from labelgen.stages.predict import window_starts
 from labelgen.store.sharded import ImageArrays
+from tests.conftest import tiny_recipe
 
 
 def test_window_starts_cover_and_align_to_the_border():
