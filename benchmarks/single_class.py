@@ -5,7 +5,7 @@ two baselines measured in the same run: the all-foreground mask on tagged images
 CAM (the conv head alone, `export_cams.cam=coarse`, same training). And the same without the
 negatives (`dataset.untagged=leave_out`), to measure what they add.
 
-    python benchmarks/single_class.py                   # ~1 h on 2 cores
+    python benchmarks/single_class.py                   # ~40 min on 2 idle cores
 
 Writes benchmarks/results/single_class.json and prints a table. Every variant and baseline is
 scored on the same images, the tagged ones (person IoU against the GT, crowds ignored); what the
