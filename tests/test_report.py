@@ -20,7 +20,6 @@ from labelgen.data.demo import generate_demo
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import read_mask, write_mask
-from labelgen.data.training import normalise_batch
 from labelgen.metrics import confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.pipeline.runner import run_pipeline
@@ -102,13 +101,13 @@ def gallery_rows(report_dir: Path) -> list[dict]:
 
 def expected_confidence(run: Path, manifest: Manifest) -> dict[str, list[float]]:
     """The CAM network's sigmoid coarse-head scores for each train image's tags, computed here directly."""
-    net, mean, std = load_cam_model(_one(run, "train_cam/*/model.pt"), torch.device("cpu"))
+    net = load_cam_model(_one(run, "train_cam/*/model.pt"), torch.device("cpu"))
     size = tiny_recipe()["train_cam"].input_size
     out = {}
     with torch.no_grad():
         for r in manifest.split("train"):
             square = np.array(Image.fromarray(read_image(r.image)).resize((size, size), Image.BICUBIC))
-            logits = net(normalise_batch(torch.from_numpy(square).permute(2, 0, 1)[None], mean, std)).coarse_logits[0]
+            logits = net(net.preprocess(torch.from_numpy(square).permute(2, 0, 1)[None])).coarse_logits[0]
             out[r.id] = [float(torch.sigmoid(logits[t - 1])) for t in r.tags]
     return out
 

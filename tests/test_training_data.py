@@ -11,12 +11,12 @@ from labelgen.data.training import (
     check_num_workers,
     epoch_seed,
     loader_workers,
-    normalisation,
     seed_everything,
     start_epoch,
     training_loader,
 )
 from labelgen.errors import ConfigError
+from labelgen.models.pixels import normalisation
 from labelgen.stages.train_cam import MODEL, training_transform
 from labelgen.store.checkpoint import load_checkpoint
 from tests.conftest import COCO128

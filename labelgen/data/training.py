@@ -1,4 +1,4 @@
-"""torch Datasets over manifest rows, and the normalisation a backbone expects."""
+"""torch Datasets over manifest rows, their loaders and the seeding that makes trainings resumable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import random
 from collections.abc import Iterator
 
 import numpy as np
-import timm
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -21,22 +20,6 @@ from labelgen.errors import ConfigError
 from labelgen.pipeline.worker_process import available_cores
 
 log = logging.getLogger(__name__)
-
-
-def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the backbone's pretraining: ImageNet statistics for DeiT, 0.5 for AugReg ViTs."""
-    cfg = timm.get_pretrained_cfg(arch)
-    if cfg is None:
-        return timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD
-    return tuple(cfg.mean), tuple(cfg.std)
-
-
-def normalise_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 B×3×H×W -> float32 (x/255 − mean) / std on the images' device, the same arithmetic as
-    timm's ToTensor + Normalize: every model input of labelgen is normalised by this function."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - m) / s
 
 
 def multi_hot(tags: tuple[int, ...], num_classes: int) -> torch.Tensor:

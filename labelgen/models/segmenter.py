@@ -12,6 +12,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from labelgen.models.pixels import PixelNormalised, normalisation
 from labelgen.models.vit import ViTBackbone
 from labelgen.models.weights import create_vit
 
@@ -61,10 +62,11 @@ class MaskTransformer(nn.Module):
         return outs
 
 
-class Segmenter(nn.Module):
+class Segmenter(PixelNormalised):
     def __init__(self, config: SegmenterConfig, weights: str | None):
         super().__init__()
         self.config = config
+        self.set_normalisation(*normalisation(config.backbone))
         self.encoder = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), num_prefix=1)
         self.decoder = MaskTransformer(
             self.encoder.embed_dim,
@@ -76,7 +78,7 @@ class Segmenter(nn.Module):
         self.decoder.apply(_init_linear)
 
     def forward(self, images: Tensor, all_depths: bool = False) -> list[Tensor]:
-        """images B, 3, H, W -> per-pixel logits B, n_labels, H, W (one per decoder depth asked for).
+        """`preprocess`ed images B, 3, H, W -> per-pixel logits B, n_labels, H, W (one per decoder depth asked for).
 
         The input is zero-padded to a multiple of the patch size and the padding cropped back."""
         h, w = images.shape[-2:]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelgen.models.pixels import PixelNormalised, normalisation
 from labelgen.models.vit import ViTBackbone, attention_weights, block_with_attention
 from labelgen.models.weights import create_vit
 
@@ -102,12 +103,13 @@ class WeakTrOutput(NamedTuple):
     fine_cam: Tensor  # B, C, h, w  patch affinity · fused CAM
 
 
-class WeakTr(nn.Module):
+class WeakTr(PixelNormalised):
     def __init__(self, config: WeakTrConfig, weights: str | None):
         super().__init__()
         if config.fusion not in FUSIONS:
             raise ValueError(f"fusion {config.fusion!r}; allowed: {FUSIONS}")
         self.config = config
+        self.set_normalisation(*normalisation(config.backbone))
         self.backbone = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), config.num_classes)
         dim, heads = self.backbone.embed_dim, self.backbone.num_heads
         self.head = nn.Conv2d(dim, config.num_classes, kernel_size=3, stride=1, padding=1)
@@ -135,7 +137,7 @@ class WeakTr(nn.Module):
     @torch.no_grad()
     def cams(self, images: Tensor, kind: str, cache_bytes: int) -> Tensor:
         """B, C, h, w class activation maps (float, ≥ 0) of the chosen kind (fine, fused or coarse)
-        of normalised images B, 3, H, W; (h, w) is the patch grid. Inference only (no gradients).
+        of `preprocess`ed images B, 3, H, W; (h, w) is the patch grid. Inference only (no gradients).
 
         Bit-identical to `forward`'s maps without holding all L layers' attention maps (B, H, N, N
         each) at once. The AAF weights need every layer's pooled attention outputs before any map can

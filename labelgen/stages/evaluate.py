@@ -32,7 +32,6 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.problems import NOT_SCORED
-from labelgen.data.training import normalise_batch
 from labelgen.errors import ConfigError
 from labelgen.metrics import confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
@@ -175,14 +174,14 @@ def _jobs(ctx: StageContext) -> list[ShardJob]:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_cam_model(path: Path, mtime_ns: int) -> tuple[WeakTr, tuple, tuple]:
+def cpu_cam_model(path: Path, mtime_ns: int) -> WeakTr:
     """train_cam's model on the CPU, loaded once per worker process (every shard task of a run asks
     for the same file; building the ViT costs seconds). The file's mtime is part of the cache key."""
     return load_cam_model(path, torch.device("cpu"))
 
 
 @torch.no_grad()
-def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size: int, mean, std) -> list[float]:
+def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size: int) -> list[float]:
     """The CAM network's confidence in each of an image's tags: sigmoid of the logits of its coarse
     CAM head (the pooled class maps the CAMs are made from, trained on the tags), for the whole
     H×W×3 uint8 image resized to size×size (the training crop size), in float32 on the model's
@@ -192,7 +191,7 @@ def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size
     untagged classes ranked right 59% of the time by the class tokens, 96% by the CAM head)."""
     square = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC))
     x = torch.from_numpy(square).permute(2, 0, 1)[None].to(next(model.parameters()).device)
-    logits = model(normalise_batch(x, mean, std)).coarse_logits[0].float()  # C
+    logits = model(model.preprocess(x)).coarse_logits[0].float()  # C
     return [float(torch.sigmoid(logits[t - 1])) for t in tags]
 
 
@@ -257,7 +256,7 @@ class ShardTotals:
 
 
 def evaluate_image(
-    job: ShardJob, r: ImageRecord, stored: dict[str, Any], cam_net: tuple | None, totals: ShardTotals
+    job: ShardJob, r: ImageRecord, stored: dict[str, Any], cam_net: WeakTr | None, totals: ShardTotals
 ) -> tuple[dict[str, Any], str]:
     """One image: add it to `totals`; return its record and its gallery row."""
     num = len(job.classes)
@@ -268,8 +267,7 @@ def evaluate_image(
     totals.scored += gt is not None
     confidence = None
     if cam_net is not None:
-        net, mean, std = cam_net
-        confidence = tag_confidence(net, image, r.tags, job.confidence_size, mean, std)
+        confidence = tag_confidence(cam_net, image, r.tags, job.confidence_size)
     record = image_quality(r, job.split, labels, num, confidence, ious)
     if job.pair:
         pair_cm = confusion_matrix(labels[job.pair[0]], labels[job.pair[1]], num)

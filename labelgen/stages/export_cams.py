@@ -74,7 +74,7 @@ def export_shard(
 ) -> UnitResult:
     """The dask task: CAMs of one shard's images, batched by image size, written as one shard."""
     device = pick_device(params.device)
-    model, mean, std = load_cam_model(model_path, device)
+    model = load_cam_model(model_path, device)
     for r in records:
         _log_resizing(r, params, model.backbone.patch_size)
     by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -96,8 +96,6 @@ def export_shard(
                 params.flip,
                 params.cam,
                 stored_size(records[batch[0]], params.stride, params.max_side),
-                mean,
-                std,
                 params.precision,
                 params.batch_size,
                 max_side=params.max_side,

@@ -29,7 +29,6 @@ from labelgen.data.manifest import Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.training import (
     TaggedImages,
-    normalisation,
     seed_everything,
     start_epoch,
     training_loader,
@@ -130,9 +129,7 @@ def train_epoch(
     }
 
 
-def gt_miou(
-    model: WeakTr, records, dataset: DatasetParams, num_labels: int, mean, std, precision: str
-) -> tuple[float, float]:
+def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, precision: str) -> tuple[float, float]:
     """Best CAM mIoU (scale 1 + flip, no CRF) over background thresholds on labelled train images.
     This uses pixel labels, which weak supervision does not have; it runs only when asked."""
     model.eval()
@@ -150,8 +147,6 @@ def gt_miou(
             True,
             "fine",
             size,
-            mean,
-            std,
             precision,
             2,
             max_side=max(size),
@@ -196,8 +191,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
     device = pick_device("auto")
     state = build_state(params, manifest.num_classes - 1, device)
     resume(state, out / LAST)
-    mean, std = normalisation(params.backbone)
-    transform = training_transform(params, mean, std)
+    transform = training_transform(params, *state.model.normalisation)
     data = TaggedImages(records, manifest.num_classes - 1, transform, dataset.max_image_pixels)
     subset = [r for r in records if r.mask][: params.selection_subset]
     if params.selection == "gt_miou" and not subset:
@@ -210,11 +204,11 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
         # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
         state.scheduler.step(epoch)
         if params.selection == "gt_miou":
-            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_classes, mean, std, params.precision)
+            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_classes, params.precision)
             entry.update(gt_miou=miou, gt_threshold=threshold)
             if state.best is None or miou > state.best["miou"]:
                 state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}
-                save_checkpoint(out / "best.pt", cam_checkpoint(state.model, mean, std, epoch=epoch))
+                save_checkpoint(out / "best.pt", cam_checkpoint(state.model, epoch=epoch))
         state.history.append(entry)
         save_checkpoint(
             out / LAST,
@@ -246,7 +240,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
             f"{len(subset)} train images (not weakly supervised)"
         )
     else:
-        selected = cam_checkpoint(state.model, mean, std, epoch=params.epochs - 1)
+        selected = cam_checkpoint(state.model, epoch=params.epochs - 1)
         note = f"last epoch ({params.epochs - 1}); no pixel labels used"
     selected["selection"] = note
     save_checkpoint(out / MODEL, selected)

@@ -25,8 +25,6 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
 from labelgen.data.training import (
-    normalisation,
-    normalise_batch,
     seed_everything,
     start_epoch,
     training_loader,
@@ -53,7 +51,7 @@ def poly_lr(step: int, total: int, base: float, floor: float, power: float) -> f
 
 class PseudoMaskImages(Dataset):
     """(uint8 3×crop×crop image, uint8 crop×crop mask) pairs with the reference's augmentation. Both
-    stay uint8 until they are on the training device (`normalise_batch`, `.long()`): a quarter of
+    stay uint8 until they are on the training device (`Segmenter.preprocess`, `.long()`): a quarter of
     the image bytes and an eighth of the mask bytes through the loader processes' shared memory and
     the host-to-device copy."""
 
@@ -139,7 +137,6 @@ def train_decoder(
         weight_decay=p.weight_decay,
     )
     criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
-    mean, std = normalisation(p.backbone)
     data = PseudoMaskImages(records, masks, p, dataset.max_image_pixels)
     steps_per_epoch = len(data) // p.batch_size
     total = steps_per_epoch * p.epochs
@@ -161,7 +158,7 @@ def train_decoder(
             lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            images = normalise_batch(images.to(device, non_blocking=True), mean, std)
+            images = model.preprocess(images.to(device, non_blocking=True))
             targets = targets.to(device, non_blocking=True).long()
             loss, stats = decoder_step(model, optimizer, criterion, images, targets, p.precision)
             losses.append(loss)
@@ -194,8 +191,8 @@ def train_decoder(
         out / MODEL,
         {
             "config": asdict(config),
-            "mean": list(mean),
-            "std": list(std),
+            "mean": list(model.normalisation[0]),
+            "std": list(model.normalisation[1]),
             "model": model.state_dict(),
             "epoch": p.epochs - 1,
         },
@@ -203,11 +200,12 @@ def train_decoder(
     return [out / MODEL], {"final_loss": history[-1]["loss"], "images_per_s": history[-1]["images_per_s"]}
 
 
-def load_segmenter(path: Path, device: torch.device) -> tuple[Segmenter, tuple, tuple]:
+def load_segmenter(path: Path, device: torch.device) -> Segmenter:
     state = load_checkpoint(path)
     model = Segmenter(SegmenterConfig(**state["config"]), weights=None)
     model.load_state_dict(state["model"], strict=True)
-    return model.to(device).eval(), tuple(state["mean"]), tuple(state["std"])
+    model.set_normalisation(state["mean"], state["std"])
+    return model.to(device).eval()
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
