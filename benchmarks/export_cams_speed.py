@@ -39,11 +39,10 @@ from labelgen.config import ExportCamsParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.models import weaktr
-from labelgen.models.cam_inference import cam_checkpoint, load_cam_model
+from labelgen.models.cam_inference import load_cam_model, save_cam_model
 from labelgen.models.precision import PRECISIONS, autocast, resolve_precision
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.stages.export_cams import export_shard, stored_size
-from labelgen.store.checkpoint import save_checkpoint
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_cam_store
 
 SCALES = (1.0, 1.2)
@@ -171,7 +170,7 @@ def main() -> None:
             model_path, num_classes = tmp / "model.pt", FRESH_CLASSES
             torch.manual_seed(0)
             model = WeakTr(WeakTrConfig("deit_tiny_patch16_224", num_classes), "hub:deit_tiny_patch16_224.fb_in1k")
-            save_checkpoint(model_path, cam_checkpoint(model.eval()))
+            save_cam_model(model_path, model.eval())
         recs = records(args.images, num_classes)
         (tmp / "ref").mkdir()
         started = time.perf_counter()

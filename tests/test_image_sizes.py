@@ -21,7 +21,7 @@ from labelgen.data.masks import IGNORE_INDEX, write_mask
 from labelgen.data.sources import SourceItem
 from labelgen.data.training import TaggedImages
 from labelgen.data.validate import index_items
-from labelgen.models.cam_inference import cam_checkpoint
+from labelgen.models.cam_inference import save_cam_model
 from labelgen.models.pixels import normalisation
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
@@ -31,7 +31,6 @@ from labelgen.stages.predict import pass_size, predict_probs, probs_to_mask, sli
 from labelgen.stages.pseudo_labels import pseudo_label
 from labelgen.stages.train_cam import training_transform
 from labelgen.stages.train_decoder import PseudoMaskImages
-from labelgen.store.checkpoint import save_checkpoint
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_cam_store
 from tests.conftest import COCO128
 
@@ -68,7 +67,7 @@ def cam_model(tmp_path_factory):
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, cam_checkpoint(model))
+    save_cam_model(path, model)
     return path
 
 

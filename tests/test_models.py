@@ -334,12 +334,13 @@ def test_stage1_parity_with_the_reference_outputs():
 def test_cam_checkpoints_record_the_normalisation_outside_the_state_dict(weaktr, tmp_path):
     """pixel_mean/pixel_std are not in the state dict (checkpoints from before them load strictly);
     the checkpoint's "mean"/"std" become the loaded model's buffers."""
-    from labelgen.models.cam_inference import cam_checkpoint, load_cam_model
-    from labelgen.store.checkpoint import save_checkpoint
+    from labelgen.models.cam_inference import load_cam_model, save_cam_model
+    from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
     assert weaktr.normalisation == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT's ImageNet statistics
     assert not any(k.startswith("pixel_") for k in weaktr.state_dict())
-    state = cam_checkpoint(weaktr)
+    save_cam_model(tmp_path / "model.pt", weaktr)
+    state = load_checkpoint(tmp_path / "model.pt")
     state["mean"], state["std"] = [0.5, 0.25, 0.125], [0.5, 0.5, 2.0]
     save_checkpoint(tmp_path / "model.pt", state)
     loaded = load_cam_model(tmp_path / "model.pt", torch.device("cpu"))

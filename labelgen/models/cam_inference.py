@@ -12,16 +12,20 @@ from PIL import Image
 
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
-from labelgen.store.checkpoint import load_checkpoint
+from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
 
-def cam_checkpoint(model: WeakTr, **extra) -> dict:
+def save_cam_model(path: Path, model: WeakTr, **extra) -> None:
+    """The model's config, normalisation ("mean", "std") and weights, plus `extra` entries (epoch, ...)."""
     mean, std = model.normalisation
-    return {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra}
+    save_checkpoint(
+        path,
+        {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra},
+    )
 
 
 def load_cam_model(path: Path, device: torch.device) -> WeakTr:
-    """The model of a `cam_checkpoint`, in eval mode on `device`, normalising as it was trained."""
+    """The model of a `save_cam_model` file, in eval mode on `device`, normalising as it was trained."""
     state = load_checkpoint(path)
     model = WeakTr(WeakTrConfig(**state["config"]), weights=None)
     model.load_state_dict(state["model"], strict=True)

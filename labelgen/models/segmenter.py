@@ -4,7 +4,8 @@ cosine-similarity masks and a mask norm."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from labelgen.models.pixels import PixelNormalised, normalisation
 from labelgen.models.vit import ViTBackbone
 from labelgen.models.weights import create_vit
+from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,24 @@ class Segmenter(PixelNormalised):
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(encoder parameters, decoder parameters), for their different learning rates."""
         return list(self.encoder.parameters()), list(self.decoder.parameters())
+
+
+def save_segmenter(path: Path, model: Segmenter, **extra) -> None:
+    """The model's config, normalisation ("mean", "std") and weights, plus `extra` entries (epoch, ...)."""
+    mean, std = model.normalisation
+    save_checkpoint(
+        path,
+        {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra},
+    )
+
+
+def load_segmenter(path: Path, device: torch.device) -> Segmenter:
+    """The model of a `save_segmenter` file, in eval mode on `device`, normalising as it was trained."""
+    state = load_checkpoint(path)
+    model = Segmenter(SegmenterConfig(**state["config"]), weights=None)
+    model.load_state_dict(state["model"], strict=True)
+    model.set_normalisation(state["mean"], state["std"])
+    return model.to(device).eval()
 
 
 def _init_linear(m: nn.Module) -> None:
