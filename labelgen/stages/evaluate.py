@@ -33,7 +33,7 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.problems import NOT_SCORED
 from labelgen.errors import ConfigError
-from labelgen.metrics import confusion_matrix, image_miou, scores, tag_agreement
+from labelgen.metrics import cam_threshold_sweep, confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.models.weaktr import WeakTr
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
@@ -216,12 +216,9 @@ def score_against_gt(
     for name, value in stored.items():
         if name == "cams":
             maps, cam_labels = value
-            maps = resize_maps(maps, gt.shape)
-            for j, t in enumerate(job.thresholds):
-                cm = confusion_matrix(gt, cam_to_labels(maps, cam_labels, t), num)
-                cms[name][j] += cm
-                if t == job.bg_threshold:
-                    ious[name] = image_miou(cm)
+            sweep = cam_threshold_sweep(gt, resize_maps(maps, gt.shape), cam_labels, job.thresholds, num)
+            cms[name] += sweep
+            ious[name] = image_miou(sweep[job.thresholds.index(job.bg_threshold)])
         else:
             cm = confusion_matrix(gt, labels[name], num)
             cms[name][0] += cm

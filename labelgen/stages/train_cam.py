@@ -22,7 +22,6 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from labelgen.cam import cam_to_labels
 from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
@@ -34,7 +33,7 @@ from labelgen.data.training import (
     training_loader,
 )
 from labelgen.errors import DataError
-from labelgen.metrics import confusion_matrix, scores
+from labelgen.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, scores
 from labelgen.models.cam_inference import multiscale_cams, save_cam_model
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
@@ -55,7 +54,6 @@ log = logging.getLogger(__name__)
 MODEL = "model.pt"
 LAST = "last.pt"
 LOG = "log.jsonl"
-SELECTION_THRESHOLDS = tuple(np.round(np.arange(0.30, 0.61, 0.01), 2))
 
 
 def build_state(params: TrainCamParams, num_classes: int, device: torch.device) -> TrainingState:
@@ -138,10 +136,7 @@ def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, pre
             max_side=max(size),
             cache_bytes=0,
         )[0]
-        gt = gt_mask(r)
-        labels = np.array(r.tags)
-        for j, t in enumerate(SELECTION_THRESHOLDS):
-            cms[j] += confusion_matrix(gt, cam_to_labels(maps, labels, t), num_labels)
+        cms += cam_threshold_sweep(gt_mask(r), maps, np.array(r.tags), SELECTION_THRESHOLDS, num_labels)
     mious = [scores(cm)["miou"] for cm in cms]
     best = int(np.nanargmax(mious))
     return mious[best], float(SELECTION_THRESHOLDS[best])
