@@ -165,7 +165,7 @@ def main() -> None:
         tmp = Path(tmp)
         if args.checkpoint:
             model_path = args.checkpoint
-            num_classes = load_cam_model(model_path, torch.device("cpu")).config.num_classes
+            num_classes = load_cam_model(model_path, torch.device("cpu")).config.num_fg_classes
         else:
             model_path, num_classes = tmp / "model.pt", FRESH_CLASSES
             torch.manual_seed(0)

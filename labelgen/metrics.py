@@ -15,16 +15,16 @@ from labelgen.data.masks import IGNORE_INDEX
 SELECTION_THRESHOLDS = tuple(np.round(np.arange(0.30, 0.61, 0.01), 2))
 
 
-def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """num_classes × num_classes counts, rows = GT label, columns = predicted label; GT 255 ignored."""
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_labels: int) -> np.ndarray:
+    """num_labels × num_labels counts, rows = GT label, columns = predicted label; GT 255 ignored."""
     if gt.shape != pred.shape:
         raise ValueError(f"GT shape {gt.shape} differs from prediction shape {pred.shape}")
     valid = gt != IGNORE_INDEX
     g = gt[valid].astype(np.int64)
     p = pred[valid].astype(np.int64)
-    if g.size and (g.max() >= num_classes or p.max() >= num_classes):
-        raise ValueError(f"labels must be < {num_classes}; got GT max {g.max()}, prediction max {p.max()}")
-    return np.bincount(g * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
+    if g.size and (g.max() >= num_labels or p.max() >= num_labels):
+        raise ValueError(f"labels must be < {num_labels}; got GT max {g.max()}, prediction max {p.max()}")
+    return np.bincount(g * num_labels + p, minlength=num_labels**2).reshape(num_labels, num_labels)
 
 
 def cam_threshold_sweep(

@@ -63,7 +63,7 @@ def records(tmp_path_factory) -> list[ImageRecord]:
 def cam_model(tmp_path_factory):
     """A saved WeakTr (DeiT-Tiny, 3 classes) with a CAM head that is not all zero."""
     torch.manual_seed(0)
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=3), WEIGHTS).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=3), WEIGHTS).eval()
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)
     path = tmp_path_factory.mktemp("model") / "model.pt"

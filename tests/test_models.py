@@ -24,7 +24,7 @@ WEIGHTS = "hub:deit_tiny_patch16_224.fb_in1k"
 @pytest.fixture(scope="module")
 def weaktr():
     torch.manual_seed(0)
-    return WeakTr(WeakTrConfig(ARCH, num_classes=4), WEIGHTS)
+    return WeakTr(WeakTrConfig(ARCH, num_fg_classes=4), WEIGHTS)
 
 
 def test_backbone_equals_timm_forward_on_real_weights():
@@ -98,7 +98,7 @@ def test_gradient_paths(weaktr):
 
 
 def test_mean_fusion_ablation_has_no_fusion_parameters():
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=3, fusion="mean"), WEIGHTS)
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=3, fusion="mean"), WEIGHTS)
     assert not any(n.startswith("fusion.") for n, _ in model.named_parameters())
     assert model(torch.randn(1, 3, 64, 64)).fine_cam.shape == (1, 3, 4, 4)
 
@@ -150,7 +150,7 @@ def test_multiscale_shortcuts_equal_the_reference_order_of_work(views_per_pass):
     """Upsampling only the tagged classes, merging flips before upsampling, and any number of views
     per forward pass give the reference's maps (fp32)."""
     torch.manual_seed(1)
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=4), WEIGHTS).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=4), WEIGHTS).eval()
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)  # a head whose CAMs are not all zero
     rng = np.random.default_rng(3)
@@ -193,7 +193,7 @@ def reference_cams(model: WeakTr, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """WeakTr's CAMs as labelgen computed them before the lean inference path (commit c24ab19): every
     layer's attention maps traced and kept, the attention outputs stacked to B×K×N×hd and max-pooled
     inside the AAF, the maps fused from the list."""
-    c, heads = model.config.num_classes, model.backbone.num_heads
+    c, heads = model.config.num_fg_classes, model.backbone.num_heads
     out = model.backbone.forward_features(x, trace=True)
     b, _, d = out.tokens.shape
     h, w = out.grid
@@ -221,7 +221,7 @@ def photo(index: int, size: tuple[int, int]) -> np.ndarray:
 def trained_head():
     """A WeakTr whose CAM head is not all zero (as after training), DeiT-Tiny weights, 5 classes."""
     torch.manual_seed(2)
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=5), WEIGHTS).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=5), WEIGHTS).eval()
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)
     return model
@@ -317,7 +317,7 @@ def _reference_state_dict(path) -> dict[str, torch.Tensor]:
 def test_stage1_parity_with_the_reference_outputs():
     """The reference's own outputs (../shared/parity, its README): forward and the lean CAMs."""
     golden = np.load(PARITY / "stage1_outputs.npz")
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=20), None).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=20), None).eval()
     model.load_state_dict(_reference_state_dict(PARITY / "stage1_weights.safetensors"), strict=True)
     x = torch.from_numpy(golden["input_224"])
     with torch.no_grad():
@@ -347,3 +347,14 @@ def test_cam_checkpoints_record_the_normalisation_outside_the_state_dict(weaktr,
     x = torch.tensor([255, 0, 128], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     expected = torch.tensor([(1 - 0.5) / 0.5, (0 - 0.25) / 0.5, (128 / 255 - 0.125) / 2.0]).view(1, 3, 1, 1)
     assert torch.allclose(loaded.preprocess(x), expected.expand(1, 3, 2, 2))
+
+
+def test_cam_checkpoints_from_before_num_fg_classes_load(weaktr, tmp_path):
+    from labelgen.models.cam_inference import load_cam_model, save_cam_model
+    from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
+
+    save_cam_model(tmp_path / "model.pt", weaktr)
+    state = load_checkpoint(tmp_path / "model.pt")
+    state["config"]["num_classes"] = state["config"].pop("num_fg_classes")
+    save_checkpoint(tmp_path / "old.pt", state)
+    assert load_cam_model(tmp_path / "old.pt", torch.device("cpu")).config == weaktr.config

@@ -118,21 +118,21 @@ def test_gt_free_numbers_equal_direct_counts(tiny_full_run):
     metrics, train = _metrics(run), manifest.split("train")
     pseudo, pred = _masks(run, "pseudo_labels/*/masks.zarr"), _masks(run, "predict/*/masks_train.zarr")
     free = metrics["gt_free"]["train"]
-    tagged = np.zeros(manifest.num_classes, int)
+    tagged = np.zeros(manifest.num_labels, int)
     found = {"pseudo_labels": np.zeros_like(tagged), "predict_train": np.zeros_like(tagged)}
-    cm = np.zeros((manifest.num_classes,) * 2, np.int64)
+    cm = np.zeros((manifest.num_labels,) * 2, np.int64)
     for r in train:
         tagged[list(r.tags)] += 1
         for name, masks in (("pseudo_labels", pseudo), ("predict_train", pred)):
             found[name][list(r.tags)] += [bool((masks[r.id] == t).any()) for t in r.tags]
-        cm += confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_classes)
+        cm += confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_labels)
     assert free["images"] == 24 and free["tagged"] == tagged.tolist()
     for name in found:
         assert free["sources"][name]["found"] == found[name].tolist()
     assert free["agreement"]["miou"] == pytest.approx(scores(cm)["miou"])
     assert free["agreement"]["between"] == ["pseudo_labels", "predict_train"]
     confidence = expected_confidence(run, manifest)
-    for c in range(1, manifest.num_classes):
+    for c in range(1, manifest.num_labels):
         values = [v for r in train for t, v in zip(r.tags, confidence[r.id], strict=True) if t == c]
         assert free["confidence"][c] == pytest.approx(np.mean(values), abs=1e-5)
     assert metrics["gt"] == {
@@ -153,7 +153,7 @@ def test_gallery_is_sorted_worst_first_by_gt_miou(tiny_full_run):
     preds = {**_masks(run, "predict/*/masks_train.zarr"), **_masks(run, "predict/*/masks_val.zarr")}
     for row in rows:  # the rank of an image with GT is its prediction's mIoU against GT
         r = by_id[row["id"]]
-        iou = image_miou(confusion_matrix(read_mask(r.mask), preds[r.id], manifest.num_classes))
+        iou = image_miou(confusion_matrix(read_mask(r.mask), preds[r.id], manifest.num_labels))
         assert row["rank"] == pytest.approx(iou, abs=1e-6) and row["gt"] == "1"
 
 
@@ -202,7 +202,7 @@ def test_without_gt_the_report_ranks_by_agreement(no_gt_run):
     for row in rows:
         r = by_id[row["id"]]
         if r.split == "train":  # the GT-free score: pseudo-label / prediction agreement
-            expected = tag_agreement(confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_classes), r.tags)
+            expected = tag_agreement(confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_labels), r.tags)
         else:  # no pseudo-label to agree with: the share of its tags the prediction holds
             expected = np.mean([(pred[r.id] == t).any() for t in r.tags])
         assert row["gt"] == "0" and row["rank"] == row["score"] == pytest.approx(expected, abs=1e-6)

@@ -82,10 +82,10 @@ def write_mask(path: Path | str, mask: np.ndarray) -> None:
     img.save(path, optimize=False)
 
 
-def check_mask(mask: np.ndarray, num_classes: int, path: Path, image_size: tuple[int, int]) -> None:
+def check_mask(mask: np.ndarray, num_labels: int, path: Path, image_size: tuple[int, int]) -> None:
     """Raise `DataError` if a mask does not fit its image or holds values outside the label space.
 
-    `num_classes` counts background; valid values are 0..num_classes-1 and 255.
+    `num_labels` counts background; valid values are 0..num_labels-1 and 255.
     """
     if mask.shape != (image_size[1], image_size[0]):
         raise DataError(
@@ -93,10 +93,10 @@ def check_mask(mask: np.ndarray, num_classes: int, path: Path, image_size: tuple
             f"{image_size[0]}x{image_size[1]}; masks must have the size of their image"
         )
     values = np.flatnonzero(value_counts(mask))
-    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    bad = values[(values >= num_labels) & (values != IGNORE_INDEX)]
     if bad.size:
         raise DataError(
-            f"{path}: mask values {bad.tolist()} are outside the label space 0..{num_classes - 1} "
+            f"{path}: mask values {bad.tolist()} are outside the label space 0..{num_labels - 1} "
             f"(and {IGNORE_INDEX} = ignore); check the class list"
         )
 

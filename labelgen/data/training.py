@@ -22,9 +22,9 @@ from labelgen.pipeline.worker_process import available_cores
 log = logging.getLogger(__name__)
 
 
-def multi_hot(tags: tuple[int, ...], num_classes: int) -> torch.Tensor:
+def multi_hot(tags: tuple[int, ...], num_fg_classes: int) -> torch.Tensor:
     """C-dim float target; tag t (1..C) sets index t-1."""
-    target = torch.zeros(num_classes)
+    target = torch.zeros(num_fg_classes)
     target[[t - 1 for t in tags]] = 1.0
     return target
 
@@ -32,9 +32,9 @@ def multi_hot(tags: tuple[int, ...], num_classes: int) -> torch.Tensor:
 class TaggedImages(Dataset):
     """(transformed image, multi-hot tags) for CAM training."""
 
-    def __init__(self, records: list[ImageRecord], num_classes: int, transform, max_pixels: int):
+    def __init__(self, records: list[ImageRecord], num_fg_classes: int, transform, max_pixels: int):
         self.records = records
-        self.num_classes = num_classes
+        self.num_fg_classes = num_fg_classes
         self.transform = transform
         self.max_pixels = max_pixels
 
@@ -44,7 +44,7 @@ class TaggedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.records[i]
         image = Image.fromarray(read_image(r.image, self.max_pixels, r.orientation))
-        return self.transform(image), multi_hot(r.tags, self.num_classes)
+        return self.transform(image), multi_hot(r.tags, self.num_fg_classes)
 
 
 def seed_everything(seed: int) -> None:

@@ -27,7 +27,10 @@ def save_cam_model(path: Path, model: WeakTr, **extra) -> None:
 def load_cam_model(path: Path, device: torch.device) -> WeakTr:
     """The model of a `save_cam_model` file, in eval mode on `device`, normalising as it was trained."""
     state = load_checkpoint(path)
-    model = WeakTr(WeakTrConfig(**state["config"]), weights=None)
+    config = dict(state["config"])
+    if "num_classes" in config:  # written before the field was named num_fg_classes
+        config["num_fg_classes"] = config.pop("num_classes")
+    model = WeakTr(WeakTrConfig(**config), weights=None)
     model.load_state_dict(state["model"], strict=True)
     model.set_normalisation(state["mean"], state["std"])
     return model.to(device).eval()

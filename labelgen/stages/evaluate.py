@@ -401,7 +401,7 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     manifest = load_manifest(ctx.inputs["index"])
     jobs = _jobs(ctx)
     _, not_scored = gt_not_scored(ctx.inputs["index"].path, manifest)
-    reduced = reduce_parts(jobs, manifest.num_classes)
+    reduced = reduce_parts(jobs, manifest.num_labels)
     metrics = build_metrics(manifest, jobs, reduced, not_scored, ctx)
     (out / METRICS).write_text(json.dumps(metrics, indent=1))
     write_per_image_csv(out / PER_IMAGE, per_image_rows(jobs, reduced.ranking, metrics["classes"]))

@@ -56,12 +56,17 @@ LAST = "last.pt"
 LOG = "log.jsonl"
 
 
-def build_state(params: TrainCamParams, num_classes: int, device: torch.device) -> TrainingState:
+def build_state(params: TrainCamParams, num_fg_classes: int, device: torch.device) -> TrainingState:
     """A fresh training: model, AdamW, cosine schedule; `best` is the gt_miou selection's
     {"epoch", "miou", "threshold"} once there is one."""
     seed_everything(params.seed)
     config = WeakTrConfig(
-        params.backbone, num_classes, params.fusion, params.aaf_reduction, params.aaf_feat_reduction, params.drop_path
+        params.backbone,
+        num_fg_classes,
+        params.fusion,
+        params.aaf_reduction,
+        params.aaf_feat_reduction,
+        params.drop_path,
     )
     model = WeakTr(config, params.weights).to(device)
     peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference
@@ -170,10 +175,10 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
             f"train_cam.batch_size={params.batch_size}; lower the batch size"
         )
     device = pick_device("auto")
-    state = build_state(params, manifest.num_classes - 1, device)
+    state = build_state(params, manifest.num_fg_classes, device)
     resume_training(state, out / LAST, "train_cam")
     transform = training_transform(params, *state.model.normalisation)
-    data = TaggedImages(records, manifest.num_classes - 1, transform, dataset.max_image_pixels)
+    data = TaggedImages(records, manifest.num_fg_classes, transform, dataset.max_image_pixels)
     subset = [r for r in records if r.mask][: params.selection_subset]
     if params.selection == "gt_miou" and not subset:
         raise DataError("train_cam.selection='gt_miou' needs GT masks in the train split; use selection='last'")
@@ -185,7 +190,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
         # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
         state.scheduler.step(epoch)
         if params.selection == "gt_miou":
-            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_classes, params.precision)
+            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_labels, params.precision)
             entry.update(gt_miou=miou, gt_threshold=threshold)
             if state.best is None or miou > state.best["miou"]:
                 state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}

@@ -177,7 +177,7 @@ def train_decoder(
     if len(records) < p.batch_size:
         raise DataError(f"{len(records)} train images, fewer than train_decoder.batch_size={p.batch_size}")
     device = pick_device("auto")
-    state = build_state(p, manifest.num_classes, device)
+    state = build_state(p, manifest.num_labels, device)
     criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
     data = PseudoMaskImages(records, masks, p, dataset.max_image_pixels)
     resume_training(state, out / LAST, "train_decoder")
