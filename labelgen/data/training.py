@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.timm_compat import augmentation_state, seed_augmentations, set_augmentation_state
+from labelgen.devices import available_cores
 from labelgen.errors import ConfigError
-from labelgen.pipeline.worker_process import available_cores
 
 log = logging.getLogger(__name__)
 

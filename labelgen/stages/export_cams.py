@@ -18,6 +18,7 @@ import numpy as np
 from labelgen.config import ExportCamsParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
+from labelgen.devices import pick_device
 from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import fit_factor, load_cam_model, multiscale_cams
 from labelgen.models.precision import check_precision
@@ -25,7 +26,6 @@ from labelgen.models.weaktr import CAM_KINDS
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import load_manifest
 from labelgen.stages.train_cam import MODEL
-from labelgen.store.checkpoint import pick_device
 from labelgen.store.sharded import StoreLayout, create_cam_store, write_cam_shard
 
 log = logging.getLogger(__name__)

@@ -20,13 +20,13 @@ from labelgen.config import PredictParams
 from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
+from labelgen.devices import pick_device
 from labelgen.errors import ConfigError
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter, load_segmenter
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import dataset_splits, load_manifest
 from labelgen.stages.train_decoder import MODEL
-from labelgen.store.checkpoint import pick_device
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from labelgen.data.training import (
     start_epoch,
     training_loader,
 )
+from labelgen.devices import pick_device, use_every_core
 from labelgen.errors import DataError
 from labelgen.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, scores
 from labelgen.models.cam_inference import multiscale_cams, save_cam_model
@@ -39,11 +40,9 @@ from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
-from labelgen.pipeline.worker_process import use_every_core
 from labelgen.store.checkpoint import (
     TrainingState,
     load_checkpoint,
-    pick_device,
     resume_training,
     save_checkpoint,
     save_training_state,

@@ -32,16 +32,16 @@ from labelgen.data.training import (
     start_epoch,
     training_loader,
 )
+from labelgen.devices import pick_device, use_every_core
 from labelgen.errors import DataError
 from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
-from labelgen.pipeline.worker_process import use_every_core
 from labelgen.stages.pseudo_labels import MASKS
 from labelgen.stages.train_cam import LAST, LOG, MODEL
-from labelgen.store.checkpoint import TrainingState, pick_device, resume_training, save_training_state
+from labelgen.store.checkpoint import TrainingState, resume_training, save_training_state
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)

@@ -97,12 +97,3 @@ def resume_training(state: TrainingState, path: Path, name: str) -> None:
     state.history = saved["history"]
     state.best = saved.get("best")
     log.info("%s: resuming after epoch %d from %s", name, saved["epoch"], path)
-
-
-def pick_device(requested: str) -> torch.device:
-    """'auto' -> cuda when present, else cpu."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ArtifactError("device=cuda was asked for but no CUDA device is visible on this worker")
-    return torch.device(requested)
