@@ -17,7 +17,6 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.timm_compat import augmentation_state, seed_augmentations, set_augmentation_state
 from labelgen.devices import available_cores
-from labelgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +118,6 @@ def loader_workers(setting: str) -> int:
     if setting == "auto":
         return max(0, min(available_cores() - 1, 16))
     return int(setting)
-
-
-def check_num_workers(setting: str, where: str) -> None:
-    if setting != "auto" and not setting.isdigit():
-        raise ConfigError(f'{where}={setting!r}: expected a count of loader processes (0 or more) or "auto"')
 
 
 def training_loader(data: Dataset, batch_size: int, num_workers: str, seed: int, device: torch.device) -> DataLoader:
