@@ -39,11 +39,10 @@ from labelgen.config import ExportCamsParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.models import weaktr
-from labelgen.models.cam_inference import cam_checkpoint, load_cam_model
+from labelgen.models.cam_inference import load_cam_model, save_cam_model
 from labelgen.models.precision import PRECISIONS, autocast, resolve_precision
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.stages.export_cams import export_shard, stored_size
-from labelgen.store.checkpoint import save_checkpoint
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_cam_store
 
 SCALES = (1.0, 1.2)
@@ -76,8 +75,8 @@ def reference_loop(model_path: Path, recs: list[ImageRecord], out: Path, precisi
     """As `generate_attention_maps_ms`: one image at a time, one forward per scale and per flip with
     autocast and the stacked fusion, every class upsampled, un-flipped and summed, tagged classes
     min–max normalised, one .npy per image."""
-    model, mean, std = load_cam_model(model_path, torch.device("cpu"))
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    model = load_cam_model(model_path, torch.device("cpu"))
+    m, s = model.pixel_mean, model.pixel_std
     with mock.patch.object(weaktr, "fuse_attention", stacked_fusion):
         for r in recs:
             pil = Image.open(r.image).convert("RGB")
@@ -166,12 +165,12 @@ def main() -> None:
         tmp = Path(tmp)
         if args.checkpoint:
             model_path = args.checkpoint
-            num_classes = load_cam_model(model_path, torch.device("cpu"))[0].config.num_classes
+            num_classes = load_cam_model(model_path, torch.device("cpu")).config.num_fg_classes
         else:
             model_path, num_classes = tmp / "model.pt", FRESH_CLASSES
             torch.manual_seed(0)
             model = WeakTr(WeakTrConfig("deit_tiny_patch16_224", num_classes), "hub:deit_tiny_patch16_224.fb_in1k")
-            save_checkpoint(model_path, cam_checkpoint(model.eval(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+            save_cam_model(model_path, model.eval())
         recs = records(args.images, num_classes)
         (tmp / "ref").mkdir()
         started = time.perf_counter()

@@ -66,10 +66,9 @@ def probe_export(model: str, size: list[int], max_side: int, cache_mb: int) -> d
 
     from labelgen.config import ExportCamsParams
     from labelgen.data.manifest import ImageRecord
-    from labelgen.models.cam_inference import cam_checkpoint
+    from labelgen.models.cam_inference import save_cam_model
     from labelgen.models.weaktr import WeakTr, WeakTrConfig
     from labelgen.stages.export_cams import export_shard, stored_size
-    from labelgen.store.checkpoint import save_checkpoint
     from labelgen.store.sharded import StoreLayout, create_cam_store
 
     arch, weights, classes = MODELS[model]
@@ -84,9 +83,7 @@ def probe_export(model: str, size: list[int], max_side: int, cache_mb: int) -> d
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        save_checkpoint(
-            root / "model.pt", cam_checkpoint(WeakTr(WeakTrConfig(arch, classes), weights), (0.5,) * 3, (0.5,) * 3)
-        )
+        save_cam_model(root / "model.pt", WeakTr(WeakTrConfig(arch, classes), weights))
         Image.fromarray(_photo(size)).save(root / "photo.png")
         record = ImageRecord("photo", str(root / "photo.png"), size[0], size[1], (1, 2, 3), None, "train", "")
         layout = StoreLayout(("photo",), (stored_size(record, 1, params.max_side),), 1)
@@ -109,7 +106,7 @@ def probe_predict(model: str, size: list[int], max_side: int) -> dict:
     image = _photo(size)
     base = peak_rss_mb()
     started = time.perf_counter()
-    probs_to_mask(image, predict_probs(segmenter, image, p, (0.5,) * 3, (0.5,) * 3), p)
+    probs_to_mask(image, predict_probs(segmenter, image, p), p)
     return {"base_mb": base, "peak_mb": peak_rss_mb(), "seconds": time.perf_counter() - started}
 
 

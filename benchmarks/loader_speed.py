@@ -24,7 +24,8 @@ from PIL import Image
 
 from labelgen.config import load_recipe, recipe_path
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.training import TaggedImages, loader_workers, normalisation, start_epoch, training_loader
+from labelgen.data.training import TaggedImages, loader_workers, start_epoch, training_loader
+from labelgen.models.pixels import normalisation
 from labelgen.stages.train_cam import training_transform
 from labelgen.stages.train_decoder import PseudoMaskImages
 

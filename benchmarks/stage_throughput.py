@@ -36,13 +36,13 @@ from PIL import Image
 
 from labelgen.config import load_recipe, recipe_path
 from labelgen.data.classes import voc_classes
+from labelgen.devices import available_cores
 from labelgen.models.losses import GradientClippingLoss
 from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.runner import run_pipeline
-from labelgen.pipeline.worker_process import available_cores
 from labelgen.stages.predict import pass_size, window_starts
 from labelgen.stages.train_cam import cam_step
 from labelgen.stages.train_decoder import decoder_step

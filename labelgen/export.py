@@ -405,7 +405,7 @@ def coco_dataset(records: list[ImageRecord], image_ids: dict[str, int], manifest
 def _export_coco(source: ExportSource, what: str, out: Path, client: Client) -> dict[str, int]:
     """Per split `<what>_<split>.json` (dataset) and `<what>_<split>_results.json` (results list)."""
     manifest = source.manifest
-    category_ids = [manifest.category_id(k) for k in range(manifest.num_classes)]
+    category_ids = [manifest.category_id(k) for k in range(manifest.num_labels)]
     counts, other = {}, 0
     for split, store in source.stores.items():
         records = source.records(split)

@@ -5,19 +5,34 @@ from __future__ import annotations
 
 import numpy as np
 
+from labelgen.cam import cam_to_labels
 from labelgen.data.masks import IGNORE_INDEX
 
+# train_cam's gt_miou selection grid: background thresholds 0.30, 0.31, ..., 0.60. The reference
+# sweeps from 0.40 upward in steps of 0.01 until the first drop (weaktr-method.md §1.6,
+# `evaluation.py:whole_eval`); this covers the same steps on both sides, without stopping early.
+# evaluate's grid is its recipe setting `evaluate.sweep_thresholds`.
+SELECTION_THRESHOLDS = tuple(np.round(np.arange(0.30, 0.61, 0.01), 2))
 
-def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """num_classes × num_classes counts, rows = GT label, columns = predicted label; GT 255 ignored."""
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_labels: int) -> np.ndarray:
+    """num_labels × num_labels counts, rows = GT label, columns = predicted label; GT 255 ignored."""
     if gt.shape != pred.shape:
         raise ValueError(f"GT shape {gt.shape} differs from prediction shape {pred.shape}")
     valid = gt != IGNORE_INDEX
     g = gt[valid].astype(np.int64)
     p = pred[valid].astype(np.int64)
-    if g.size and (g.max() >= num_classes or p.max() >= num_classes):
-        raise ValueError(f"labels must be < {num_classes}; got GT max {g.max()}, prediction max {p.max()}")
-    return np.bincount(g * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
+    if g.size and (g.max() >= num_labels or p.max() >= num_labels):
+        raise ValueError(f"labels must be < {num_labels}; got GT max {g.max()}, prediction max {p.max()}")
+    return np.bincount(g * num_labels + p, minlength=num_labels**2).reshape(num_labels, num_labels)
+
+
+def cam_threshold_sweep(
+    gt: np.ndarray, maps: np.ndarray, labels: np.ndarray, thresholds, num_labels: int
+) -> np.ndarray:
+    """(T, L, L) confusion matrices of one image's CAM label maps (`cam_to_labels`, no CRF) against
+    its GT, one per background threshold; maps (k, H, W) at the GT's size, labels the k maps' labels."""
+    return np.stack([confusion_matrix(gt, cam_to_labels(maps, labels, t), num_labels) for t in thresholds])
 
 
 def scores(cm: np.ndarray) -> dict[str, object]:

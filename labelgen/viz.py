@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from labelgen.data.masks import IGNORE_INDEX, voc_palette
+from labelgen.data.masks import IGNORE_INDEX
 
-_PALETTE = np.array(voc_palette(), np.uint8).reshape(256, 3)
 _SERIES_COLOURS = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193)]
 # Saturated colours far apart from each other and from grey, for the first 16 classes (the photo
 # under an overlay is shown in grey, so a class colour never competes with the photo's own colours).
@@ -58,13 +57,6 @@ def class_colours() -> np.ndarray:
 
 
 _DISPLAY = class_colours()
-
-
-def colourise(mask: np.ndarray) -> np.ndarray:
-    """H×W labels -> H×W×3 VOC colours; ignore (255) drawn white."""
-    rgb = _PALETTE[mask]
-    rgb[mask == IGNORE_INDEX] = 255
-    return rgb
 
 
 def greyscale(image: np.ndarray) -> np.ndarray:

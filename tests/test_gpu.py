@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from labelgen.data.training import normalise_batch, start_epoch, training_loader
+from labelgen.data.training import start_epoch, training_loader
 from labelgen.models.cam_inference import multiscale_cams
 from labelgen.models.losses import GradientClippingLoss
+from labelgen.models.pixels import PixelNormalised
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.stages.train_cam import cam_step
@@ -22,7 +23,7 @@ def test_bf16_cams_match_fp32(device):
     torch.manual_seed(0)
     model = WeakTr(WeakTrConfig("deit_tiny_patch16_224", 4), "hub:deit_tiny_patch16_224.fb_in1k").eval()
     images = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), dtype=np.uint8) for i in range(2)]
-    args = (images, [(1, 2), (3,)], (1.0, 1.2), True, "fine", (120, 160), MEAN, STD)
+    args = (images, [(1, 2), (3,)], (1.0, 1.2), True, "fine", (120, 160))
     fp32 = multiscale_cams(model, *args, "fp32", 1, max_side=192, cache_bytes=0)
     bf16 = multiscale_cams(model.to(device), *args, "bf16", 4, max_side=192, cache_bytes=2**30)  # as on a GPU
     for a, b in zip(fp32, bf16, strict=True):
@@ -36,9 +37,11 @@ def test_loader_batches_reach_the_device_normalised(device):
     start_epoch(loader, 0, 0)
     images, masks = next(iter(loader))
     assert images.is_pinned() == (device == "cuda")  # pinned host memory makes the copy asynchronous
-    on_device = normalise_batch(images.to(device, non_blocking=True), MEAN, STD)
+    model = PixelNormalised()
+    model.set_normalisation(MEAN, STD)
+    on_device = model.to(device).preprocess(images.to(device, non_blocking=True))
     assert on_device.device.type == device
-    assert torch.allclose(on_device.cpu(), normalise_batch(images, MEAN, STD))
+    assert torch.allclose(on_device.cpu(), model.cpu().preprocess(images))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -19,9 +19,10 @@ from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.masks import IGNORE_INDEX, write_mask
 from labelgen.data.sources import SourceItem
-from labelgen.data.training import TaggedImages, normalisation, normalise_batch
+from labelgen.data.training import TaggedImages
 from labelgen.data.validate import index_items
-from labelgen.models.cam_inference import cam_checkpoint
+from labelgen.models.cam_inference import save_cam_model
+from labelgen.models.pixels import normalisation
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.stages import predict as predict_module
@@ -30,12 +31,10 @@ from labelgen.stages.predict import pass_size, predict_probs, probs_to_mask, sli
 from labelgen.stages.pseudo_labels import pseudo_label
 from labelgen.stages.train_cam import training_transform
 from labelgen.stages.train_decoder import PseudoMaskImages
-from labelgen.store.checkpoint import save_checkpoint
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_cam_store
 from tests.conftest import COCO128
 
 ARCH, WEIGHTS = "deit_tiny_patch16_224", "hub:deit_tiny_patch16_224.fb_in1k"
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY = {"1x1": (1, 1), "15x15": (15, 15), "16x16": (16, 16), "10x1000": (10, 1000)}  # (H, W)
 TAGS = {"1x1": (2,), "15x15": (1, 3), "16x16": (3,), "10x1000": (1, 2), "wide": (1, 3)}
 MAX_PIXELS = 10**8
@@ -64,11 +63,11 @@ def records(tmp_path_factory) -> list[ImageRecord]:
 def cam_model(tmp_path_factory):
     """A saved WeakTr (DeiT-Tiny, 3 classes) with a CAM head that is not all zero."""
     torch.manual_seed(0)
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=3), WEIGHTS).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=3), WEIGHTS).eval()
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, cam_checkpoint(model, MEAN, STD))
+    save_cam_model(path, model)
     return path
 
 
@@ -197,7 +196,7 @@ PREDICT = PredictParams(
 def reference_predict_probs(model, image: np.ndarray, p: PredictParams) -> np.ndarray:
     """predict_probs as before max_side (commit c24ab19): every pass upsampled to full size and summed."""
     h, w = image.shape[:2]
-    x = normalise_batch(torch.from_numpy(image).permute(2, 0, 1)[None], MEAN, STD)
+    x = model.preprocess(torch.from_numpy(image).permute(2, 0, 1)[None])
     total = None
     for ratio in p.scales:
         scale = max(p.resize_short * ratio, p.window) / min(h, w)
@@ -213,7 +212,7 @@ def reference_predict_probs(model, image: np.ndarray, p: PredictParams) -> np.nd
 
 def test_predict_within_max_side_is_unchanged(segmenter):
     image = _photo((90, 120), index=7)
-    probs = predict_probs(segmenter, image, PREDICT, MEAN, STD)
+    probs = predict_probs(segmenter, image, PREDICT)
     assert np.array_equal(probs, reference_predict_probs(segmenter, image, PREDICT))
     labels = probs.argmax(0)
     present = np.unique(labels)
@@ -229,7 +228,7 @@ def test_predict_of_every_size(records, segmenter, monkeypatch):
     for r in records:
         image = np.array(Image.open(r.image))
         passes.clear()
-        probs = predict_probs(segmenter, image, PREDICT, MEAN, STD)
+        probs = predict_probs(segmenter, image, PREDICT)
         assert max(max(s) for s in passes) <= PREDICT.max_side, r.id  # the 10×1000 strip's would be 12800 long
         assert probs.shape == (4, *working_size(r.height, r.width, PREDICT.max_side)) and np.isfinite(probs).all()
         np.testing.assert_allclose(probs.sum(0), 1, rtol=1e-5)

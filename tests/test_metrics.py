@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from labelgen.metrics import confusion_matrix, scores
+from labelgen.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, confusion_matrix, scores
 
 
 def test_confusion_and_scores_by_hand():
@@ -55,3 +55,21 @@ def test_label_shares_leave_ignore_out():
     shares = label_shares(mask, 4)
     assert shares.tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6, 0.0])
     assert label_shares(np.full((2, 2), 255, np.uint8), 4).tolist() == [0, 0, 0, 0]
+
+
+def test_cam_threshold_sweep_counts_each_thresholds_label_map():
+    """One 1×4 image, one map of label 2: a pixel is 2 where its CAM value beats the threshold
+    (ties go to background), so each threshold moves a known number of pixels."""
+    maps = np.array([[[0.2, 0.4, 0.6, 0.8]]], np.float32)
+    gt = np.array([[0, 0, 2, 2]], np.uint8)
+    sweep = cam_threshold_sweep(gt, maps, np.array([2]), (0.1, 0.4, 0.7, 0.9), 3)
+    assert sweep.shape == (4, 3, 3) and sweep.dtype == np.int64
+    # rows GT, columns prediction: [GT 0 -> pred 0, GT 0 -> pred 2, GT 2 -> pred 0, GT 2 -> pred 2]
+    got = [(cm[0, 0], cm[0, 2], cm[2, 0], cm[2, 2]) for cm in sweep]
+    assert got == [(0, 2, 0, 2), (2, 0, 0, 2), (2, 0, 1, 1), (2, 0, 2, 0)]
+    assert sweep[:, 1].sum() == 0 and sweep[:, :, 1].sum() == 0
+
+
+def test_selection_grid_is_the_hundredths_from_030_to_060():
+    assert SELECTION_THRESHOLDS[0] == 0.30 and SELECTION_THRESHOLDS[-1] == 0.60 and len(SELECTION_THRESHOLDS) == 31
+    assert np.allclose(np.diff(SELECTION_THRESHOLDS), 0.01) and 0.43 in SELECTION_THRESHOLDS

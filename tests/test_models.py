@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from labelgen.data.training import normalise_batch
 from labelgen.models import vit
 from labelgen.models import weaktr as weaktr_module
 from labelgen.models.cam_inference import fit_factor, multiscale_cams, view_sizes
@@ -25,7 +24,7 @@ WEIGHTS = "hub:deit_tiny_patch16_224.fb_in1k"
 @pytest.fixture(scope="module")
 def weaktr():
     torch.manual_seed(0)
-    return WeakTr(WeakTrConfig(ARCH, num_classes=4), WEIGHTS)
+    return WeakTr(WeakTrConfig(ARCH, num_fg_classes=4), WEIGHTS)
 
 
 def test_backbone_equals_timm_forward_on_real_weights():
@@ -99,7 +98,7 @@ def test_gradient_paths(weaktr):
 
 
 def test_mean_fusion_ablation_has_no_fusion_parameters():
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=3, fusion="mean"), WEIGHTS)
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=3, fusion="mean"), WEIGHTS)
     assert not any(n.startswith("fusion.") for n, _ in model.named_parameters())
     assert model(torch.randn(1, 3, 64, 64)).fine_cam.shape == (1, 3, 4, 4)
 
@@ -107,7 +106,6 @@ def test_mean_fusion_ablation_has_no_fusion_parameters():
 def test_multiscale_cams_are_normalised_per_tag(weaktr):
     weaktr.eval()
     images = [np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8) for i in range(2)]
-    norm = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     maps = multiscale_cams(
         weaktr,
         images,
@@ -116,7 +114,6 @@ def test_multiscale_cams_are_normalised_per_tag(weaktr):
         True,
         "fine",
         (70, 90),
-        *norm,
         "fp32",
         4,
         max_side=108,
@@ -130,13 +127,14 @@ def test_multiscale_cams_are_normalised_per_tag(weaktr):
     assert maps[0].max() > 0.99
 
 
-def naive_multiscale_cams(model, image, tags, scales, out_size, mean, std) -> np.ndarray:
+def naive_multiscale_cams(model, image, tags, scales, out_size) -> np.ndarray:
     """The reference's order of work (§1.7): every class upsampled per pass, un-flipped, summed."""
     total = 0
     for scale in scales:
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
         x = torch.from_numpy(np.array(Image.fromarray(image).resize(size, Image.BICUBIC))).permute(2, 0, 1)[None]
-        x = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in model.normalisation)
+        x = (x.float() / 255 - mean) / std
         for flip in (False, True):
             with torch.no_grad():
                 cam = model(x.flip(-1) if flip else x).fine_cam
@@ -152,13 +150,12 @@ def test_multiscale_shortcuts_equal_the_reference_order_of_work(views_per_pass):
     """Upsampling only the tagged classes, merging flips before upsampling, and any number of views
     per forward pass give the reference's maps (fp32)."""
     torch.manual_seed(1)
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=4), WEIGHTS).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=4), WEIGHTS).eval()
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)  # a head whose CAMs are not all zero
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (61, 83, 3), dtype=np.uint8) for _ in range(2)]
     tags = [(1, 4), (3,)]
-    norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     ours = multiscale_cams(
         model,
         images,
@@ -167,14 +164,13 @@ def test_multiscale_shortcuts_equal_the_reference_order_of_work(views_per_pass):
         True,
         "fine",
         (61, 83),
-        *norm,
         "fp32",
         views_per_pass,
         max_side=108,
         cache_bytes=0,
     )
     for image, t, m in zip(images, tags, ours, strict=True):
-        ref = naive_multiscale_cams(model, image, t, (1.0, 1.3), (61, 83), *norm)
+        ref = naive_multiscale_cams(model, image, t, (1.0, 1.3), (61, 83))
         assert ref.max() > 0.99
         np.testing.assert_allclose(m, ref, atol=2e-5)
 
@@ -182,9 +178,14 @@ def test_multiscale_shortcuts_equal_the_reference_order_of_work(views_per_pass):
 def test_bf16_cams_stay_close_to_fp32(weaktr):
     weaktr.eval()
     image = [np.random.default_rng(5).integers(0, 255, (64, 96, 3), dtype=np.uint8)]
-    args = (weaktr, image, [(1, 2)], (1.0,), True, "fine", (64, 96), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    args = (weaktr, image, [(1, 2)], (1.0,), True, "fine", (64, 96))
     bounds = {"max_side": 96, "cache_bytes": 0}
-    fp32, bf16 = multiscale_cams(*args, "fp32", 2, **bounds)[0], multiscale_cams(*args, "bf16", 2, **bounds)[0]
+    own = weaktr.normalisation
+    weaktr.set_normalisation((0.5,) * 3, (0.5,) * 3)  # the inputs this tolerance was set for
+    try:
+        fp32, bf16 = multiscale_cams(*args, "fp32", 2, **bounds)[0], multiscale_cams(*args, "bf16", 2, **bounds)[0]
+    finally:
+        weaktr.set_normalisation(*own)
     assert np.abs(fp32 - bf16).max() < 0.05
 
 
@@ -192,7 +193,7 @@ def reference_cams(model: WeakTr, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """WeakTr's CAMs as labelgen computed them before the lean inference path (commit c24ab19): every
     layer's attention maps traced and kept, the attention outputs stacked to B×K×N×hd and max-pooled
     inside the AAF, the maps fused from the list."""
-    c, heads = model.config.num_classes, model.backbone.num_heads
+    c, heads = model.config.num_fg_classes, model.backbone.num_heads
     out = model.backbone.forward_features(x, trace=True)
     b, _, d = out.tokens.shape
     h, w = out.grid
@@ -220,7 +221,7 @@ def photo(index: int, size: tuple[int, int]) -> np.ndarray:
 def trained_head():
     """A WeakTr whose CAM head is not all zero (as after training), DeiT-Tiny weights, 5 classes."""
     torch.manual_seed(2)
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=5), WEIGHTS).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=5), WEIGHTS).eval()
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)
     return model
@@ -230,7 +231,7 @@ def test_lean_cams_are_bit_identical_to_the_maps_of_every_layer(trained_head):
     """The inference path (two passes, maps kept within a budget or recomputed) gives the very bits of
     the computation that keeps every layer's maps, for every budget; so does the training forward."""
     images = torch.from_numpy(np.stack([photo(0, (240, 320)), photo(1, (240, 320))])).permute(0, 3, 1, 2)
-    x = normalise_batch(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = trained_head.preprocess(images)
     with torch.no_grad():
         expected = reference_cams(trained_head, x)
         out = trained_head(x)
@@ -316,7 +317,7 @@ def _reference_state_dict(path) -> dict[str, torch.Tensor]:
 def test_stage1_parity_with_the_reference_outputs():
     """The reference's own outputs (../shared/parity, its README): forward and the lean CAMs."""
     golden = np.load(PARITY / "stage1_outputs.npz")
-    model = WeakTr(WeakTrConfig(ARCH, num_classes=20), None).eval()
+    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=20), None).eval()
     model.load_state_dict(_reference_state_dict(PARITY / "stage1_weights.safetensors"), strict=True)
     x = torch.from_numpy(golden["input_224"])
     with torch.no_grad():
@@ -328,3 +329,32 @@ def test_stage1_parity_with_the_reference_outputs():
         )
     for kind in ("coarse", "fused", "fine"):
         assert torch.equal(model.cams(x, kind, 0), getattr(out, f"{kind}_cam"))
+
+
+def test_cam_checkpoints_record_the_normalisation_outside_the_state_dict(weaktr, tmp_path):
+    """pixel_mean/pixel_std are not in the state dict (checkpoints from before them load strictly);
+    the checkpoint's "mean"/"std" become the loaded model's buffers."""
+    from labelgen.models.cam_inference import load_cam_model, save_cam_model
+    from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
+
+    assert weaktr.normalisation == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT's ImageNet statistics
+    assert not any(k.startswith("pixel_") for k in weaktr.state_dict())
+    save_cam_model(tmp_path / "model.pt", weaktr)
+    state = load_checkpoint(tmp_path / "model.pt")
+    state["mean"], state["std"] = [0.5, 0.25, 0.125], [0.5, 0.5, 2.0]
+    save_checkpoint(tmp_path / "model.pt", state)
+    loaded = load_cam_model(tmp_path / "model.pt", torch.device("cpu"))
+    x = torch.tensor([255, 0, 128], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    expected = torch.tensor([(1 - 0.5) / 0.5, (0 - 0.25) / 0.5, (128 / 255 - 0.125) / 2.0]).view(1, 3, 1, 1)
+    assert torch.allclose(loaded.preprocess(x), expected.expand(1, 3, 2, 2))
+
+
+def test_cam_checkpoints_from_before_num_fg_classes_load(weaktr, tmp_path):
+    from labelgen.models.cam_inference import load_cam_model, save_cam_model
+    from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
+
+    save_cam_model(tmp_path / "model.pt", weaktr)
+    state = load_checkpoint(tmp_path / "model.pt")
+    state["config"]["num_classes"] = state["config"].pop("num_fg_classes")
+    save_checkpoint(tmp_path / "old.pt", state)
+    assert load_cam_model(tmp_path / "old.pt", torch.device("cpu")).config == weaktr.config

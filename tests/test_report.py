@@ -20,7 +20,6 @@ from labelgen.data.demo import generate_demo
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import read_mask, write_mask
-from labelgen.data.training import normalise_batch
 from labelgen.metrics import confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.pipeline.runner import run_pipeline
@@ -102,13 +101,13 @@ def gallery_rows(report_dir: Path) -> list[dict]:
 
 def expected_confidence(run: Path, manifest: Manifest) -> dict[str, list[float]]:
     """The CAM network's sigmoid coarse-head scores for each train image's tags, computed here directly."""
-    net, mean, std = load_cam_model(_one(run, "train_cam/*/model.pt"), torch.device("cpu"))
+    net = load_cam_model(_one(run, "train_cam/*/model.pt"), torch.device("cpu"))
     size = tiny_recipe()["train_cam"].input_size
     out = {}
     with torch.no_grad():
         for r in manifest.split("train"):
             square = np.array(Image.fromarray(read_image(r.image)).resize((size, size), Image.BICUBIC))
-            logits = net(normalise_batch(torch.from_numpy(square).permute(2, 0, 1)[None], mean, std)).coarse_logits[0]
+            logits = net(net.preprocess(torch.from_numpy(square).permute(2, 0, 1)[None])).coarse_logits[0]
             out[r.id] = [float(torch.sigmoid(logits[t - 1])) for t in r.tags]
     return out
 
@@ -119,21 +118,21 @@ def test_gt_free_numbers_equal_direct_counts(tiny_full_run):
     metrics, train = _metrics(run), manifest.split("train")
     pseudo, pred = _masks(run, "pseudo_labels/*/masks.zarr"), _masks(run, "predict/*/masks_train.zarr")
     free = metrics["gt_free"]["train"]
-    tagged = np.zeros(manifest.num_classes, int)
+    tagged = np.zeros(manifest.num_labels, int)
     found = {"pseudo_labels": np.zeros_like(tagged), "predict_train": np.zeros_like(tagged)}
-    cm = np.zeros((manifest.num_classes,) * 2, np.int64)
+    cm = np.zeros((manifest.num_labels,) * 2, np.int64)
     for r in train:
         tagged[list(r.tags)] += 1
         for name, masks in (("pseudo_labels", pseudo), ("predict_train", pred)):
             found[name][list(r.tags)] += [bool((masks[r.id] == t).any()) for t in r.tags]
-        cm += confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_classes)
+        cm += confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_labels)
     assert free["images"] == 24 and free["tagged"] == tagged.tolist()
     for name in found:
         assert free["sources"][name]["found"] == found[name].tolist()
     assert free["agreement"]["miou"] == pytest.approx(scores(cm)["miou"])
     assert free["agreement"]["between"] == ["pseudo_labels", "predict_train"]
     confidence = expected_confidence(run, manifest)
-    for c in range(1, manifest.num_classes):
+    for c in range(1, manifest.num_labels):
         values = [v for r in train for t, v in zip(r.tags, confidence[r.id], strict=True) if t == c]
         assert free["confidence"][c] == pytest.approx(np.mean(values), abs=1e-5)
     assert metrics["gt"] == {
@@ -154,7 +153,7 @@ def test_gallery_is_sorted_worst_first_by_gt_miou(tiny_full_run):
     preds = {**_masks(run, "predict/*/masks_train.zarr"), **_masks(run, "predict/*/masks_val.zarr")}
     for row in rows:  # the rank of an image with GT is its prediction's mIoU against GT
         r = by_id[row["id"]]
-        iou = image_miou(confusion_matrix(read_mask(r.mask), preds[r.id], manifest.num_classes))
+        iou = image_miou(confusion_matrix(read_mask(r.mask), preds[r.id], manifest.num_labels))
         assert row["rank"] == pytest.approx(iou, abs=1e-6) and row["gt"] == "1"
 
 
@@ -203,7 +202,7 @@ def test_without_gt_the_report_ranks_by_agreement(no_gt_run):
     for row in rows:
         r = by_id[row["id"]]
         if r.split == "train":  # the GT-free score: pseudo-label / prediction agreement
-            expected = tag_agreement(confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_classes), r.tags)
+            expected = tag_agreement(confusion_matrix(pseudo[r.id], pred[r.id], manifest.num_labels), r.tags)
         else:  # no pseudo-label to agree with: the share of its tags the prediction holds
             expected = np.mean([(pred[r.id] == t).any() for t in r.tags])
         assert row["gt"] == "0" and row["rank"] == row["score"] == pytest.approx(expected, abs=1e-6)

@@ -16,6 +16,15 @@ from pathlib import Path
 CONTENT_SUFFIXES = (".csv", ".json", ".jsonl", ".txt")
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def data_fingerprint(root: Path) -> dict[str, object]:
     """{"files": count, "digest": sha256 hex} of every file under `root` (symlinks followed).
     Raises OSError for an unreadable root."""

@@ -50,9 +50,14 @@ class Manifest:
         return label if self.category_ids is None else self.category_ids[label]
 
     @property
-    def num_classes(self) -> int:
-        """Labels including background."""
+    def num_labels(self) -> int:
+        """Labels including background (0..num_labels-1)."""
         return len(self.classes)
+
+    @property
+    def num_fg_classes(self) -> int:
+        """Foreground classes (labels 1..num_fg_classes): what the CAM network classifies."""
+        return len(self.classes) - 1
 
     def split(self, name: str) -> list[ImageRecord]:
         return [r for r in self.records if r.split == name]

@@ -82,25 +82,6 @@ def write_mask(path: Path | str, mask: np.ndarray) -> None:
     img.save(path, optimize=False)
 
 
-def check_mask(mask: np.ndarray, num_classes: int, path: Path, image_size: tuple[int, int]) -> None:
-    """Raise `DataError` if a mask does not fit its image or holds values outside the label space.
-
-    `num_classes` counts background; valid values are 0..num_classes-1 and 255.
-    """
-    if mask.shape != (image_size[1], image_size[0]):
-        raise DataError(
-            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-            f"{image_size[0]}x{image_size[1]}; masks must have the size of their image"
-        )
-    values = np.flatnonzero(value_counts(mask))
-    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
-    if bad.size:
-        raise DataError(
-            f"{path}: mask values {bad.tolist()} are outside the label space 0..{num_classes - 1} "
-            f"(and {IGNORE_INDEX} = ignore); check the class list"
-        )
-
-
 def value_counts(mask: np.ndarray) -> np.ndarray:
     """(256,) int64: the pixel count of each value of a uint8 mask (a bincount: no sort, unlike np.unique)."""
     return np.bincount(mask.ravel(), minlength=256)

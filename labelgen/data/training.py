@@ -1,4 +1,4 @@
-"""torch Datasets over manifest rows, and the normalisation a backbone expects."""
+"""torch Datasets over manifest rows, their loaders and the seeding that makes trainings resumable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import random
 from collections.abc import Iterator
 
 import numpy as np
-import timm
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -17,31 +16,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.timm_compat import augmentation_state, seed_augmentations, set_augmentation_state
-from labelgen.errors import ConfigError
-from labelgen.pipeline.worker_process import available_cores
+from labelgen.devices import available_cores
 
 log = logging.getLogger(__name__)
 
 
-def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the backbone's pretraining: ImageNet statistics for DeiT, 0.5 for AugReg ViTs."""
-    cfg = timm.get_pretrained_cfg(arch)
-    if cfg is None:
-        return timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD
-    return tuple(cfg.mean), tuple(cfg.std)
-
-
-def normalise_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 B×3×H×W -> float32 (x/255 − mean) / std on the images' device, the same arithmetic as
-    timm's ToTensor + Normalize: every model input of labelgen is normalised by this function."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - m) / s
-
-
-def multi_hot(tags: tuple[int, ...], num_classes: int) -> torch.Tensor:
+def multi_hot(tags: tuple[int, ...], num_fg_classes: int) -> torch.Tensor:
     """C-dim float target; tag t (1..C) sets index t-1."""
-    target = torch.zeros(num_classes)
+    target = torch.zeros(num_fg_classes)
     target[[t - 1 for t in tags]] = 1.0
     return target
 
@@ -49,9 +31,9 @@ def multi_hot(tags: tuple[int, ...], num_classes: int) -> torch.Tensor:
 class TaggedImages(Dataset):
     """(transformed image, multi-hot tags) for CAM training."""
 
-    def __init__(self, records: list[ImageRecord], num_classes: int, transform, max_pixels: int):
+    def __init__(self, records: list[ImageRecord], num_fg_classes: int, transform, max_pixels: int):
         self.records = records
-        self.num_classes = num_classes
+        self.num_fg_classes = num_fg_classes
         self.transform = transform
         self.max_pixels = max_pixels
 
@@ -61,7 +43,7 @@ class TaggedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.records[i]
         image = Image.fromarray(read_image(r.image, self.max_pixels, r.orientation))
-        return self.transform(image), multi_hot(r.tags, self.num_classes)
+        return self.transform(image), multi_hot(r.tags, self.num_fg_classes)
 
 
 def seed_everything(seed: int) -> None:
@@ -136,11 +118,6 @@ def loader_workers(setting: str) -> int:
     if setting == "auto":
         return max(0, min(available_cores() - 1, 16))
     return int(setting)
-
-
-def check_num_workers(setting: str, where: str) -> None:
-    if setting != "auto" and not setting.isdigit():
-        raise ConfigError(f'{where}={setting!r}: expected a count of loader processes (0 or more) or "auto"')
 
 
 def training_loader(data: Dataset, batch_size: int, num_workers: str, seed: int, device: torch.device) -> DataLoader:

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from labelgen.data.coco_gt import check_coco, gt_reference, write_gt_file
+from labelgen.data.fingerprint import file_digest
 from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.masks import IGNORE_INDEX, read_mask, tags_from_mask, value_counts
 from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, problem
 from labelgen.data.sources import SourceItem
 from labelgen.errors import DataError
-from labelgen.store.artifact import file_digest
 
 # A user mask more than this share "ignore" (255) carries almost no labels: most likely its object
 # value is 255 (binary 0/255 exports). Such GT is reported and not scored.

@@ -10,21 +10,30 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from labelgen.data.training import normalise_batch
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
-from labelgen.store.checkpoint import load_checkpoint
+from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
 
-def cam_checkpoint(model: WeakTr, mean, std, **extra) -> dict:
-    return {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra}
+def save_cam_model(path: Path, model: WeakTr, **extra) -> None:
+    """The model's config, normalisation ("mean", "std") and weights, plus `extra` entries (epoch, ...)."""
+    mean, std = model.normalisation
+    save_checkpoint(
+        path,
+        {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra},
+    )
 
 
-def load_cam_model(path: Path, device: torch.device) -> tuple[WeakTr, tuple, tuple]:
+def load_cam_model(path: Path, device: torch.device) -> WeakTr:
+    """The model of a `save_cam_model` file, in eval mode on `device`, normalising as it was trained."""
     state = load_checkpoint(path)
-    model = WeakTr(WeakTrConfig(**state["config"]), weights=None)
+    config = dict(state["config"])
+    if "num_classes" in config:  # written before the field was named num_fg_classes
+        config["num_fg_classes"] = config.pop("num_classes")
+    model = WeakTr(WeakTrConfig(**config), weights=None)
     model.load_state_dict(state["model"], strict=True)
-    return model.to(device).eval(), tuple(state["mean"]), tuple(state["std"])
+    model.set_normalisation(state["mean"], state["std"])
+    return model.to(device).eval()
 
 
 def fit_factor(height: int, width: int, largest_scale: float, max_side: int) -> float:
@@ -64,11 +73,11 @@ def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return up.expand(cams.shape[0], *size)
 
 
-def _to_batch(images: list[np.ndarray], size: tuple[int, int], mean, std, device) -> torch.Tensor:
-    """Same-size H×W×3 uint8 images resized (PIL bicubic) to size (h, w) -> normalised B, 3, h, w."""
+def _to_batch(model: WeakTr, images: list[np.ndarray], size: tuple[int, int], device) -> torch.Tensor:
+    """Same-size H×W×3 uint8 images resized (PIL bicubic) to size (h, w) -> preprocessed B, 3, h, w."""
     if images[0].shape[:2] != size:
         images = [np.asarray(Image.fromarray(im).resize(size[::-1], Image.BICUBIC)) for im in images]
-    return normalise_batch(torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2), mean, std)
+    return model.preprocess(torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2))
 
 
 @torch.no_grad()
@@ -80,8 +89,6 @@ def multiscale_cams(
     flip: bool,
     kind: str,
     out_size: tuple[int, int],
-    mean,
-    std,
     precision: str,
     views_per_pass: int,
     *,
@@ -110,7 +117,7 @@ def multiscale_cams(
     channels = [torch.tensor([c - 1 for c in t], device=device) for t in tags]
     totals: list[torch.Tensor | None] = [None] * n
     for size in view_sizes(h, w, scales, model.backbone.patch_size, max_side):
-        x = _to_batch(images, size, mean, std, device)
+        x = _to_batch(model, images, size, device)
         views = torch.cat([x, x.flip(-1)]) if flip else x
         with autocast(device, precision):
             cams = torch.cat([model.cams(v, kind, cache_bytes).float() for v in views.split(views_per_pass)])

@@ -4,7 +4,8 @@ cosine-similarity masks and a mask norm."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,10 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from labelgen.models.pixels import PixelNormalised, normalisation
 from labelgen.models.vit import ViTBackbone
 from labelgen.models.weights import create_vit
+from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,11 @@ class MaskTransformer(nn.Module):
         return outs
 
 
-class Segmenter(nn.Module):
+class Segmenter(PixelNormalised):
     def __init__(self, config: SegmenterConfig, weights: str | None):
         super().__init__()
         self.config = config
+        self.set_normalisation(*normalisation(config.backbone))
         self.encoder = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), num_prefix=1)
         self.decoder = MaskTransformer(
             self.encoder.embed_dim,
@@ -76,7 +80,7 @@ class Segmenter(nn.Module):
         self.decoder.apply(_init_linear)
 
     def forward(self, images: Tensor, all_depths: bool = False) -> list[Tensor]:
-        """images B, 3, H, W -> per-pixel logits B, n_labels, H, W (one per decoder depth asked for).
+        """`preprocess`ed images B, 3, H, W -> per-pixel logits B, n_labels, H, W (one per decoder depth asked for).
 
         The input is zero-padded to a multiple of the patch size and the padding cropped back."""
         h, w = images.shape[-2:]
@@ -92,6 +96,24 @@ class Segmenter(nn.Module):
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(encoder parameters, decoder parameters), for their different learning rates."""
         return list(self.encoder.parameters()), list(self.decoder.parameters())
+
+
+def save_segmenter(path: Path, model: Segmenter, **extra) -> None:
+    """The model's config, normalisation ("mean", "std") and weights, plus `extra` entries (epoch, ...)."""
+    mean, std = model.normalisation
+    save_checkpoint(
+        path,
+        {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra},
+    )
+
+
+def load_segmenter(path: Path, device: torch.device) -> Segmenter:
+    """The model of a `save_segmenter` file, in eval mode on `device`, normalising as it was trained."""
+    state = load_checkpoint(path)
+    model = Segmenter(SegmenterConfig(**state["config"]), weights=None)
+    model.load_state_dict(state["model"], strict=True)
+    model.set_normalisation(state["mean"], state["std"])
+    return model.to(device).eval()
 
 
 def _init_linear(m: nn.Module) -> None:

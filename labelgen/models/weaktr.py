@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelgen.models.pixels import PixelNormalised, normalisation
 from labelgen.models.vit import ViTBackbone, attention_weights, block_with_attention
 from labelgen.models.weights import create_vit
 
@@ -26,7 +27,7 @@ CAM_KINDS = ("fine", "fused", "coarse")
 @dataclass(frozen=True)
 class WeakTrConfig:
     backbone: str  # timm model name
-    num_classes: int  # foreground classes C (labels 1..C)
+    num_fg_classes: int  # foreground classes C (labels 1..C)
     fusion: str = "aaf"  # "aaf" or "mean" (ablation: plain mean of the attention maps)
     aaf_reduction: int = 8
     aaf_feat_reduction: int = 8
@@ -102,15 +103,16 @@ class WeakTrOutput(NamedTuple):
     fine_cam: Tensor  # B, C, h, w  patch affinity · fused CAM
 
 
-class WeakTr(nn.Module):
+class WeakTr(PixelNormalised):
     def __init__(self, config: WeakTrConfig, weights: str | None):
         super().__init__()
         if config.fusion not in FUSIONS:
             raise ValueError(f"fusion {config.fusion!r}; allowed: {FUSIONS}")
         self.config = config
-        self.backbone = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), config.num_classes)
+        self.set_normalisation(*normalisation(config.backbone))
+        self.backbone = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), config.num_fg_classes)
         dim, heads = self.backbone.embed_dim, self.backbone.num_heads
-        self.head = nn.Conv2d(dim, config.num_classes, kernel_size=3, stride=1, padding=1)
+        self.head = nn.Conv2d(dim, config.num_fg_classes, kernel_size=3, stride=1, padding=1)
         self.head.apply(_init_conv)
         num_maps = len(self.backbone.blocks) * heads
         self.fusion = (
@@ -128,14 +130,14 @@ class WeakTr(nn.Module):
         coarse = F.relu(cam_logits).detach()
         weights = self._fusion_weights([pool_head_features(o.detach(), heads) for o in out.attn_outputs])
         fused, fine = self._refine(coarse, fuse_attention([m.detach() for m in out.attn_maps], weights))
-        c = self.config.num_classes
+        c = self.config.num_fg_classes
         cls_logits = out.tokens[:, :c].mean(dim=-1)  # B, C
         return WeakTrOutput(cls_logits, cam_logits.mean(dim=(2, 3)), fine.mean(dim=(2, 3)), coarse, fused, fine)
 
     @torch.no_grad()
     def cams(self, images: Tensor, kind: str, cache_bytes: int) -> Tensor:
         """B, C, h, w class activation maps (float, ≥ 0) of the chosen kind (fine, fused or coarse)
-        of normalised images B, 3, H, W; (h, w) is the patch grid. Inference only (no gradients).
+        of `preprocess`ed images B, 3, H, W; (h, w) is the patch grid. Inference only (no gradients).
 
         Bit-identical to `forward`'s maps without holding all L layers' attention maps (B, H, N, N
         each) at once. The AAF weights need every layer's pooled attention outputs before any map can
@@ -169,7 +171,7 @@ class WeakTr(nn.Module):
     def _cam_logits(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """Last block's tokens B, C + P, D -> the coarse-CAM head's logits M, B, C, h, w."""
         b, _, d = tokens.shape
-        patches = tokens[:, self.config.num_classes :].transpose(1, 2).reshape(b, d, *grid)
+        patches = tokens[:, self.config.num_fg_classes :].transpose(1, 2).reshape(b, d, *grid)
         return self.head(patches)
 
     def _fusion_weights(self, pooled: list[Tensor]) -> Tensor | None:

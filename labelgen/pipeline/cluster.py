@@ -9,26 +9,14 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import dask
 from distributed import Client, LocalCluster
 
+from labelgen.devices import available_cores, local_gpu_count
 from labelgen.errors import ConfigError
-from labelgen.pipeline.worker_process import available_cores
 
 log = logging.getLogger(__name__)
-
-
-def local_gpu_count() -> int:
-    """NVIDIA GPUs this process may use, without importing torch (which costs the driver seconds and
-    about 500 MB before any work): the driver's device list, narrowed by CUDA_VISIBLE_DEVICES."""
-    devices = Path("/proc/driver/nvidia/gpus")
-    present = len(list(devices.iterdir())) if devices.is_dir() else 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return present
-    return min(present, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
 
 
 def _quiet_dask_logs() -> None:

@@ -256,8 +256,8 @@ def compute_record(params: Any) -> dict[str, str] | None:
     precision = getattr(params, "precision", None)
     if precision is None:
         return None
+    from labelgen.devices import pick_device
     from labelgen.models.precision import resolve_precision
-    from labelgen.store.checkpoint import pick_device
 
     device = pick_device(getattr(params, "device", "auto"))
     return {"device": device.type, "precision": resolve_precision(device, precision)}

@@ -41,22 +41,6 @@ def restore_buffer_reuse() -> bool:
     return ok
 
 
-def available_cores() -> int:
-    """The cores this process may run on: its CPU affinity (a SLURM or taskset allotment) where the
-    OS reports one, else every core of the machine."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def use_every_core() -> None:
-    """For a unit that has its machine to itself (a training run): torch threads = available cores,
-    set in the unit itself so the count is the same in a worker, a test process or a resumed run."""
-    import torch
-
-    torch.set_num_threads(available_cores())
-
-
 class _DropComputeFailed(logging.Filter):
     """dask's worker logs every failed task as a "Compute Failed" block with the traceback; labelgen's
     driver reports the same failure itself (one line for a user error, the traceback otherwise), so

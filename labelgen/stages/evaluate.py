@@ -32,9 +32,8 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.problems import NOT_SCORED
-from labelgen.data.training import normalise_batch
 from labelgen.errors import ConfigError
-from labelgen.metrics import confusion_matrix, image_miou, scores, tag_agreement
+from labelgen.metrics import cam_threshold_sweep, confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.models.weaktr import WeakTr
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
@@ -175,14 +174,14 @@ def _jobs(ctx: StageContext) -> list[ShardJob]:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_cam_model(path: Path, mtime_ns: int) -> tuple[WeakTr, tuple, tuple]:
+def cpu_cam_model(path: Path, mtime_ns: int) -> WeakTr:
     """train_cam's model on the CPU, loaded once per worker process (every shard task of a run asks
     for the same file; building the ViT costs seconds). The file's mtime is part of the cache key."""
     return load_cam_model(path, torch.device("cpu"))
 
 
 @torch.no_grad()
-def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size: int, mean, std) -> list[float]:
+def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size: int) -> list[float]:
     """The CAM network's confidence in each of an image's tags: sigmoid of the logits of its coarse
     CAM head (the pooled class maps the CAMs are made from, trained on the tags), for the whole
     H×W×3 uint8 image resized to size×size (the training crop size), in float32 on the model's
@@ -192,7 +191,7 @@ def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size
     untagged classes ranked right 59% of the time by the class tokens, 96% by the CAM head)."""
     square = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC))
     x = torch.from_numpy(square).permute(2, 0, 1)[None].to(next(model.parameters()).device)
-    logits = model(normalise_batch(x, mean, std)).coarse_logits[0].float()  # C
+    logits = model(model.preprocess(x)).coarse_logits[0].float()  # C
     return [float(torch.sigmoid(logits[t - 1])) for t in tags]
 
 
@@ -217,12 +216,9 @@ def score_against_gt(
     for name, value in stored.items():
         if name == "cams":
             maps, cam_labels = value
-            maps = resize_maps(maps, gt.shape)
-            for j, t in enumerate(job.thresholds):
-                cm = confusion_matrix(gt, cam_to_labels(maps, cam_labels, t), num)
-                cms[name][j] += cm
-                if t == job.bg_threshold:
-                    ious[name] = image_miou(cm)
+            sweep = cam_threshold_sweep(gt, resize_maps(maps, gt.shape), cam_labels, job.thresholds, num)
+            cms[name] += sweep
+            ious[name] = image_miou(sweep[job.thresholds.index(job.bg_threshold)])
         else:
             cm = confusion_matrix(gt, labels[name], num)
             cms[name][0] += cm
@@ -257,7 +253,7 @@ class ShardTotals:
 
 
 def evaluate_image(
-    job: ShardJob, r: ImageRecord, stored: dict[str, Any], cam_net: tuple | None, totals: ShardTotals
+    job: ShardJob, r: ImageRecord, stored: dict[str, Any], cam_net: WeakTr | None, totals: ShardTotals
 ) -> tuple[dict[str, Any], str]:
     """One image: add it to `totals`; return its record and its gallery row."""
     num = len(job.classes)
@@ -268,8 +264,7 @@ def evaluate_image(
     totals.scored += gt is not None
     confidence = None
     if cam_net is not None:
-        net, mean, std = cam_net
-        confidence = tag_confidence(net, image, r.tags, job.confidence_size, mean, std)
+        confidence = tag_confidence(cam_net, image, r.tags, job.confidence_size)
     record = image_quality(r, job.split, labels, num, confidence, ious)
     if job.pair:
         pair_cm = confusion_matrix(labels[job.pair[0]], labels[job.pair[1]], num)
@@ -406,7 +401,7 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     manifest = load_manifest(ctx.inputs["index"])
     jobs = _jobs(ctx)
     _, not_scored = gt_not_scored(ctx.inputs["index"].path, manifest)
-    reduced = reduce_parts(jobs, manifest.num_classes)
+    reduced = reduce_parts(jobs, manifest.num_labels)
     metrics = build_metrics(manifest, jobs, reduced, not_scored, ctx)
     (out / METRICS).write_text(json.dumps(metrics, indent=1))
     write_per_image_csv(out / PER_IMAGE, per_image_rows(jobs, reduced.ranking, metrics["classes"]))

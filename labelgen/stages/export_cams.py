@@ -18,6 +18,7 @@ import numpy as np
 from labelgen.config import ExportCamsParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
+from labelgen.devices import pick_device
 from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import fit_factor, load_cam_model, multiscale_cams
 from labelgen.models.precision import check_precision
@@ -25,7 +26,6 @@ from labelgen.models.weaktr import CAM_KINDS
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import load_manifest
 from labelgen.stages.train_cam import MODEL
-from labelgen.store.checkpoint import pick_device
 from labelgen.store.sharded import StoreLayout, create_cam_store, write_cam_shard
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def export_shard(
 ) -> UnitResult:
     """The dask task: CAMs of one shard's images, batched by image size, written as one shard."""
     device = pick_device(params.device)
-    model, mean, std = load_cam_model(model_path, device)
+    model = load_cam_model(model_path, device)
     for r in records:
         _log_resizing(r, params, model.backbone.patch_size)
     by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -96,8 +96,6 @@ def export_shard(
                 params.flip,
                 params.cam,
                 stored_size(records[batch[0]], params.stride, params.max_side),
-                mean,
-                std,
                 params.precision,
                 params.batch_size,
                 max_side=params.max_side,

@@ -35,9 +35,9 @@ from labelgen.data.problems import grouped, is_problem, problem
 from labelgen.data.slices import SliceWriter, read_slice
 from labelgen.data.sources import CocoLabels, Listing, SourceItem, label_annotations, list_dataset
 from labelgen.data.validate import index_items
+from labelgen.devices import available_cores
 from labelgen.errors import DataError
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
-from labelgen.pipeline.worker_process import available_cores
 from labelgen.store.artifact import Artifact
 
 log = logging.getLogger(__name__)

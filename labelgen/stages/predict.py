@@ -20,14 +20,13 @@ from labelgen.config import PredictParams
 from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.training import normalise_batch
+from labelgen.devices import pick_device
 from labelgen.errors import ConfigError
 from labelgen.models.precision import autocast, check_precision
-from labelgen.models.segmenter import Segmenter
+from labelgen.models.segmenter import Segmenter, load_segmenter
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import dataset_splits, load_manifest
-from labelgen.stages.train_decoder import MODEL, load_segmenter
-from labelgen.store.checkpoint import pick_device
+from labelgen.stages.train_decoder import MODEL
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def working_size(h: int, w: int, max_side: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, std) -> np.ndarray:
+def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams) -> np.ndarray:
     """Class probabilities (L, h, w) float32, summing to 1 over the L labels at each pixel, averaged
     over scales × flips for one H×W×3 uint8 image, at (h, w) = `working_size(H, W, p.max_side)`:
     the image's size unless it is longer than max_side. `probs_to_mask` brings them to full size.
@@ -102,7 +101,7 @@ def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams, mean, s
     device = next(model.parameters()).device
     h, w = image.shape[:2]
     size = working_size(h, w, p.max_side)
-    x = normalise_batch(torch.from_numpy(image).to(device).permute(2, 0, 1)[None], mean, std)
+    x = model.preprocess(torch.from_numpy(image).to(device).permute(2, 0, 1)[None])
     total = None
     for ratio in p.scales:
         scaled = F.interpolate(x, size=pass_size(h, w, ratio, p), mode="bilinear", align_corners=False)
@@ -163,12 +162,12 @@ def predict_shard(
     max_pixels: int,
 ) -> UnitResult:
     device = pick_device(p.device)
-    model, mean, std = load_segmenter(model_path, device)
+    model = load_segmenter(model_path, device)
     masks = []
     for r in records:
         _log_resizing(r, p)
         image = read_image(r.image, max_pixels, r.orientation)
-        masks.append(probs_to_mask(image, predict_probs(model, image, p, mean, std), p))
+        masks.append(probs_to_mask(image, predict_probs(model, image, p), p))
     return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
 
 

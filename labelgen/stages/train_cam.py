@@ -3,7 +3,8 @@
 Output: `model.pt` (selected weights + config), `last.pt` (resume state, replaced atomically every
 epoch), `log.jsonl` (one line per epoch). Every epoch seeds all RNGs from (seed, epoch) and the
 checkpoint holds model, optimizer and scheduler, so a run killed at any point and resumed from
-`last.pt` ends with exactly the weights of an uninterrupted run (on CPU).
+`last.pt` ends with exactly the weights of an uninterrupted run (on CPU). train_decoder is built from
+the same pieces: `build_state`, `resume_training`, `train_epoch`, `save_training_state`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,50 +22,50 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from labelgen.cam import cam_to_labels
 from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.training import (
     TaggedImages,
-    normalisation,
     seed_everything,
     start_epoch,
     training_loader,
 )
+from labelgen.devices import pick_device, use_every_core
 from labelgen.errors import DataError
-from labelgen.metrics import confusion_matrix, scores
-from labelgen.models.cam_inference import cam_checkpoint, multiscale_cams
+from labelgen.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, scores
+from labelgen.models.cam_inference import multiscale_cams, save_cam_model
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
-from labelgen.pipeline.worker_process import use_every_core
-from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
+from labelgen.store.checkpoint import (
+    TrainingState,
+    load_checkpoint,
+    resume_training,
+    save_checkpoint,
+    save_training_state,
+)
 
 log = logging.getLogger(__name__)
 
 MODEL = "model.pt"
 LAST = "last.pt"
 LOG = "log.jsonl"
-SELECTION_THRESHOLDS = tuple(np.round(np.arange(0.30, 0.61, 0.01), 2))
 
 
-@dataclass
-class TrainState:
-    model: WeakTr
-    optimizer: torch.optim.Optimizer
-    scheduler: CosineLRScheduler
-    next_epoch: int
-    history: list[dict[str, Any]]
-    best: dict[str, Any] | None  # gt_miou selection: {"epoch", "miou", "threshold"}
-
-
-def build_state(params: TrainCamParams, num_classes: int, device: torch.device) -> TrainState:
+def build_state(params: TrainCamParams, num_fg_classes: int, device: torch.device) -> TrainingState:
+    """A fresh training: model, AdamW, cosine schedule; `best` is the gt_miou selection's
+    {"epoch", "miou", "threshold"} once there is one."""
     seed_everything(params.seed)
     config = WeakTrConfig(
-        params.backbone, num_classes, params.fusion, params.aaf_reduction, params.aaf_feat_reduction, params.drop_path
+        params.backbone,
+        num_fg_classes,
+        params.fusion,
+        params.aaf_reduction,
+        params.aaf_feat_reduction,
+        params.drop_path,
     )
     model = WeakTr(config, params.weights).to(device)
     peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference
@@ -79,20 +79,7 @@ def build_state(params: TrainCamParams, num_classes: int, device: torch.device) 
         warmup_t=params.warmup_epochs,
         t_in_epochs=True,
     )
-    return TrainState(model, optimizer, scheduler, 0, [], None)
-
-
-def resume(state: TrainState, path: Path) -> None:
-    saved = load_resume_state(path)
-    if saved is None:
-        return
-    state.model.load_state_dict(saved["model"], strict=True)
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    state.next_epoch = saved["epoch"] + 1
-    state.history = saved["history"]
-    state.best = saved["best"]
-    log.info("train_cam: resuming after epoch %d from %s", saved["epoch"], path)
+    return TrainingState(model, optimizer, scheduler)
 
 
 def cam_step(model: WeakTr, optimizer: torch.optim.Optimizer, images, targets, precision: str) -> dict[str, float]:
@@ -107,7 +94,7 @@ def cam_step(model: WeakTr, optimizer: torch.optim.Optimizer, images, targets, p
 
 
 def train_epoch(
-    state: TrainState, loader: DataLoader, device: torch.device, precision: str, epoch: int
+    state: TrainingState, loader: DataLoader, device: torch.device, precision: str, epoch: int
 ) -> dict[str, float]:
     state.model.train()
     sums: dict[str, float] = {}
@@ -130,9 +117,7 @@ def train_epoch(
     }
 
 
-def gt_miou(
-    model: WeakTr, records, dataset: DatasetParams, num_labels: int, mean, std, precision: str
-) -> tuple[float, float]:
+def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, precision: str) -> tuple[float, float]:
     """Best CAM mIoU (scale 1 + flip, no CRF) over background thresholds on labelled train images.
     This uses pixel labels, which weak supervision does not have; it runs only when asked."""
     model.eval()
@@ -150,17 +135,12 @@ def gt_miou(
             True,
             "fine",
             size,
-            mean,
-            std,
             precision,
             2,
             max_side=max(size),
             cache_bytes=0,
         )[0]
-        gt = gt_mask(r)
-        labels = np.array(r.tags)
-        for j, t in enumerate(SELECTION_THRESHOLDS):
-            cms[j] += confusion_matrix(gt, cam_to_labels(maps, labels, t), num_labels)
+        cms += cam_threshold_sweep(gt_mask(r), maps, np.array(r.tags), SELECTION_THRESHOLDS, num_labels)
     mious = [scores(cm)["miou"] for cm in cms]
     best = int(np.nanargmax(mious))
     return mious[best], float(SELECTION_THRESHOLDS[best])
@@ -194,11 +174,10 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
             f"train_cam.batch_size={params.batch_size}; lower the batch size"
         )
     device = pick_device("auto")
-    state = build_state(params, manifest.num_classes - 1, device)
-    resume(state, out / LAST)
-    mean, std = normalisation(params.backbone)
-    transform = training_transform(params, mean, std)
-    data = TaggedImages(records, manifest.num_classes - 1, transform, dataset.max_image_pixels)
+    state = build_state(params, manifest.num_fg_classes, device)
+    resume_training(state, out / LAST, "train_cam")
+    transform = training_transform(params, *state.model.normalisation)
+    data = TaggedImages(records, manifest.num_fg_classes, transform, dataset.max_image_pixels)
     subset = [r for r in records if r.mask][: params.selection_subset]
     if params.selection == "gt_miou" and not subset:
         raise DataError("train_cam.selection='gt_miou' needs GT masks in the train split; use selection='last'")
@@ -210,23 +189,14 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
         # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
         state.scheduler.step(epoch)
         if params.selection == "gt_miou":
-            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_classes, mean, std, params.precision)
+            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_labels, params.precision)
             entry.update(gt_miou=miou, gt_threshold=threshold)
             if state.best is None or miou > state.best["miou"]:
                 state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}
-                save_checkpoint(out / "best.pt", cam_checkpoint(state.model, mean, std, epoch=epoch))
+                save_cam_model(out / "best.pt", state.model, epoch=epoch)
         state.history.append(entry)
-        save_checkpoint(
-            out / LAST,
-            {
-                "model": state.model.state_dict(),
-                "optimizer": state.optimizer.state_dict(),
-                "scheduler": state.scheduler.state_dict(),
-                "epoch": epoch,
-                "history": state.history,
-                "best": state.best,
-            },
-        )
+        state.next_epoch = epoch + 1
+        save_training_state(state, out / LAST)
         (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history))
         log.info(
             "train_cam: epoch %d/%d loss cls %.4f coarse %.4f fine %.4f lr %.2e %.1f img/s%s",
@@ -240,16 +210,14 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
             f" gt mIoU {entry['gt_miou']:.3f}" if "gt_miou" in entry else "",
         )
     if params.selection == "gt_miou":
-        selected = load_checkpoint(out / "best.pt")
         note = (
             f"epoch {state.best['epoch']} selected by CAM mIoU {state.best['miou']:.4f} against pixel GT of "
             f"{len(subset)} train images (not weakly supervised)"
         )
+        save_checkpoint(out / MODEL, {**load_checkpoint(out / "best.pt"), "selection": note})  # best.pt, noted
     else:
-        selected = cam_checkpoint(state.model, mean, std, epoch=params.epochs - 1)
         note = f"last epoch ({params.epochs - 1}); no pixel labels used"
-    selected["selection"] = note
-    save_checkpoint(out / MODEL, selected)
+        save_cam_model(out / MODEL, state.model, epoch=params.epochs - 1, selection=note)
     last = state.history[-1]
     return [out / MODEL], {
         "selection": note,

@@ -3,6 +3,10 @@ loss (weaktr-method.md §3). Output: `model.pt`, `last.pt` (resume state), `log.
 
 Masks come from the `pseudo_labels` artifact, or from any folder of `<image id>.png` masks the user
 points `train_decoder.masks` at (retraining on one's own pseudo-labels).
+
+Built from the same pieces as train_cam: `build_state`, `resume_training`, `train_epoch`,
+`save_training_state`; a run killed at any point and resumed from `last.pt` ends with exactly the
+weights of an uninterrupted run (on CPU).
 """
 
 from __future__ import annotations
@@ -10,13 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from labelgen.config import DatasetParams, TrainDecoderParams
@@ -25,22 +28,20 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
 from labelgen.data.training import (
-    normalisation,
-    normalise_batch,
     seed_everything,
     start_epoch,
     training_loader,
 )
+from labelgen.devices import pick_device, use_every_core
 from labelgen.errors import DataError
 from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast
-from labelgen.models.segmenter import Segmenter, SegmenterConfig
+from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
-from labelgen.pipeline.worker_process import use_every_core
 from labelgen.stages.pseudo_labels import MASKS
 from labelgen.stages.train_cam import LAST, LOG, MODEL
-from labelgen.store.checkpoint import load_checkpoint, load_resume_state, pick_device, save_checkpoint
+from labelgen.store.checkpoint import TrainingState, resume_training, save_training_state
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def poly_lr(step: int, total: int, base: float, floor: float, power: float) -> f
 
 class PseudoMaskImages(Dataset):
     """(uint8 3×crop×crop image, uint8 crop×crop mask) pairs with the reference's augmentation. Both
-    stay uint8 until they are on the training device (`normalise_batch`, `.long()`): a quarter of
+    stay uint8 until they are on the training device (`Segmenter.preprocess`, `.long()`): a quarter of
     the image bytes and an eighth of the mask bytes through the loader processes' shared memory and
     the host-to-device copy."""
 
@@ -117,6 +118,55 @@ def decoder_step(
     return float(loss.detach()), stats
 
 
+def build_state(p: TrainDecoderParams, num_labels: int, device: torch.device) -> TrainingState:
+    """A fresh training: the Segmenter and SGD (Nesterov) with the encoder's smaller learning rate;
+    the learning rate itself is set every step (`poly_lr`)."""
+    seed_everything(p.seed)
+    config = SegmenterConfig(p.backbone, num_labels, p.decoder_layers, p.decoder_dropout, p.drop_path)
+    model = Segmenter(config, p.weights).to(device)
+    encoder, decoder = model.param_groups()
+    optimizer = torch.optim.SGD(
+        [{"params": encoder, "lr_mult": p.encoder_lr_mult}, {"params": decoder, "lr_mult": 1.0}],
+        lr=p.lr,
+        momentum=p.momentum,
+        nesterov=True,
+        weight_decay=p.weight_decay,
+    )
+    return TrainingState(model, optimizer)
+
+
+def train_epoch(
+    state: TrainingState, loader: DataLoader, criterion: GradientClippingLoss, p: TrainDecoderParams, epoch: int
+) -> dict[str, float]:
+    """One epoch of `len(loader)` steps at the poly schedule's learning rates; its log entry."""
+    model, optimizer = state.model, state.optimizer
+    device = next(model.parameters()).device
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * p.epochs
+    model.train()
+    started, losses, clipped = time.perf_counter(), [], []
+    for i, (images, targets) in enumerate(
+        tqdm(loader, desc=f"train_decoder epoch {epoch}", leave=False, mininterval=5)
+    ):
+        lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        images = model.preprocess(images.to(device, non_blocking=True))
+        targets = targets.to(device, non_blocking=True).long()
+        loss, stats = decoder_step(model, optimizer, criterion, images, targets, p.precision)
+        losses.append(loss)
+        clipped.append(stats.clipped_fraction if stats.clipping else 0.0)
+    seconds = time.perf_counter() - started
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "loss": float(np.mean(losses)),
+        "clipped_fraction": float(np.mean(clipped)),
+        "images_per_s": steps_per_epoch * p.batch_size / seconds,
+        "seconds": seconds,
+    }
+
+
 def train_decoder(
     p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
 ) -> UnitResult:
@@ -127,87 +177,30 @@ def train_decoder(
     if len(records) < p.batch_size:
         raise DataError(f"{len(records)} train images, fewer than train_decoder.batch_size={p.batch_size}")
     device = pick_device("auto")
-    seed_everything(p.seed)
-    config = SegmenterConfig(p.backbone, manifest.num_classes, p.decoder_layers, p.decoder_dropout, p.drop_path)
-    model = Segmenter(config, p.weights).to(device)
-    encoder, decoder = model.param_groups()
-    optimizer = torch.optim.SGD(
-        [{"params": encoder, "lr_mult": p.encoder_lr_mult}, {"params": decoder, "lr_mult": 1.0}],
-        lr=p.lr,
-        momentum=p.momentum,
-        nesterov=True,
-        weight_decay=p.weight_decay,
-    )
+    state = build_state(p, manifest.num_labels, device)
     criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
-    mean, std = normalisation(p.backbone)
     data = PseudoMaskImages(records, masks, p, dataset.max_image_pixels)
-    steps_per_epoch = len(data) // p.batch_size
-    total = steps_per_epoch * p.epochs
-    first_epoch, history = 0, []
-    saved = load_resume_state(out / LAST)
-    if saved is not None:
-        model.load_state_dict(saved["model"], strict=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        first_epoch, history = saved["epoch"] + 1, saved["history"]
-        log.info("train_decoder: resuming after epoch %d from %s", saved["epoch"], out / LAST)
+    resume_training(state, out / LAST, "train_decoder")
     loader = training_loader(data, p.batch_size, p.num_workers, p.seed, device)
-    for epoch in range(first_epoch, p.epochs):
+    for epoch in range(state.next_epoch, p.epochs):
         start_epoch(loader, p.seed, epoch)
-        model.train()
-        started, losses, clipped = time.perf_counter(), [], []
-        for i, (images, targets) in enumerate(
-            tqdm(loader, desc=f"train_decoder epoch {epoch}", leave=False, mininterval=5)
-        ):
-            lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-            images = normalise_batch(images.to(device, non_blocking=True), mean, std)
-            targets = targets.to(device, non_blocking=True).long()
-            loss, stats = decoder_step(model, optimizer, criterion, images, targets, p.precision)
-            losses.append(loss)
-            clipped.append(stats.clipped_fraction if stats.clipping else 0.0)
-        seconds = time.perf_counter() - started
-        entry = {
-            "epoch": epoch,
-            "lr": lr,
-            "loss": float(np.mean(losses)),
-            "clipped_fraction": float(np.mean(clipped)),
-            "images_per_s": steps_per_epoch * p.batch_size / seconds,
-            "seconds": seconds,
-        }
-        history.append(entry)
-        save_checkpoint(
-            out / LAST,
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
-        )
-        (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
+        entry = train_epoch(state, loader, criterion, p, epoch)
+        state.history.append(entry)
+        state.next_epoch = epoch + 1
+        save_training_state(state, out / LAST)
+        (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history))
         log.info(
             "train_decoder: epoch %d/%d loss %.4f clipped %.3f lr %.2e %.1f img/s",
             epoch + 1,
             p.epochs,
             entry["loss"],
             entry["clipped_fraction"],
-            lr,
+            entry["lr"],
             entry["images_per_s"],
         )
-    save_checkpoint(
-        out / MODEL,
-        {
-            "config": asdict(config),
-            "mean": list(mean),
-            "std": list(std),
-            "model": model.state_dict(),
-            "epoch": p.epochs - 1,
-        },
-    )
-    return [out / MODEL], {"final_loss": history[-1]["loss"], "images_per_s": history[-1]["images_per_s"]}
-
-
-def load_segmenter(path: Path, device: torch.device) -> tuple[Segmenter, tuple, tuple]:
-    state = load_checkpoint(path)
-    model = Segmenter(SegmenterConfig(**state["config"]), weights=None)
-    model.load_state_dict(state["model"], strict=True)
-    return model.to(device).eval(), tuple(state["mean"]), tuple(state["std"])
+    save_segmenter(out / MODEL, state.model, epoch=p.epochs - 1)
+    last = state.history[-1]
+    return [out / MODEL], {"final_loss": last["loss"], "images_per_s": last["images_per_s"]}
 
 
 def _plan(ctx: StageContext) -> list[Unit]:

@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Self
 
+from labelgen.data.fingerprint import file_digest
 from labelgen.errors import ArtifactError, LockHeldError
 
 SCHEMA_VERSION = 1
@@ -61,15 +62,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_digest(paths: list[Path], root: Path) -> dict[str, str]:

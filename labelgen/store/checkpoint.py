@@ -1,10 +1,12 @@
-"""Checkpoints: written atomically, read with `weights_only=True`."""
+"""Checkpoints: written atomically, read with `weights_only=True`; and the resume state both
+trainers share (`TrainingState`, `save_training_state`, `resume_training`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +53,47 @@ def load_resume_state(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def pick_device(requested: str) -> torch.device:
-    """'auto' -> cuda when present, else cpu."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ArtifactError("device=cuda was asked for but no CUDA device is visible on this worker")
-    return torch.device(requested)
+@dataclass
+class TrainingState:
+    """Everything a training resumes from, saved to its `last.pt` after every epoch: the model, its
+    optimizer and (train_cam) scheduler, the next epoch to run, one log entry per finished epoch, and
+    (train_cam's gt_miou selection) the best epoch so far. The RNGs need no saving: every epoch
+    seeds them from (seed, epoch)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    next_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+
+
+def save_training_state(state: TrainingState, path: Path) -> None:
+    """Write `state` as finished through epoch `state.next_epoch - 1`."""
+    saved = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "epoch": state.next_epoch - 1,
+        "history": state.history,
+    }
+    if state.scheduler is not None:
+        saved["scheduler"] = state.scheduler.state_dict()
+    if state.best is not None:
+        saved["best"] = state.best
+    save_checkpoint(path, saved)
+
+
+def resume_training(state: TrainingState, path: Path, name: str) -> None:
+    """Load `path` (a `save_training_state` file) into `state`, or leave it as built when there is
+    none or it is damaged (`load_resume_state`)."""
+    saved = load_resume_state(path)
+    if saved is None:
+        return
+    state.model.load_state_dict(saved["model"], strict=True)
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if state.scheduler is not None:
+        state.scheduler.load_state_dict(saved["scheduler"])
+    state.next_epoch = saved["epoch"] + 1
+    state.history = saved["history"]
+    state.best = saved.get("best")
+    log.info("%s: resuming after epoch %d from %s", name, saved["epoch"], path)
