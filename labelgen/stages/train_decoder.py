@@ -43,7 +43,6 @@ from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
 
-
 MODEL = "model.pt"
 LAST = "last.pt"  # resume state, rewritten every epoch; read by this stage alone
 LOG = "log.jsonl"
