@@ -141,7 +141,12 @@ def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shi
     click.echo(f"plan of `labelgen run {target}` in {run_path}:")
     for p in plan:
         state = stage_status(p.artifact)
-        does = {"done": "skip (done)", "partial": f"resume ({state.detail})", "failed": f"rerun ({state.detail})"}
+        does = {
+            "done": "skip (done)",
+            "damaged": f"skip ({state.detail})",
+            "partial": f"resume ({state.detail})",
+            "failed": f"rerun ({state.detail})",
+        }
         action = "rerun (--force)" if p.stage.name in forced else does.get(state.state, "run")
         click.echo(f"  {p.stage.name:14s} {p.artifact.key}  {action}")
     changed = [
@@ -194,8 +199,8 @@ def _interrupted(run_path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_user_errors
 def status(run_dir: str | None, as_json: bool) -> None:
-    """Show every stage of a run: done, partial (k/n units), failed (with the error), stale or missing,
-    with key and path.
+    """Show every stage of a run: done, damaged (a declared output gone), partial (k/n units), failed
+    (with the error), stale or missing, with key and path.
 
     \b
     Example:
@@ -326,11 +331,12 @@ def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
     Example:
       labelgen export --run-dir runs/demo --what pseudo_labels --format coco --out exported/
     """
-    from labelgen.export import export_masks
+    from labelgen.export import export_source, write_export
     from labelgen.pipeline.cluster import open_client
 
+    source = export_source(Path(run_dir).resolve(), what)  # a missing output is refused before a cluster starts
     with open_client(scheduler, workers) as client:
-        counts = export_masks(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), client, image_format)
+        counts = write_export(source, what, fmt, Path(out).resolve(), client, image_format)
     click.echo(f"exported {counts} -> {Path(out).resolve()}")
 
 

@@ -30,8 +30,7 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import IGNORE_INDEX, voc_palette, write_mask
 from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.runner import plan_run
-from labelgen.stages.index import load_manifest
-from labelgen.stages.pseudo_labels import MASKS
+from labelgen.pipeline.stage import output_path, output_paths
 from labelgen.status import last_recipe
 from labelgen.store.sharded import ImageArrays
 
@@ -76,8 +75,8 @@ def export_source(run_dir: Path, what: str) -> ExportSource:
     if what not in WHATS:
         raise ConfigError(f"--what {what!r}; allowed: {', '.join(WHATS)}")
     recipe, _ = last_recipe(run_dir)
-    plan = {p.stage.name: p.artifact for p in plan_run(recipe, run_dir, "full")}
-    art = plan.get(WHATS[what])
+    plan = {p.stage.name: p for p in plan_run(recipe, run_dir, "full")}
+    art = plan[WHATS[what]].artifact if WHATS[what] in plan else None
     if art is None:  # train_decoder.masks=<folder>: the run has no CAM stages at all
         masks = recipe["train_decoder"].masks
         raise ArtifactError(
@@ -88,12 +87,13 @@ def export_source(run_dir: Path, what: str) -> ExportSource:
         raise ArtifactError(
             f"{WHATS[what]} of {run_dir} is not finished ({art.path}); run `labelgen run {WHATS[what]}` first"
         )
-    dataset = recipe["dataset"]
-    if what == "pseudo_labels":
-        stores = {dataset.train_split: art.path / MASKS}
-    else:
-        stores = {s.stem.removeprefix("masks_"): s for s in sorted(art.path.glob("masks_*.zarr"))}
-    return ExportSource(stores, load_manifest(plan["index"]), dataset.train_split, dataset.max_image_pixels)
+    dataset, stage, index = recipe["dataset"], plan[WHATS[what]].stage, plan["index"]
+    if what == "pseudo_labels":  # the train split's masks, in one store
+        stores = {dataset.train_split: output_path(stage, art, "masks")}
+    else:  # one store per split
+        stores = output_paths(stage, art, "masks")
+    manifest = Manifest.load(output_path(index.stage, index.artifact, "manifest"))
+    return ExportSource(stores, manifest, dataset.train_split, dataset.max_image_pixels)
 
 
 def export_masks(

@@ -1,7 +1,10 @@
-"""`labelgen status`: each stage of a run as done, partial (k of n units), failed, stale or missing.
+"""`labelgen status`: each stage of a run as done, damaged, partial (k of n units), failed, stale or
+missing.
 
 Reads files only (the run record `<run>/recipe.json` with every stage's key, and the artifact
-folders), so it imports neither torch nor a stage: it answers in well under a second.
+folders), so it imports neither torch nor a stage: it answers in well under a second. A finished
+stage's declared outputs (`Stage.outputs`) are listed in its `_SUCCESS.json`; one of them gone makes
+the stage "damaged".
 """
 
 from __future__ import annotations
@@ -57,7 +60,14 @@ def stage_status(art: Artifact) -> StageStatus:
     """The state of one planned artifact, from its files."""
     row = (art.stage, art.key, str(art.path))
     if art.is_complete():
-        return StageStatus(art.stage, "done", *row[1:], f"finished {art.success()['finished_at']}")
+        success = art.success()
+        gone = [(name, f) for name, files in success.get("outputs", {}).items() for f in files]
+        gone = [(name, f) for name, f in gone if not (art.path / f).exists()]
+        if gone:
+            name, file = gone[0]
+            detail = f"output {name} ({file}) is missing; recompute it with --force {art.stage}"
+            return StageStatus(art.stage, "damaged", *row[1:], detail)
+        return StageStatus(art.stage, "done", *row[1:], f"finished {success['finished_at']}")
     failure = art.failure()
     if failure is not None:
         return StageStatus(art.stage, "failed", *row[1:], f"{failure['unit']}: {failure['error']}")

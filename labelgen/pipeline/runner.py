@@ -24,7 +24,7 @@ from labelgen.config import Recipe, significant_params
 from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
-from labelgen.pipeline.stage import Stage, StageContext, Unit
+from labelgen.pipeline.stage import Stage, StageContext, Unit, written_outputs
 from labelgen.pipeline.worker_process import prepare_worker_process
 from labelgen.store.artifact import PLAN_FILE, Artifact, ArtifactLock, stage_key, write_json_atomic
 from labelgen.store.runs import RUN_RECORD, remember_last_run
@@ -187,8 +187,9 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
     assert all(r is not None for r in records), "every unit writes its record before returning"
     compute = _one_precision(p.stage.name, art, records)
     info = p.stage.finalize(ctx, records)
+    outputs = written_outputs(p.stage, art)
     elapsed = time.perf_counter() - started
-    info = {"seconds": round(elapsed, 2), **info, **({"compute": compute} if compute else {})}
+    info = {"seconds": round(elapsed, 2), **info, **({"compute": compute} if compute else {}), "outputs": outputs}
     art.write_success(p.key_params, {k: a.key for k, a in p.inputs.items()}, info)
     log.info("stage %-13s done in %.1fs -> %s", p.stage.name, elapsed, art.path)
 

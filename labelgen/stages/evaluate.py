@@ -36,7 +36,7 @@ from labelgen.errors import ConfigError
 from labelgen.metrics import cam_threshold_sweep, confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.models.weaktr import WeakTr
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
 from labelgen.quality import SplitTally, image_quality, mean_confidence, rank_key
 from labelgen.report import (
     RankEntry,
@@ -49,8 +49,6 @@ from labelgen.report import (
     write_per_image_csv,
 )
 from labelgen.report_html import GalleryRow, gallery_row, write_html
-from labelgen.stages.index import PROBLEMS, load_manifest
-from labelgen.stages.train_cam import MODEL
 from labelgen.store.sharded import ImageArrays
 from labelgen.viz import data_uri, heatmap, overlay, overlay_grid, shrink_image, shrink_mask, thumbnail_size
 
@@ -87,12 +85,12 @@ def mask_sources(ctx: StageContext) -> dict[str, Path]:
     """Every zarr store this run has to score, by source name."""
     sources = {}
     if "export_cams" in ctx.inputs:
-        sources["cams"] = ctx.inputs["export_cams"].path / "cams.zarr"
+        sources["cams"] = ctx.input_path("export_cams", "cams")
     if "pseudo_labels" in ctx.inputs:
-        sources["pseudo_labels"] = ctx.inputs["pseudo_labels"].path / "masks.zarr"
+        sources["pseudo_labels"] = ctx.input_path("pseudo_labels", "masks")
     if "predict" in ctx.inputs:
-        for store in sorted(ctx.inputs["predict"].path.glob("masks_*.zarr")):
-            sources[f"predict_{store.stem.removeprefix('masks_')}"] = store
+        for split, store in ctx.input_paths("predict", "masks").items():
+            sources[f"predict_{split}"] = store
     return sources
 
 
@@ -111,10 +109,10 @@ def cam_thresholds(ctx: StageContext) -> tuple[float, ...]:
     return tuple(sorted({*ctx.params.sweep_thresholds, ctx.recipe["pseudo_labels"].bg_threshold}))
 
 
-def gt_not_scored(index_dir: Path, manifest: Manifest) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """({image id: reason}, every problems.json entry) for images the index kept without their GT
-    (action "kept; GT not scored"): a mask that contradicts the tags, of another size, mostly ignore."""
-    entries = [e for e in json.loads((index_dir / PROBLEMS).read_text()) if e["action"] == NOT_SCORED]
+def gt_not_scored(problems: Path, manifest: Manifest) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """({image id: reason}, every entry of the index's problems.json) for images the index kept without
+    their GT (action "kept; GT not scored"): a mask that contradicts the tags, of another size, mostly ignore."""
+    entries = [e for e in json.loads(problems.read_text()) if e["action"] == NOT_SCORED]
     by_path = {str(Path(r.image).resolve()): r.id for r in manifest.records}
     reasons = {by_path[p]: e["reason"] for e in entries if (p := str(Path(e["file"]).resolve())) in by_path}
     return reasons, entries
@@ -128,10 +126,10 @@ def _jobs(ctx: StageContext) -> list[ShardJob]:
             f"evaluate.shard_size={p.shard_size}, thumbnail={p.thumbnail}, gallery_page={p.gallery_page}: "
             "need shard_size >= 1, thumbnail >= 16 (pixels), gallery_page >= 1"
         )
-    manifest = load_manifest(ctx.inputs["index"])
-    not_scored, _ = gt_not_scored(ctx.inputs["index"].path, manifest)
+    manifest = Manifest.load(ctx.input_path("index", "manifest"))
+    not_scored, _ = gt_not_scored(ctx.input_path("index", "problems"), manifest)
     train = ctx.recipe["dataset"].train_split
-    cam_model = ctx.inputs["train_cam"].path / MODEL if "train_cam" in ctx.inputs else None
+    cam_model = ctx.input_path("train_cam", "model") if "train_cam" in ctx.inputs else None
     template = ShardJob(
         split="",
         records=(),
@@ -398,9 +396,9 @@ def per_image_rows(jobs: list[ShardJob], ranking: list[RankEntry], classes: list
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
     out = ctx.artifact.path
-    manifest = load_manifest(ctx.inputs["index"])
+    manifest = Manifest.load(ctx.input_path("index", "manifest"))
     jobs = _jobs(ctx)
-    _, not_scored = gt_not_scored(ctx.inputs["index"].path, manifest)
+    _, not_scored = gt_not_scored(ctx.input_path("index", "problems"), manifest)
     reduced = reduce_parts(jobs, manifest.num_labels)
     metrics = build_metrics(manifest, jobs, reduced, not_scored, ctx)
     (out / METRICS).write_text(json.dumps(metrics, indent=1))
@@ -439,5 +437,11 @@ STAGE = Stage(
     gpu=False,
     plan=_plan,
     finalize=_finalize,
+    outputs=(
+        Output("metrics", METRICS, "every score, per source and split"),
+        Output("report", REPORT, "the Markdown report"),
+        Output("report_html", REPORT_HTML, "the HTML report with the worst-first gallery"),
+        Output("per_image", PER_IMAGE, "one row per image and source"),
+    ),
     key_extra=_key_extra,
 )

@@ -23,9 +23,7 @@ from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import fit_factor, load_cam_model, multiscale_cams
 from labelgen.models.precision import check_precision
 from labelgen.models.weaktr import CAM_KINDS
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
-from labelgen.stages.index import load_manifest
-from labelgen.stages.train_cam import MODEL
+from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.store.sharded import StoreLayout, create_cam_store, write_cam_shard
 
 log = logging.getLogger(__name__)
@@ -108,7 +106,7 @@ def export_shard(
 
 
 def _train_records(ctx: StageContext) -> tuple[Manifest, list[ImageRecord]]:
-    manifest = load_manifest(ctx.inputs["index"])
+    manifest = Manifest.load(ctx.input_path("index", "manifest"))
     return manifest, manifest.split(ctx.recipe["dataset"].train_split)
 
 
@@ -131,7 +129,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
     layout = StoreLayout(
         tuple(r.id for r in records), tuple(stored_size(r, p.stride, p.max_side) for r in records), p.shard_size
     )
-    store = ctx.artifact.path / CAMS
+    store = ctx.output_path("cams")
     if not (store / "zarr.json").is_file():  # created once; a resumed run keeps the finished shards
         create_cam_store(
             store,
@@ -139,7 +137,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
             max(len(r.tags) for r in records),
             {"stride": p.stride, "max_side": p.max_side, "classes": list(manifest.classes)},
         )
-    model = ctx.inputs["train_cam"].path / MODEL
+    model = ctx.input_path("train_cam", "model")
     max_pixels = ctx.recipe["dataset"].max_image_pixels
     return shard_units(export_shard, p, model, records, layout, store, max_pixels)
 
@@ -152,4 +150,5 @@ STAGE = Stage(
     gpu=True,
     plan=_plan,
     finalize=summarise_shards,
+    outputs=(Output("cams", CAMS, "the train split's CAMs of the tagged classes, one zarr row per image"),),
 )

@@ -37,7 +37,7 @@ from labelgen.data.sources import CocoLabels, Listing, SourceItem, label_annotat
 from labelgen.data.validate import index_items
 from labelgen.devices import available_cores
 from labelgen.errors import DataError
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, output_path
 from labelgen.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ def dataset_splits(params: DatasetParams) -> list[str]:
 
 
 def load_manifest(index: Artifact) -> Manifest:
-    return Manifest.load(index.path / MANIFEST)
+    """The manifest of a finished index artifact (for code outside the stages; a stage reads it with
+    `Manifest.load(ctx.input_path("index", "manifest"))`)."""
+    return Manifest.load(output_path(STAGE, index, "manifest"))
 
 
 def index_dataset(params: DatasetParams, root: Path, out_dir: Path, workers: int | None = None) -> Manifest:
@@ -235,6 +237,10 @@ STAGE = Stage(
     gpu=False,
     plan=_plan,
     finalize=_finalize,
+    outputs=(
+        Output("manifest", MANIFEST, "every usable image: path, size, orientation, split, tags, GT"),
+        Output("problems", PROBLEMS, "every file left out or converted, with the reason"),
+    ),
     key_extra=_key_extra,
     checks=(check_data_root,),
 )

@@ -19,17 +19,18 @@ from labelgen.cam import resize_maps, resized_argmax
 from labelgen.config import PredictParams
 from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
-from labelgen.data.manifest import ImageRecord
+from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.devices import pick_device
 from labelgen.errors import ConfigError
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter, load_segmenter
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
-from labelgen.stages.index import dataset_splits, load_manifest
-from labelgen.stages.train_decoder import MODEL
+from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
+from labelgen.stages.index import dataset_splits
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 
 log = logging.getLogger(__name__)
+
+MASKS = "masks_{split}.zarr"
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -178,14 +179,14 @@ def _plan(ctx: StageContext) -> list[Unit]:
         raise ConfigError(
             f"predict.max_side={p.max_side}: set a positive number of pixels (default {PredictParams.max_side})"
         )
-    manifest = load_manifest(ctx.inputs["index"])
-    model = ctx.inputs["train_decoder"].path / MODEL
+    manifest = Manifest.load(ctx.input_path("index", "manifest"))
+    model = ctx.input_path("train_decoder", "model")
     max_pixels = ctx.recipe["dataset"].max_image_pixels
     units = []
     for split in dataset_splits(ctx.recipe["dataset"]):
         records = manifest.split(split)
         layout = StoreLayout(tuple(r.id for r in records), tuple((r.height, r.width) for r in records), p.shard_size)
-        store = ctx.artifact.path / f"masks_{split}.zarr"
+        store = ctx.output_path("masks", split=split)
         if not (store / "zarr.json").is_file():
             create_mask_store(store, layout, {"classes": list(manifest.classes), "split": split})
         units += shard_units(predict_shard, p, model, records, layout, store, max_pixels, len(units), f"{split} ")
@@ -200,4 +201,5 @@ STAGE = Stage(
     gpu=True,
     plan=_plan,
     finalize=summarise_shards,
+    outputs=(Output("masks", MASKS, "one split's refined masks, one zarr row per image"),),
 )

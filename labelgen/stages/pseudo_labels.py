@@ -11,10 +11,8 @@ from labelgen.cam import cam_argmax, indices_to_labels, resize_maps
 from labelgen.config import PseudoLabelsParams
 from labelgen.crf import CrfParams, crf_on_labels
 from labelgen.data.images import read_image
-from labelgen.data.manifest import ImageRecord
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
-from labelgen.stages.export_cams import CAMS
-from labelgen.stages.index import load_manifest
+from labelgen.data.manifest import ImageRecord, Manifest
+from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_mask_store, write_mask_shard
 
 MASKS = "masks.zarr"
@@ -48,14 +46,14 @@ def label_shard(
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
-    cams_path = ctx.inputs["export_cams"].path / CAMS
+    cams_path = ctx.input_path("export_cams", "cams")
     cams = ImageArrays(cams_path)
-    manifest = load_manifest(ctx.inputs["index"])
+    manifest = Manifest.load(ctx.input_path("index", "manifest"))
     by_id = {r.id: r for r in manifest.records}
     records = [by_id[i] for i in cams.ids]
     shard_size = ctx.recipe["export_cams"].shard_size
     layout = StoreLayout(tuple(cams.ids), tuple((r.height, r.width) for r in records), shard_size)
-    store = ctx.artifact.path / MASKS
+    store = ctx.output_path("masks")
     if not (store / "zarr.json").is_file():
         create_mask_store(
             store, layout, {"classes": list(manifest.classes), "split": ctx.recipe["dataset"].train_split}
@@ -72,4 +70,5 @@ STAGE = Stage(
     gpu=False,
     plan=_plan,
     finalize=summarise_shards,
+    outputs=(Output("masks", MASKS, "the train split's pseudo-masks, one zarr row per image"),),
 )

@@ -39,7 +39,7 @@ from labelgen.models.cam_inference import multiscale_cams, save_cam_model
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
+from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
 from labelgen.store.checkpoint import (
     TrainingState,
     load_checkpoint,
@@ -242,7 +242,7 @@ def warn_if_no_contrast(manifest: Manifest, split: str) -> None:
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
-    manifest_path = ctx.inputs["index"].path / "manifest.json"
+    manifest_path = ctx.input_path("index", "manifest")
     warn_if_no_contrast(Manifest.load(manifest_path), ctx.recipe["dataset"].train_split)
     args = (ctx.params, ctx.recipe["dataset"], manifest_path, ctx.artifact.path)
     return [Unit(0, train_cam, args, f"{ctx.params.epochs} epochs")]
@@ -265,5 +265,9 @@ STAGE = Stage(
     gpu=True,
     plan=_plan,
     finalize=_finalize,
+    outputs=(
+        Output("model", MODEL, "the selected CAM checkpoint (weights, normalisation, selection note)"),
+        Output("log", LOG, "one JSON line per epoch"),
+    ),
     checks=(_check_weights,),
 )

@@ -38,13 +38,15 @@ from labelgen.models.losses import ClipStats, GradientClippingLoss
 from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
-from labelgen.pipeline.stage import Stage, StageContext, Unit, UnitResult
-from labelgen.stages.pseudo_labels import MASKS
-from labelgen.stages.train_cam import LAST, LOG, MODEL
+from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
 from labelgen.store.checkpoint import TrainingState, resume_training, save_training_state
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
+
+MODEL = "model.pt"
+LAST = "last.pt"  # resume state, rewritten every epoch; read by this stage alone
+LOG = "log.jsonl"
 
 
 def poly_lr(step: int, total: int, base: float, floor: float, power: float) -> float:
@@ -88,9 +90,9 @@ class PseudoMaskImages(Dataset):
         return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(np.ascontiguousarray(mask))
 
 
-def _mask_source(p: TrainDecoderParams, ctx_inputs: dict, records: list[ImageRecord]) -> str:
+def _mask_source(p: TrainDecoderParams, ctx: StageContext, records: list[ImageRecord]) -> str:
     if p.masks == "pseudo_labels":
-        store = ctx_inputs["pseudo_labels"].path / MASKS
+        store = ctx.input_path("pseudo_labels", "masks")
         ids = ImageArrays(store).ids
         if ids != [r.id for r in records]:
             raise DataError(f"{store} does not hold the train split's images in manifest order")
@@ -205,9 +207,9 @@ def train_decoder(
 
 def _plan(ctx: StageContext) -> list[Unit]:
     dataset: DatasetParams = ctx.recipe["dataset"]
-    manifest_path = ctx.inputs["index"].path / "manifest.json"
+    manifest_path = ctx.input_path("index", "manifest")
     records = Manifest.load(manifest_path).split(dataset.train_split)
-    masks = _mask_source(ctx.params, ctx.inputs, records)
+    masks = _mask_source(ctx.params, ctx, records)
     return [
         Unit(
             0,
@@ -246,6 +248,10 @@ STAGE = Stage(
     gpu=True,
     plan=_plan,
     finalize=_finalize,
+    outputs=(
+        Output("model", MODEL, "the trained Segmenter checkpoint (weights, config, normalisation)"),
+        Output("log", LOG, "one JSON line per epoch"),
+    ),
     key_extra=_key_extra,
     used_inputs=_used_inputs,
     checks=(_check_weights,),
