@@ -30,7 +30,9 @@ from labelgen.data.coco_gt import check_coco, rasterise
 from labelgen.data.masks import gt_mask, write_mask
 from labelgen.metrics import confusion_matrix, scores
 from labelgen.pipeline.cluster import open_client
+from labelgen.pipeline.dag import STAGES
 from labelgen.pipeline.runner import run_pipeline
+from labelgen.pipeline.stage import output_path
 from labelgen.stages.index import load_manifest
 from labelgen.store.sharded import ImageArrays
 
@@ -91,7 +93,7 @@ def label_maps(store: Path, bg_threshold: float, records) -> dict[str, np.ndarra
     for n, image_id in enumerate(arrays.ids):
         if image_id not in sizes:
             continue
-        if store.name == "cams.zarr":
+        if arrays.kind == "cams":
             maps, labels = arrays.cam(n)
             out[image_id] = cam_to_labels(resize_maps(maps, sizes[image_id]), labels, bg_threshold)
         else:
@@ -135,11 +137,11 @@ def main() -> None:
             if not rows:
                 row.update({f"{k}_fg_iou": fg_iou(m, tagged) for k, m in baselines(tagged).items()})
             stores = {
-                "cam": arts["export_cams"].path / "cams.zarr",
-                "pseudo_label": arts["pseudo_labels"].path / "masks.zarr",
+                "cam": output_path(STAGES["export_cams"], arts["export_cams"], "cams"),
+                "pseudo_label": output_path(STAGES["pseudo_labels"], arts["pseudo_labels"], "masks"),
             }
             if "predict" in arts:
-                stores["decoder"] = arts["predict"].path / "masks_train.zarr"
+                stores["decoder"] = output_path(STAGES["predict"], arts["predict"], "masks", split="train")
             for source, store in stores.items():
                 row[f"{source}_fg_iou"] = fg_iou(label_maps(store, bg, tagged), tagged)
             negatives = [r for r in manifest.records if not r.tags]
