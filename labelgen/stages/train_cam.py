@@ -65,7 +65,14 @@ class TrainState:
 def build_state(params: TrainCamParams, num_classes: int, device: torch.device) -> TrainState:
     seed_everything(params.seed)
     config = WeakTrConfig(
-        params.backbone, num_classes, params.fusion, params.aaf_reduction, params.aaf_feat_reduction, params.drop_path
+        params.backbone,
+        num_classes,
+        params.fusion,
+        params.aaf_reduction,
+        params.aaf_feat_reduction,
+        params.drop_path,
+        head_init=params.head_init,
+        pos_embed_resample=params.pos_embed_resample,
     )
     model = WeakTr(config, params.weights).to(device)
     peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference

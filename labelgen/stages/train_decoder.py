@@ -128,7 +128,16 @@ def train_decoder(
         raise DataError(f"{len(records)} train images, fewer than train_decoder.batch_size={p.batch_size}")
     device = pick_device("auto")
     seed_everything(p.seed)
-    config = SegmenterConfig(p.backbone, manifest.num_classes, p.decoder_layers, p.decoder_dropout, p.drop_path)
+    config = SegmenterConfig(
+        p.backbone,
+        manifest.num_classes,
+        p.decoder_layers,
+        p.decoder_dropout,
+        p.drop_path,
+        layer_norm_eps=p.layer_norm_eps,
+        pos_embed_resample=p.pos_embed_resample,
+        image_size=p.crop_size,
+    )
     model = Segmenter(config, p.weights).to(device)
     encoder, decoder = model.param_groups()
     optimizer = torch.optim.SGD(
