@@ -29,6 +29,11 @@ def _not_in_key(default: Any, doc: str = "") -> Any:
 LOADER_PROCESSES = "training loader processes: a count, or auto (one per core the trainer leaves, at most 16)"
 DatasetName = Literal["voc", "coco", "folder", "demo"]
 Precision = Literal["auto", "bf16", "fp32"]
+# how patch position embeddings are resampled to an input's grid (labelgen/models/vit.py): "dino" is the
+# reference stage 1's bicubic by scale factor (g + 0.1)/14 (models.py:WeakTr.interpolate_pos_encoding),
+# "bilinear" the reference stage 2's (segm/model/utils.py:resize_pos_embed), "timm" timm's antialiased
+# bicubic to the target size (resample_abs_pos_embed; labelgen before)
+PosEmbedResample = Literal["dino", "bilinear", "timm"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,13 @@ class TrainCamParams:
     fusion: Literal["aaf", "mean"] = "aaf"  # adaptive attention fusion, or a plain mean (ablation)
     aaf_reduction: int = 8  # SE bottleneck over head-layers: K -> K // reduction
     aaf_feat_reduction: int = 8  # per-head feature squeeze: head_dim -> head_dim // reduction
+    # the 3×3 conv CAM head's initial weights: "pytorch_default" (reference: models.py:WeakTr._init_weights
+    # touches only Linear and LayerNorm, so nn.Conv2d's own init: weight std ≈ 0.014, a small non-zero
+    # bias) or "trunc_normal" (std 0.02, zero bias)
+    head_init: Literal["pytorch_default", "trunc_normal"] = "pytorch_default"
+    # patch position resampling, in training (input_size ≠ 224) and in export_cams/evaluate, which use
+    # the trained model's setting; reference "dino" (models.py:WeakTr.interpolate_pos_encoding)
+    pos_embed_resample: PosEmbedResample = "dino"
     precision: Precision = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where native (CUDA, AVX512-BF16/AMX CPUs)
     seed: int = 504
     selection: Literal["last", "gt_miou"] = "last"  # last epoch, or by CAM mIoU on the pixel GT of a subset
@@ -137,7 +149,14 @@ class TrainDecoderParams:
     encoder_lr_mult: float = 0.1
     drop_path: float = 0.1
     decoder_layers: int = 2
-    decoder_dropout: float = 0.1
+    decoder_dropout: float = 0.1  # on attention weights, attention output and MLP (segm/model/blocks.py)
+    # eps of every Segmenter LayerNorm, encoder and decoder: reference 1e-5 (nn.LayerNorm's default in
+    # segm/model/{vit,blocks,decoder}.py); 1e-6 is the pretrained DeiT/ViT's own
+    layer_norm_eps: float = 1e-5
+    # the encoder's position table lives at the crop_size grid (reference image_size, 30×30 for 480),
+    # resampled from the pretrained grid once and to other grids per input: reference "bilinear"
+    # (segm/model/utils.py:resize_pos_embed); see train_cam.pos_embed_resample for the others
+    pos_embed_resample: PosEmbedResample = "bilinear"
     resize_short: int = 520  # mmseg img_scale short side before the random ratio
     scale_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
@@ -393,6 +412,8 @@ def recipe_errors(recipe: Recipe) -> list[tuple[str, str]]:
         "must be [low, high] with 0 < low ≤ high",
     )
     need(0 < dec.cat_max_ratio <= 1, "train_decoder.cat_max_ratio", "must be in (0, 1]")
+    need(dec.layer_norm_eps > 0, "train_decoder.layer_norm_eps", "must be > 0")
+    need(0 <= dec.decoder_dropout < 1, "train_decoder.decoder_dropout", "is a probability: must be in [0, 1)")
     need(dec.masks == "pseudo_labels" or Path(dec.masks).expanduser().is_dir(), "train_decoder.masks",
          'must be "pseudo_labels" or an existing folder of <image id>.png masks')  # fmt: skip
     need(bool(pred.scales) and all(x > 0 for x in pred.scales), "predict.scales", "must be one or more scales > 0")

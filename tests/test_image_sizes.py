@@ -155,7 +155,9 @@ def test_pseudo_labels_of_every_size(records, exported, crf):
         mask = pseudo_label(image, maps, labels, p)  # the 150×500 one from 79×264 stored CAMs
         assert mask.shape == (r.height, r.width) and mask.dtype == np.uint8, r.id
         assert set(np.unique(mask)) <= {0, *r.tags}, r.id
-    assert set(np.unique(pseudo_label(np.array(Image.open(records[4].image)), *exported[0][4], p))) == {0, 1, 3}
+    if not crf:  # both tags win somewhere; the CRF may smooth away a random head's weaker class (it does with
+        # the reference's position resampling, train_cam.pos_embed_resample = "dino")
+        assert set(np.unique(pseudo_label(np.array(Image.open(records[4].image)), *exported[0][4], p))) == {0, 1, 3}
 
 
 def test_cam_training_transform_of_every_size(records):

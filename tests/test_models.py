@@ -5,7 +5,6 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from labelgen.models import vit
 from labelgen.models import weaktr as weaktr_module
@@ -13,9 +12,7 @@ from labelgen.models.cam_inference import fit_factor, multiscale_cams, view_size
 from labelgen.models.vit import ViTBackbone
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, fuse_attention, pool_head_features, stack_pooled, weaktr_loss
 from labelgen.models.weights import create_vit
-from tests.conftest import COCO128, SHARED
-
-PARITY = SHARED / "parity"
+from tests.conftest import COCO128
 
 ARCH = "deit_tiny_patch16_224"
 WEIGHTS = "hub:deit_tiny_patch16_224.fb_in1k"
@@ -291,44 +288,6 @@ def test_backbone_pads_sides_shorter_than_a_patch(trained_head):
     assert grid == (1, 2) and tokens.shape == (1, 5 + 2, 192)
     padded = torch.nn.functional.pad(x, (0, 8, 0, 11))  # zeros to 16×48; the grid drops the last 8 columns
     assert torch.equal(tokens, trained_head.backbone.embed(padded[..., :, :32])[0])
-
-
-def _reference_state_dict(path) -> dict[str, torch.Tensor]:
-    """The reference stage-1 state dict in labelgen's names: its 20 class tokens and their positions
-    are the prefix tokens, the 14×14 position grid the patch positions; the AAF layers are renamed."""
-    renames = {
-        "adaptive_attention_fusion.attn_feat_ffn.": "fusion.squeeze.",
-        "adaptive_attention_fusion.attn_head_ffn.": "fusion.excite.",
-        "head.": "head.",
-    }
-    ref = load_file(path)
-    pos = ref.pop("pos_embed")
-    out = {
-        "backbone.prefix_tokens": ref.pop("cls_token"),
-        "backbone.prefix_pos": pos[:, :20],
-        "backbone.patch_pos": pos[:, 20:],
-    }
-    for key, value in ref.items():
-        prefix = next((p for p in renames if key.startswith(p)), None)
-        out[renames[prefix] + key.removeprefix(prefix) if prefix else "backbone." + key] = value
-    return out
-
-
-def test_stage1_parity_with_the_reference_outputs():
-    """The reference's own outputs (../shared/parity, its README): forward and the lean CAMs."""
-    golden = np.load(PARITY / "stage1_outputs.npz")
-    model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=20), None).eval()
-    model.load_state_dict(_reference_state_dict(PARITY / "stage1_weights.safetensors"), strict=True)
-    x = torch.from_numpy(golden["input_224"])
-    with torch.no_grad():
-        out = model(x)
-    for name in ("cls_logits", "coarse_logits", "fine_logits", "coarse_cam", "fused_cam", "fine_cam"):
-        want = golden[name]
-        np.testing.assert_allclose(
-            getattr(out, name).numpy(), want, rtol=0, atol=2e-5 * np.abs(want).max(), err_msg=name
-        )
-    for kind in ("coarse", "fused", "fine"):
-        assert torch.equal(model.cams(x, kind, 0), getattr(out, f"{kind}_cam"))
 
 
 def test_cam_checkpoints_record_the_normalisation_outside_the_state_dict(weaktr, tmp_path):

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from labelgen.models.pixels import PixelNormalised, normalisation
-from labelgen.models.vit import ViTBackbone
+from labelgen.models.vit import ViTBackbone, set_layer_norm_eps
 from labelgen.models.weights import create_vit
 from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
@@ -24,25 +24,39 @@ class SegmenterConfig:
     backbone: str  # timm model name
     num_labels: int  # classes including background
     decoder_layers: int = 2
+    # the decoder's one dropout, as the reference's MaskTransformer(dropout=0.1): on the attention
+    # weights, after the attention projection and in the MLP (segm/model/blocks.py)
     decoder_dropout: float = 0.1
     drop_path: float = 0.1
+    # eps of every LayerNorm, encoder and decoder: the reference Segmenter builds them all with
+    # nn.LayerNorm's default 1e-5 (segm/model/vit.py, blocks.py, decoder.py); the pretrained DeiT/ViT
+    # (and labelgen before) use 1e-6
+    layer_norm_eps: float = 1e-5
+    # patch position resampling, see labelgen.models.vit.PosEmbedResample; the reference's is
+    # "bilinear" (segm/model/utils.py:resize_pos_embed)
+    pos_embed_resample: str = "bilinear"
+    # pixels: the encoder's position table is kept at the grid of this input size (the training crop),
+    # resampled once from the pretrained grid, as the reference Segmenter's `image_size`; None keeps
+    # the pretrained grid
+    image_size: int | None = None
 
 
 class MaskTransformer(nn.Module):
-    def __init__(self, dim: int, heads: int, num_labels: int, layers: int, dropout: float):
+    def __init__(self, dim: int, heads: int, num_labels: int, layers: int, dropout: float, eps: float = 1e-5):
         super().__init__()
         self.num_labels = num_labels
         self.proj_dec = nn.Linear(dim, dim)
         self.cls_emb = nn.Parameter(torch.zeros(1, num_labels, dim))
         trunc_normal_(self.cls_emb, std=0.02)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout) for _ in range(layers)
+            Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout, attn_drop=dropout) for _ in range(layers)
         )
-        self.decoder_norm = nn.LayerNorm(dim)
+        set_layer_norm_eps(self.blocks, eps)
+        self.decoder_norm = nn.LayerNorm(dim, eps=eps)
         scale = dim**-0.5
         self.proj_patch = nn.Parameter(scale * torch.randn(dim, dim))
         self.proj_classes = nn.Parameter(scale * torch.randn(dim, dim))
-        self.mask_norm = nn.LayerNorm(num_labels)
+        self.mask_norm = nn.LayerNorm(num_labels, eps=eps)
 
     def _masks(self, x: Tensor, num_patches: int, grid: tuple[int, int]) -> Tensor:
         x = self.decoder_norm(x)
@@ -69,13 +83,18 @@ class Segmenter(PixelNormalised):
         super().__init__()
         self.config = config
         self.set_normalisation(*normalisation(config.backbone))
-        self.encoder = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), num_prefix=1)
+        vit = create_vit(config.backbone, weights, config.drop_path)
+        set_layer_norm_eps(vit, config.layer_norm_eps)
+        p = vit.patch_embed.patch_size[0]
+        grid = None if config.image_size is None else (max(1, config.image_size // p),) * 2
+        self.encoder = ViTBackbone(vit, num_prefix=1, pos_resample=config.pos_embed_resample, grid=grid)
         self.decoder = MaskTransformer(
             self.encoder.embed_dim,
             self.encoder.num_heads,
             config.num_labels,
             config.decoder_layers,
             config.decoder_dropout,
+            config.layer_norm_eps,
         )
         self.decoder.apply(_init_linear)
 

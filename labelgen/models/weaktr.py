@@ -22,6 +22,7 @@ from labelgen.models.weights import create_vit
 
 FUSIONS = ("aaf", "mean")
 CAM_KINDS = ("fine", "fused", "coarse")
+HEAD_INITS = ("pytorch_default", "trunc_normal")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class WeakTrConfig:
     aaf_reduction: int = 8
     aaf_feat_reduction: int = 8
     drop_path: float = 0.1
+    # the 3×3 conv head: "pytorch_default" is the reference (its WeakTr._init_weights touches only
+    # Linear and LayerNorm, so Conv2d.reset_parameters: kaiming-uniform weights, std ≈ 0.014 for
+    # DeiT-S/Ti, uniform bias in ±1/sqrt(9·D)); "trunc_normal": std 0.02, zero bias (labelgen before)
+    head_init: str = "pytorch_default"
+    # patch position resampling to an input's grid, see labelgen.models.vit.PosEmbedResample
+    pos_embed_resample: str = "dino"
 
 
 class AdaptiveAttentionFusion(nn.Module):
@@ -108,12 +115,16 @@ class WeakTr(PixelNormalised):
         super().__init__()
         if config.fusion not in FUSIONS:
             raise ValueError(f"fusion {config.fusion!r}; allowed: {FUSIONS}")
+        if config.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init {config.head_init!r}; allowed: {HEAD_INITS}")
         self.config = config
         self.set_normalisation(*normalisation(config.backbone))
-        self.backbone = ViTBackbone(create_vit(config.backbone, weights, config.drop_path), config.num_fg_classes)
+        vit = create_vit(config.backbone, weights, config.drop_path)
+        self.backbone = ViTBackbone(vit, config.num_fg_classes, config.pos_embed_resample)
         dim, heads = self.backbone.embed_dim, self.backbone.num_heads
-        self.head = nn.Conv2d(dim, config.num_fg_classes, kernel_size=3, stride=1, padding=1)
-        self.head.apply(_init_conv)
+        self.head = nn.Conv2d(dim, config.num_fg_classes, kernel_size=3, stride=1, padding=1)  # PyTorch's init
+        if config.head_init == "trunc_normal":
+            self.head.apply(_init_conv)
         num_maps = len(self.backbone.blocks) * heads
         self.fusion = (
             AdaptiveAttentionFusion(num_maps, dim // heads, config.aaf_reduction, config.aaf_feat_reduction)

@@ -66,6 +66,8 @@ def build_state(params: TrainCamParams, num_fg_classes: int, device: torch.devic
         params.aaf_reduction,
         params.aaf_feat_reduction,
         params.drop_path,
+        head_init=params.head_init,
+        pos_embed_resample=params.pos_embed_resample,
     )
     model = WeakTr(config, params.weights).to(device)
     peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference

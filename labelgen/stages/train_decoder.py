@@ -124,7 +124,16 @@ def build_state(p: TrainDecoderParams, num_labels: int, device: torch.device) ->
     """A fresh training: the Segmenter and SGD (Nesterov) with the encoder's smaller learning rate;
     the learning rate itself is set every step (`poly_lr`)."""
     seed_everything(p.seed)
-    config = SegmenterConfig(p.backbone, num_labels, p.decoder_layers, p.decoder_dropout, p.drop_path)
+    config = SegmenterConfig(
+        p.backbone,
+        num_labels,
+        p.decoder_layers,
+        p.decoder_dropout,
+        p.drop_path,
+        layer_norm_eps=p.layer_norm_eps,
+        pos_embed_resample=p.pos_embed_resample,
+        image_size=p.crop_size,
+    )
     model = Segmenter(config, p.weights).to(device)
     encoder, decoder = model.param_groups()
     optimizer = torch.optim.SGD(
