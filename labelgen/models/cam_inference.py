@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,7 @@ from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
 def save_cam_model(path: Path, model: WeakTr, **extra) -> None:
     """The model's config, normalisation ("mean", "std") and weights, plus `extra` entries (epoch, ...)."""
-    mean, std = model.normalisation
-    save_checkpoint(
-        path,
-        {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra},
-    )
+    save_checkpoint(path, model.checkpoint(**extra))
 
 
 def load_cam_model(path: Path, device: torch.device) -> WeakTr:
@@ -30,10 +25,7 @@ def load_cam_model(path: Path, device: torch.device) -> WeakTr:
     config = dict(state["config"])
     if "num_classes" in config:  # written before the field was named num_fg_classes
         config["num_fg_classes"] = config.pop("num_classes")
-    model = WeakTr(WeakTrConfig(**config), weights=None)
-    model.load_state_dict(state["model"], strict=True)
-    model.set_normalisation(state["mean"], state["std"])
-    return model.to(device).eval()
+    return WeakTr(WeakTrConfig(**config), weights=None).restore(state, device)
 
 
 def fit_factor(height: int, width: int, largest_scale: float, max_side: int) -> float:

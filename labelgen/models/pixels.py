@@ -4,6 +4,9 @@ thread (mean, std) around."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 import timm
 import torch
 from torch import Tensor, nn
@@ -35,3 +38,21 @@ class PixelNormalised(nn.Module):
         """uint8 (or 0..255) B×3×H×W -> float32 (x/255 − mean) / std on the images' device, the same
         arithmetic as timm's ToTensor + Normalize: every model input of labelgen goes through here."""
         return (images.float() / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def checkpoint(self, **extra: Any) -> dict[str, Any]:
+        """What a model file holds: the config (a dataclass), the normalisation ("mean", "std"), the
+        weights ("model"), plus `extra` entries (epoch, ...). `restore` reads it back."""
+        mean, std = self.normalisation
+        return {
+            "config": asdict(self.config),
+            "mean": list(mean),
+            "std": list(std),
+            "model": self.state_dict(),
+            **extra,
+        }
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> PixelNormalised:
+        """This model with the weights and normalisation of a `checkpoint` dict, in eval mode on `device`."""
+        self.load_state_dict(state["model"], strict=True)
+        self.set_normalisation(state["mean"], state["std"])
+        return self.to(device).eval()

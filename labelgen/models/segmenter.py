@@ -4,7 +4,7 @@ cosine-similarity masks and a mask norm."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -119,20 +119,13 @@ class Segmenter(PixelNormalised):
 
 def save_segmenter(path: Path, model: Segmenter, **extra) -> None:
     """The model's config, normalisation ("mean", "std") and weights, plus `extra` entries (epoch, ...)."""
-    mean, std = model.normalisation
-    save_checkpoint(
-        path,
-        {"config": asdict(model.config), "mean": list(mean), "std": list(std), "model": model.state_dict(), **extra},
-    )
+    save_checkpoint(path, model.checkpoint(**extra))
 
 
 def load_segmenter(path: Path, device: torch.device) -> Segmenter:
     """The model of a `save_segmenter` file, in eval mode on `device`, normalising as it was trained."""
     state = load_checkpoint(path)
-    model = Segmenter(SegmenterConfig(**state["config"]), weights=None)
-    model.load_state_dict(state["model"], strict=True)
-    model.set_normalisation(state["mean"], state["std"])
-    return model.to(device).eval()
+    return Segmenter(SegmenterConfig(**state["config"]), weights=None).restore(state, device)
 
 
 def _init_linear(m: nn.Module) -> None:
