@@ -137,6 +137,20 @@ def test_weights_and_data_root_are_checked_before_a_cluster_starts(tmp_path):
     assert missing.exit_code == 2 and "is not a folder" in missing.output and "LocalCluster" not in missing.output
 
 
+def test_hub_weights_offline_are_refused_before_a_cluster_starts(tmp_path):
+    """No weights folder, no network, nothing cached: hf_hub_download raises LocalEntryNotFoundError,
+    a subclass of the "no such file on the hub" error the check once took as "try the next name"
+    and then let the run start (it failed in the training worker after hub retries)."""
+    env = {k: v for k, v in _env(tmp_path).items() if k != "LABELGEN_WEIGHTS_DIR"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    result = _run(tmp_path, tmp_path / "run", "train_cam", env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: train_cam.weights=hub:deit_tiny_patch16_224.fb_in1k: cannot reach the timm hub")
+    assert "LABELGEN_WEIGHTS_DIR" in line
+    assert "LocalCluster" not in result.stderr and not (tmp_path / "run" / "index").exists()
+
+
 def test_status_imports_no_model_library(tmp_path, client):
     from labelgen.pipeline.runner import run_pipeline
     from tests.conftest import tiny_recipe

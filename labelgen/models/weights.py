@@ -99,21 +99,29 @@ def check_weights(arch: str, weights: str, setting: str) -> None:
     if cfg is None or not cfg.hf_hub_id:
         return  # weights timm fetches by URL: the stage downloads them (and names the error) itself
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    try:
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            try:
-                hf_hub_download(cfg.hf_hub_id, filename)
-                return
-            except Exception as e:  # the hub raises many types; a missing file name tries the next
-                if "EntryNotFound" in type(e).__name__:
-                    continue
-                raise
-    except Exception as e:
-        raise ConfigError(
-            f"{setting}={weights}: cannot get the weights from the timm hub ({type(e).__name__}). Offline? Put "
-            f"{arch}.safetensors in a folder and set {WEIGHTS_DIR_ENV}=that folder, or set {setting} to a file path"
-        ) from None
+    offline = (
+        f"Offline? Put {arch}.safetensors in a folder and set {WEIGHTS_DIR_ENV}=that folder, "
+        f"or set {setting} to a file path"
+    )
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            hf_hub_download(cfg.hf_hub_id, filename)
+            return
+        # LocalEntryNotFoundError (offline, nothing cached) subclasses EntryNotFoundError (the hub has
+        # no such file, so the next name is tried): it must be caught first
+        except LocalEntryNotFoundError:
+            raise ConfigError(
+                f"{setting}={weights}: cannot reach the timm hub and nothing is cached. {offline}"
+            ) from None
+        except EntryNotFoundError:
+            continue
+        except Exception as e:  # network and HTTP errors come in many types
+            raise ConfigError(
+                f"{setting}={weights}: cannot get the weights from the timm hub ({type(e).__name__}). {offline}"
+            ) from None
+    raise ConfigError(f"{setting}={weights}: the timm hub repository {cfg.hf_hub_id} holds no weights file. {offline}")
 
 
 def _from_hub(arch: str, name: str, drop_path: float) -> nn.Module:
