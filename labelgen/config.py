@@ -268,27 +268,36 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
             raise ConfigError(f"--set {override!r}: [{section}] is not a table in {path}")
         raw[section][key] = value
         origin[section, key] = f"--set {override}"
+    wrong: list[str] = []  # every wrong setting, one line each, all reported at once
     for section in raw:
         if section not in STAGE_PARAMS:
             where = next((o for (sec, _), o in origin.items() if sec == section), f"section [{section}] in {path}")
-            raise ConfigError(_unknown_message(f"{where}: unknown section [{section}]", section, STAGE_PARAMS))
-    sections, wrong = {}, []
+            wrong.append(_unknown_message(f"{where}: unknown section [{section}]", section, STAGE_PARAMS))
+    sections, wrong_keys = {}, set()
     for name, cls in STAGE_PARAMS.items():
         values = raw.get(name, {})
+        if not isinstance(values, dict):
+            wrong.append(f"{path} [{name}]: expected a table of settings, got {values!r}")
+            values = {}
         good = {}
-        for key, value in values.items() if isinstance(values, dict) else []:
+        for key, value in values.items():
             try:  # each setting on its own, so that every wrong one is reported, not only the first
                 build_params(cls, {key: value}, where=f"{path} [{name}]", origin=origin, section=name)
                 good[key] = value
             except ConfigError as e:
                 wrong.append(str(e))
-        sections[name] = build_params(cls, good if isinstance(values, dict) else values, f"{path} [{name}]")
+                wrong_keys.add(f"{name}.{key}")
+        sections[name] = build_params(cls, good, f"{path} [{name}]")
+    # The rules between settings run on the settings that parsed (a wrong one at its default); a rule
+    # about a setting already named wrong is left out, as it would only repeat it.
+    recipe = Recipe(sections=sections, source=str(path))
+    rules = [(key, e) for key, e in recipe_errors(recipe) if key not in wrong_keys]
+    bad = wrong_keys | {key for key, _ in rules}
+    # nor one that only follows from another wrong setting ("warmup_epochs 0 must be 0..epochs=-1")
+    rules = [(key, e) for key, e in rules if not any(f"{b}=" in e for b in bad - {key})]
+    wrong += [f"{_origin(origin, key, path)}: {e}" for key, e in rules]
     if wrong:
         raise ConfigError("\n".join(wrong))
-    recipe = Recipe(sections=sections, source=str(path))
-    errors = recipe_errors(recipe)
-    if errors:
-        raise ConfigError("\n".join(f"{_origin(origin, key, path)}: {e}" for key, e in errors))
     return recipe
 
 

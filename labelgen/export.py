@@ -30,7 +30,8 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import IGNORE_INDEX, voc_palette, write_mask
 from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.runner import plan_run
-from labelgen.pipeline.stage import output_path, output_paths
+from labelgen.pipeline.stage import output_path
+from labelgen.stages.index import dataset_splits
 from labelgen.status import last_recipe
 from labelgen.store.sharded import ImageArrays
 
@@ -90,8 +91,8 @@ def export_source(run_dir: Path, what: str) -> ExportSource:
     dataset, stage, index = recipe["dataset"], plan[WHATS[what]].stage, plan["index"]
     if what == "pseudo_labels":  # the train split's masks, in one store
         stores = {dataset.train_split: output_path(stage, art, "masks")}
-    else:  # one store per split
-        stores = output_paths(stage, art, "masks")
+    else:  # one store per split the run predicts: each missing one is an error, not a smaller export
+        stores = {split: output_path(stage, art, "masks", split=split) for split in dataset_splits(dataset)}
     manifest = Manifest.load(output_path(index.stage, index.artifact, "manifest"))
     return ExportSource(stores, manifest, dataset.train_split, dataset.max_image_pixels)
 

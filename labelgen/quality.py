@@ -93,6 +93,7 @@ class SplitTally:
         self.num_labels = num_labels
         self.images = 0
         self.tagged = np.zeros(num_labels, np.int64)
+        self.tagged_images = 0  # images with at least one tag (the others are negatives)
         self.confidence = np.zeros(num_labels)
         self.confidence_images = 0
         self.low_confidence = 0  # images with a tag the classifier doubts (confidence < 0.5)
@@ -114,6 +115,7 @@ class SplitTally:
     def add(self, record: dict[str, Any]) -> None:
         tags = np.asarray(record["tags"], np.int64)  # typed: an untagged image (a negative) has none
         self.images += 1
+        self.tagged_images += bool(len(tags))
         self.tagged[tags] += 1
         if record["confidence"] is not None:
             self.confidence[tags] += np.asarray(record["confidence"], np.float64)
@@ -127,13 +129,14 @@ class SplitTally:
             s["share"][tags] += np.asarray(record["share"][name], np.float64)
             s["spurious"][np.asarray(record["spurious"][name], np.int64)] += 1
             s["foreground"] += record["foreground"][name]
-            s["all_tags_found"] += all(found)
+            s["all_tags_found"] += bool(found) and all(found)  # a negative has no tag to find
 
     def result(self, agreement_cm: np.ndarray | None) -> dict[str, Any]:
         """The split's GT-free metrics (metrics.json `gt_free.<split>`); lists are indexed by label,
         None where a class has no tagged image."""
         out: dict[str, Any] = {
             "images": self.images,
+            "tagged_images": self.tagged_images,
             "tagged": self.tagged.tolist(),
             "confidence": _ratio(self.confidence, self.tagged) if self.confidence_images else None,
             # over every (image, tag) pair

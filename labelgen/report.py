@@ -123,7 +123,8 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
                 split,
                 str(m["images"]),
                 final,
-                f"{src['all_tags_found']} ({pct(src['all_tags_found'] / m['images'])}%)",
+                f"{src['all_tags_found']} of {m['tagged_images']}"
+                + (f" ({pct(src['all_tags_found'] / m['tagged_images'])}%)" if m["tagged_images"] else ""),
                 pct(src["foreground"]),
                 pct(m["mean_confidence"]),
                 "–" if m["mean_confidence"] is None else str(m["low_confidence_images"]),
@@ -135,7 +136,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
         "split",
         "images",
         "final mask",
-        "images with every tag found",
+        "tagged images with every tag found",
         "foreground %",
         "confidence on tags",
         "images with a tag below 0.5",

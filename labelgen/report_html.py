@@ -58,7 +58,7 @@ def _figure(css: str, uri: str, caption: str, attrs: str = "") -> str:
 
 def _info(row: GalleryRow, classes: tuple[str, ...]) -> str:
     rec = row.record
-    tags = " ".join(_swatch(_rgb(t), classes[t]) for t in rec["tags"])
+    tags = " ".join(_swatch(_rgb(t), classes[t]) for t in rec["tags"]) or "no tags (a negative)"
     lines = [f"<b>{html.escape(rec['id'])}</b> · {html.escape(rec['split'])}", tags]
     iou = rec["iou"].get(rec["final"]) if rec["gt"] else None
     if rec["gt"]:
@@ -67,7 +67,7 @@ def _info(row: GalleryRow, classes: tuple[str, ...]) -> str:
         lines.append("GT not scored")
     else:
         lines.append("no GT")
-    what = "agreement" if rec["agreement"] is not None else "tags found"
+    what = "agreement" if rec["agreement"] is not None else ("tags found" if rec["tags"] else "background share")
     lines.append(f"GT-free score {pct(rec['score'])} ({what})")
     return '<div class="info">' + "<br>".join(lines) + "</div>"
 

@@ -60,14 +60,12 @@ def stage_status(art: Artifact) -> StageStatus:
     """The state of one planned artifact, from its files."""
     row = (art.stage, art.key, str(art.path))
     if art.is_complete():
-        success = art.success()
-        gone = [(name, f) for name, files in success.get("outputs", {}).items() for f in files]
-        gone = [(name, f) for name, f in gone if not (art.path / f).exists()]
+        gone = art.missing_outputs()
         if gone:
-            name, file = gone[0]
-            detail = f"output {name} ({file}) is missing; recompute it with --force {art.stage}"
+            name, path = gone[0]
+            detail = f"output {name} ({path.name}) is missing; rerun with --force {art.stage} added"
             return StageStatus(art.stage, "damaged", *row[1:], detail)
-        return StageStatus(art.stage, "done", *row[1:], f"finished {success['finished_at']}")
+        return StageStatus(art.stage, "done", *row[1:], f"finished {art.success()['finished_at']}")
     failure = art.failure()
     if failure is not None:
         return StageStatus(art.stage, "failed", *row[1:], f"{failure['unit']}: {failure['error']}")
@@ -83,5 +81,7 @@ def stage_status(art: Artifact) -> StageStatus:
 
 
 def run_status(run_dir: Path) -> list[StageStatus]:
-    keys = _stage_keys(run_dir, _run_record(run_dir))
-    return [stage_status(Artifact(run_dir, stage, key)) for stage, key in keys.items()]
+    data = _run_record(run_dir)
+    keys = _stage_keys(run_dir, data)
+    order = data.get("stages", list(keys))  # pipeline order (records before it had none)
+    return [stage_status(Artifact(run_dir, stage, keys[stage])) for stage in order]

@@ -57,3 +57,10 @@ def tiny_full_run(tmp_path_factory, client) -> Path:
     run_dir = tmp_path_factory.mktemp("full")
     run_pipeline(tiny_recipe(), run_dir, "full", client)
     return run_dir
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_state_folder(tmp_path_factory):
+    """`labelgen run` remembers the last run folder under $XDG_STATE_HOME: the tests keep theirs out of
+    the user's (a `labelgen status` after the suite showed a pytest folder)."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))

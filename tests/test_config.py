@@ -78,15 +78,17 @@ def test_all_wrong_settings_are_reported_at_once_one_line_each(tmp_path):
     from labelgen.cli import main
 
     args = ["run", "full", "--dataset", "demo", "--run-dir", str(tmp_path), "--set", "train_cam.epochs=0"]
-    args += ["--set", "train_cam.warmup_epochs=1"]  # the demo recipe has none
+    args += ["--set", "train_cam.warmup_epochs=1"]  # wrong only because epochs is: not a line of its own
+    args += ["--set", "export_cams.cam=fien", "--set", "foo.bar=1"]  # a bad value and an unknown section
     result = CliRunner().invoke(main, [*args, "--set", "predict.window=8", "--set", "train_cam.random_erasing=2"])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert [ln.split(":")[0] for ln in lines] == ["error"] * 4
-    assert lines[0] == "error: --set train_cam.epochs=0: 0: must be > 0"
-    assert lines[1] == "error: --set train_cam.warmup_epochs=1: 1: must be 0..train_cam.epochs=0"  # a rule between two
-    assert lines[2].startswith("error: --set train_cam.random_erasing=2: 2.0: is a probability")
-    assert "demo.toml [predict] window_stride: 112: must be ≤ predict.window=8" in lines[3]
+    assert [ln.split(":")[0] for ln in lines] == ["error"] * 5
+    assert lines[0].startswith("error: --set foo.bar=1: unknown section [foo]")
+    assert lines[1] == "error: --set export_cams.cam=fien: 'fien' is not one of 'fine', 'fused', 'coarse'"
+    assert lines[2] == "error: --set train_cam.epochs=0: 0: must be > 0"  # a range, checked beside the values
+    assert lines[3].startswith("error: --set train_cam.random_erasing=2: 2.0: is a probability")
+    assert "demo.toml [predict] window_stride: 112: must be ≤ predict.window=8" in lines[4]  # a rule between two
     assert not (tmp_path / "recipe.json").exists()
 
 

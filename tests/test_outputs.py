@@ -14,7 +14,7 @@ from labelgen.cli import main
 from labelgen.errors import ArtifactError
 from labelgen.export import export_source
 from labelgen.pipeline.dag import ORDER, STAGES
-from labelgen.pipeline.runner import plan_run
+from labelgen.pipeline.runner import plan_run, prepare_run
 from labelgen.pipeline.stage import StageContext, output_path
 from labelgen.status import run_status
 from tests.conftest import tiny_recipe
@@ -105,8 +105,8 @@ def test_a_deleted_output_is_one_line_from_input_path_export_and_status(tiny_ful
         with pytest.raises(ArtifactError) as e:
             _ctx(plan, "train_decoder").input_path("pseudo_labels", "masks")
         assert _one_line(e) == (
-            f"pseudo_labels output 'masks' of run {tiny_full_run} is missing: no {store}; recompute it with "
-            f"`labelgen run pseudo_labels --run-dir {tiny_full_run} --force pseudo_labels`"
+            f"pseudo_labels output 'masks' of run {tiny_full_run} is missing: no {store}; rerun the command "
+            "that made this run with `--force pseudo_labels` added"
         )
         with pytest.raises(ArtifactError) as e:
             export_source(tiny_full_run, "pseudo_labels")
@@ -122,22 +122,31 @@ def test_a_deleted_output_is_one_line_from_input_path_export_and_status(tiny_ful
         states = {r.stage: (r.state, r.detail) for r in run_status(tiny_full_run)}
         assert states["pseudo_labels"] == (
             "damaged",
-            "output masks (masks.zarr) is missing; recompute it with --force pseudo_labels",
+            "output masks (masks.zarr) is missing; rerun with --force pseudo_labels added",
         )
         assert states["predict"][0] == "done"
+        # a run that would read it is refused before anything is moved aside or run (--force evaluate
+        # once moved the good report away, then failed)
+        evaluate = plan["evaluate"].artifact.path
+        with pytest.raises(ArtifactError) as e:
+            prepare_run(tiny_recipe(), tiny_full_run, "full", force=("evaluate",))
+        assert _one_line(e) == (
+            f"pseudo_labels output 'masks' of run {tiny_full_run} is missing ({store}); rerun the command that "
+            "made this run with `--force pseudo_labels` added"
+        )
+        assert (evaluate / "_SUCCESS.json").is_file() and not list(evaluate.parent.glob("*.replaced-*"))
     finally:
         aside.rename(store)
     predict = plan["predict"].artifact.path
-    for split in ("train", "val"):
-        (predict / f"masks_{split}.zarr").rename(predict / f"masks_{split}.zarr.aside")
-    try:
+    (predict / "masks_val.zarr").rename(predict / "masks_val.zarr.aside")
+    try:  # one split's store gone: an error, not a quietly smaller export of the other split
         with pytest.raises(ArtifactError) as e:
             export_source(tiny_full_run, "predictions")
-        assert _one_line(e).startswith(f"predict output 'masks' of run {tiny_full_run} is missing: no ")
-        assert "masks_{split}.zarr" in str(e.value)
+        assert _one_line(e).startswith(
+            f"predict output 'masks' of run {tiny_full_run} is missing: no {predict / 'masks_val.zarr'}; "
+        )
     finally:
-        for split in ("train", "val"):
-            (predict / f"masks_{split}.zarr.aside").rename(predict / f"masks_{split}.zarr")
+        (predict / "masks_val.zarr.aside").rename(predict / "masks_val.zarr")
 
 
 def _foreign_names(stage: str | None) -> tuple[set[str], set[tuple[str, str]]]:
@@ -194,3 +203,7 @@ def test_export_status_and_reports_spell_no_stage_file_names(module):
 def test_a_run_record_lists_the_declared_outputs(tiny_full_run):
     success = json.loads((_plan(tiny_full_run)["export_cams"].artifact.success_path).read_text())
     assert success["outputs"] == {"cams": ["cams.zarr"]}
+
+
+def test_status_lists_the_stages_in_pipeline_order(tiny_full_run):
+    assert [r.stage for r in run_status(tiny_full_run)] == list(ORDER)  # the record's JSON keys are sorted

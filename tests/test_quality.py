@@ -33,7 +33,10 @@ def test_an_untagged_image_scores_by_how_much_of_it_stays_background():
     assert rank_key(rec) == (0.75, 0.75)
     tally = SplitTally(3)
     tally.add(rec)
-    assert tally.result(None)["sources"]["predict_val"]["spurious"] == [0, 0, 1]
+    out = tally.result(None)
+    assert out["sources"]["predict_val"]["spurious"] == [0, 0, 1]
+    # no tag to find: not one of the "tagged images with every tag found" (0 of 0 found is no success)
+    assert out["images"] == 1 and out["tagged_images"] == 0 and out["sources"]["predict_val"]["all_tags_found"] == 0
 
 
 def test_split_tally_sums_per_class():

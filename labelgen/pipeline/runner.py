@@ -96,6 +96,10 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
             raise ConfigError(f"--force {name}: not part of this run ({', '.join(names)})")
         forced |= descendants(name, plan)
     todo = [p for p in plan if p.stage.name in forced or not p.artifact.is_complete()]
+    for p in plan:  # a finished input whose output is gone: refused before anything is moved or run
+        damage = None if p.stage.name in forced else p.artifact.damage()
+        if damage:
+            raise ArtifactError(damage)
     for p in todo:
         _log_why_it_reruns(p, run_dir)
     for p in todo:
@@ -133,9 +137,9 @@ def record_run(run_dir: Path, recipe: Recipe, target: str, plan: list[PlannedSta
     """`<run>/recipe.json`: the resolved recipe, the target and each stage's key, which `labelgen
     status` reads without importing a model library; and the last-run pointer it defaults to."""
     keys = {p.stage.name: p.artifact.key for p in plan}
-    write_json_atomic(
-        run_dir / RUN_RECORD, {"source": recipe.source, "target": target, "keys": keys, **recipe.to_dict()}
-    )
+    order = list(keys)  # the JSON's keys are sorted: status lists the stages in this, pipeline, order
+    record = {"source": recipe.source, "target": target, "keys": keys, "stages": order, **recipe.to_dict()}
+    write_json_atomic(run_dir / RUN_RECORD, record)
     remember_last_run(run_dir)
 
 

@@ -108,7 +108,7 @@ def _missing(stage: Stage, art: Artifact, name: str) -> str:
 
 
 def _redo(stage: Stage, art: Artifact) -> str:
-    return f"recompute it with `labelgen run {stage.name} --run-dir {art.run_dir} --force {stage.name}`"
+    return f"rerun the command that made this run with `--force {stage.name}` added"
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
         save_training_state(state, out / LAST)
         (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history))
         log.info(
-            "train_cam: epoch %d/%d loss cls %.4f coarse %.4f fine %.4f lr %.2e %.1f img/s%s",
+            "train_cam: epoch %d/%d loss cls %.4f coarse %.4f fine %.4f lr %.2e %.1f img/s%s%s",
             epoch + 1,
             params.epochs,
             entry["loss_cls"],
@@ -210,6 +210,7 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
             lr,
             entry["images_per_s"],
             f" gt mIoU {entry['gt_miou']:.3f}" if "gt_miou" in entry else "",
+            f" negatives {entry['negatives']}" if entry.get("negatives") else "",
         )
     if params.selection == "gt_miou":
         note = (

@@ -142,6 +142,26 @@ class Artifact:
         with contextlib.suppress(OSError):  # a full disk (say) must not hide the error being reported
             write_json_atomic(self.path / FAILED, record)
 
+    def missing_outputs(self) -> list[tuple[str, Path]]:
+        """(output name, path) of each file a finished artifact's `_SUCCESS.json` lists among its
+        declared outputs that is no longer there (empty for an unfinished artifact, or one finished
+        before outputs were listed)."""
+        if not self.is_complete():
+            return []
+        listed = self.success().get("outputs", {})
+        return [(name, self.path / f) for name, files in listed.items() for f in files if not (self.path / f).exists()]
+
+    def damage(self) -> str | None:
+        """One line saying which listed output of a finished artifact is gone and how to redo it, or None."""
+        gone = self.missing_outputs()
+        if not gone:
+            return None
+        name, path = gone[0]
+        return (
+            f"{self.stage} output {name!r} of run {self.run_dir} is missing ({path}); rerun the command that "
+            f"made this run with `--force {self.stage}` added"
+        )
+
     def failure(self) -> dict[str, Any] | None:
         """The last failure record of this artifact, or None."""
         try:
