@@ -46,7 +46,8 @@ def build_folder(root: Path) -> dict[str, int]:
     data = json.loads((COCO128 / "annotations" / "instances_train2017.json").read_text())
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
-    (root / "classes.txt").write_text("person\n")
+    if not (root / "classes.txt").exists():
+        (root / "classes.txt").write_text("person\n")
     rows, counts = ["image,tags"], {"tagged": 0, "untagged": 0}
     for img in data["images"]:
         anns = [a for a in data["annotations"] if a["image_id"] == img["id"]]
@@ -57,11 +58,15 @@ def build_folder(root: Path) -> dict[str, int]:
         link = root / "images" / img["file_name"]
         if not link.exists():
             link.symlink_to(source)
-        write_mask(root / "masks" / f"{Path(img['file_name']).stem}.png", gt)
+        mask = root / "masks" / f"{Path(img['file_name']).stem}.png"
+        if not mask.exists():  # rewriting it would change its mtime, the index key, and rerun every stage
+            write_mask(mask, gt)
         tagged = bool(people)
         rows.append(f"images/{img['file_name']},{'person' if tagged else ''}")
         counts["tagged" if tagged else "untagged"] += 1
-    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    tags = root / "tags.csv"
+    if not tags.exists() or tags.read_text() != "\n".join(rows) + "\n":
+        tags.write_text("\n".join(rows) + "\n")
     return counts
 
 
