@@ -11,9 +11,12 @@ ARGMAX_CHUNK_VALUES = 2**25
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (align_corners False) resize of (k, h, w) maps to (k, *size)."""
+    """Bilinear (align_corners False) resize of (k, h, w) maps to (k, *size); k may be 0 (a negative
+    image has no tagged class, hence no map)."""
     if maps.shape[1:] == tuple(size):
         return maps
+    if maps.shape[0] == 0:  # torch refuses an empty channel dimension
+        return np.zeros((0, *size), np.float32)
     t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0].numpy()
 

@@ -49,3 +49,10 @@ def test_resized_argmax_equals_the_argmax_of_the_resized_maps_in_any_chunks(monk
     assert np.array_equal(resized_argmax(maps, (20, 30)), expected)
     monkeypatch.setattr(cam, "ARGMAX_CHUNK_VALUES", 1)  # one map at a time
     assert np.array_equal(resized_argmax(maps, (20, 30)), expected)
+
+
+def test_resize_maps_of_an_image_without_tags():
+    """A negative has no CAM maps; evaluate's gallery resized them and crashed on a coco128 negative."""
+    out = resize_maps(np.zeros((0, 4, 6), np.float32), (8, 12))
+    assert out.shape == (0, 8, 12) and out.dtype == np.float32
+    assert cam_to_labels(np.zeros((0, 8, 12), np.float32), np.zeros(0, np.int64), 0.4).tolist() == [[0] * 12] * 8
