@@ -291,11 +291,11 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
     # The rules between settings run on the settings that parsed (a wrong one at its default); a rule
     # about a setting already named wrong is left out, as it would only repeat it.
     recipe = Recipe(sections=sections, source=str(path))
-    rules = [(key, e) for key, e in recipe_errors(recipe) if key not in wrong_keys]
-    bad = wrong_keys | {key for key, _ in rules}
+    rules = [e for e in recipe_errors(recipe) if e.key not in wrong_keys]
+    bad = wrong_keys | {e.key for e in rules}
     # nor one that only follows from another wrong setting ("warmup_epochs 0 must be 0..epochs=-1")
-    rules = [(key, e) for key, e in rules if not any(f"{b}=" in e for b in bad - {key})]
-    wrong += [f"{_origin(origin, key, path)}: {e}" for key, e in rules]
+    rules = [e for e in rules if not bad & set(e.depends_on)]
+    wrong += [f"{_origin(origin, e.key, path)}: {e.why}" for e in rules]
     if wrong:
         raise ConfigError("\n".join(wrong))
     return recipe
@@ -377,19 +377,31 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")
 
 
-def recipe_errors(recipe: Recipe) -> list[tuple[str, str]]:
-    """(setting, what is wrong) for every setting outside its range and every broken rule between
-    settings; empty when the recipe can run. Checked when a recipe is loaded, before any work."""
-    errors: list[tuple[str, str]] = []
+@dataclass(frozen=True)
+class SettingError:
+    key: str  # "section.name" of the wrong setting
+    why: str  # its value and what is wrong with it
+    depends_on: tuple[str, ...] = ()  # the other settings a rule between settings reads
 
-    def need(ok: bool, key: str, why: str) -> None:
+
+def recipe_errors(recipe: Recipe) -> list[SettingError]:
+    """Every setting outside its range and every broken rule between settings; empty when the
+    recipe can run. Checked when a recipe is loaded, before any work."""
+    errors: list[SettingError] = []
+
+    def need(ok: bool, key: str, why: str, depends_on: tuple[str, ...] = ()) -> None:
         if not ok:
             section, _, name = key.partition(".")
-            errors.append((key, f"{getattr(recipe[section], name)!r}: {why}"))
+            errors.append(SettingError(key, f"{getattr(recipe[section], name)!r}: {why}", depends_on))
 
     d, cam, exp, pl = recipe["dataset"], recipe["train_cam"], recipe["export_cams"], recipe["pseudo_labels"]
     dec, pred = recipe["train_decoder"], recipe["predict"]
-    need(d.val_split != d.train_split, "dataset.val_split", "must differ from dataset.train_split (or be empty)")
+    need(
+        d.val_split != d.train_split,
+        "dataset.val_split",
+        "must differ from dataset.train_split (or be empty)",
+        ("dataset.train_split",),
+    )
     need(d.max_image_pixels > 0, "dataset.max_image_pixels", "must be > 0")
     need(d.index_slice > 0, "dataset.index_slice", "must be > 0")
     for key in ("train_cam.epochs", "train_cam.batch_size", "train_cam.input_size", "export_cams.shard_size",
@@ -400,7 +412,12 @@ def recipe_errors(recipe: Recipe) -> list[tuple[str, str]]:
                 "predict.max_side"):  # fmt: skip
         section, _, name = key.partition(".")
         need(getattr(recipe[section], name) > 0, key, "must be > 0")
-    need(0 <= cam.warmup_epochs <= cam.epochs, "train_cam.warmup_epochs", f"must be 0..train_cam.epochs={cam.epochs}")
+    need(
+        0 <= cam.warmup_epochs <= cam.epochs,
+        "train_cam.warmup_epochs",
+        f"must be 0..train_cam.epochs={cam.epochs}",
+        ("train_cam.epochs",),
+    )
     need(0 < cam.min_crop_scale <= 1, "train_cam.min_crop_scale", "must be in (0, 1]")
     need(0 <= cam.random_erasing <= 1, "train_cam.random_erasing", "is a probability: 0..1")
     for key in ("train_cam.num_workers", "train_decoder.num_workers"):
@@ -426,7 +443,12 @@ def recipe_errors(recipe: Recipe) -> list[tuple[str, str]]:
     need(dec.masks == "pseudo_labels" or Path(dec.masks).expanduser().is_dir(), "train_decoder.masks",
          'must be "pseudo_labels" or an existing folder of <image id>.png masks')  # fmt: skip
     need(bool(pred.scales) and all(x > 0 for x in pred.scales), "predict.scales", "must be one or more scales > 0")
-    need(pred.window >= pred.window_stride, "predict.window_stride", f"must be ≤ predict.window={pred.window}")
+    need(
+        pred.window >= pred.window_stride,
+        "predict.window_stride",
+        f"must be ≤ predict.window={pred.window}",
+        ("predict.window",),
+    )
     need(pred.depth_blend >= 0, "predict.depth_blend", "must be ≥ 0")
     ev = recipe["evaluate"]
     need(all(0 <= t <= 1 for t in ev.sweep_thresholds), "evaluate.sweep_thresholds", "thresholds must be in 0..1")
