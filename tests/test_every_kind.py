@@ -118,6 +118,7 @@ def test_a_full_run_on_every_kind_completes_with_the_good_images(every_kind, tmp
     cmd = labelgen_cmd(
         "run", "full", "--dataset", "folder", "--data-root", str(root), "--recipe", str(TINY_RECIPE),
         "--run-dir", str(tmp_path / "run"), "--set=dataset.val_split=\"\"",
+        "--set=train_decoder.clip_start=0.43",  # 3 labels: below ln 3 (else refused)
     )  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]

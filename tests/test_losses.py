@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from labelgen.models.losses import GradientClippingLoss, window_means
+from labelgen.models.losses import GradientClippingLoss, clip_start_problem, window_means
 
 
 def logits_for_losses(losses: torch.Tensor, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,3 +66,14 @@ def test_ignored_pixels_count_as_zero_in_the_global_mean():
     _, stats = GradientClippingLoss(window=2, start_value=1.2)(logits, target)
     assert stats.global_mean == pytest.approx(0.6, rel=1e-4)
     assert math.isfinite(stats.clipped_fraction)
+
+
+def test_clip_start_must_be_below_an_untrained_decoders_loss():
+    """An untrained decoder's loss is ln(num_labels): 3.04 on VOC (the reference's 1.2 passes),
+    0.69 on a single-class set, 1.10 on a two-class one."""
+    assert clip_start_problem(1.2, 21) is None and clip_start_problem(1.2, 81) is None
+    assert clip_start_problem(1.2, 4) is None  # ln 4 = 1.39
+    assert clip_start_problem(0.69, 2) is None  # just below ln 2 = 0.693
+    assert "clip_start=0.7 is not below 0.69" in clip_start_problem(0.7, 2)
+    assert "clip_start=1.2 is not below 1.10" in clip_start_problem(1.2, 3)
+    assert "that share here: 0.43" in clip_start_problem(1.2, 3)  # 1.2 / ln 21 × ln 3

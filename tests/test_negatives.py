@@ -1,16 +1,19 @@
 """Issue 14: a user's own set with untagged negatives trains, exports and evaluates."""
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from labelgen.data.demo import generate_demo
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.stages.index import load_manifest
+from labelgen.status import run_status
 from labelgen.store.sharded import ImageArrays
-from tests.conftest import tiny_recipe
-from tests.realdata import coco_photo
+from tests.conftest import TINY_RECIPE, tiny_recipe
+from tests.realdata import coco_json, coco_photo, write_coco_root
 
 NEGATIVES = 8
 
@@ -47,3 +50,57 @@ def test_untagged_negatives_train_export_and_evaluate(tmp_path, client):
     metrics = json.loads((arts["evaluate"].path / "metrics.json").read_text())
     assert metrics["pseudo_labels"]["images"] == sum(r.mask is not None for r in manifest.records) == 24
     assert np.isfinite(metrics["pseudo_labels"]["miou"])
+
+
+def _single_class_folder(root: Path) -> Path:
+    """Real photos tagged `person` where COCO has one (74, 9 is untagged: a negative)."""
+    (root / "images").mkdir(parents=True)
+    (root / "classes.txt").write_text("person\n")
+    rows = ["image,tags"]
+    for image_id, tags in ((74, "person"), (9, ""), (472, "")):
+        (root / "images" / f"{image_id}.jpg").symlink_to(coco_photo(image_id))
+        rows.append(f"images/{image_id}.jpg,{tags}")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_clip_start_that_clamps_from_the_first_step_is_refused_before_work(tmp_path):
+    """On a single-class set (2 labels) an untrained decoder's loss is ln 2 = 0.69, under the
+    reference clip_start 1.2: refused before anything is written, with the value to use."""
+    from click.testing import CliRunner
+
+    from labelgen.cli import main
+
+    root = _single_class_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["run", "full", "--dataset", "folder", "--recipe", str(TINY_RECIPE), "--data-root", str(root)]
+    args += ["--run-dir", str(run), "--set", 'dataset.name="folder"', "--set", 'dataset.untagged="keep"']
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train_decoder.clip_start=1.2 is not below 0.69" in errors[0]
+    assert "ln 2" in errors[0] and "that share here: 0.27" in errors[0] and "gradient_clipping=false" in errors[0]
+    assert not run.exists() or not any(run.iterdir())
+    for fix in ("train_decoder.clip_start=0.27", "train_decoder.gradient_clipping=false"):
+        result = CliRunner().invoke(main, [*args, "--set", fix, "--dry-run"])
+        assert result.exit_code == 0 and "error:" not in result.output, result.output
+
+
+def test_a_coco_export_with_one_category_is_refused_once_the_index_has_read_it(tmp_path, client):
+    """COCO's categories are in its JSON: the same check runs when train_decoder starts, after the
+    index (kept, so the fixed run resumes from it)."""
+    from labelgen.errors import ConfigError
+
+    data = coco_json()
+    person = [c for c in data["categories"] if c["name"] == "person"]
+    data = {**data, "categories": person, "annotations": [a for a in data["annotations"] if a["category_id"] == 1]}
+    root = write_coco_root(tmp_path / "coco", data)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    overrides = ['dataset.name="coco"', f'dataset.root="{root}"', 'dataset.train_split="train2017"']
+    overrides += ['dataset.val_split=""', f'train_decoder.masks="{masks}"']
+    with pytest.raises(ConfigError, match=r"clip_start=1.2 is not below 0.69, .* on 2 labels"):
+        run_pipeline(tiny_recipe(*overrides), tmp_path / "run", "train_decoder", client)
+    assert [(r.stage, r.state) for r in run_status(tmp_path / "run")][0] == ("index", "done")
+    result = run_pipeline(tiny_recipe(*overrides, "train_decoder.clip_start=0.27"), tmp_path / "run", "index", client)
+    assert load_manifest(result["index"]).num_labels == 2

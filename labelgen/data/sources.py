@@ -108,6 +108,20 @@ def list_dataset(params: DatasetParams, root: Path, splits: list[str], sink: Sli
     return listing
 
 
+def declared_classes(params: DatasetParams, root: Path) -> tuple[str, ...] | None:
+    """The class list (background first) of a layout that declares it apart from its images: VOC's
+    20 classes, the demo's, a folder's class file; known before the index runs, so settings that
+    depend on it are checked before any work. None for COCO, whose categories are in its annotation
+    JSON and known once the index has read it. Raises `DataError` for a missing or bad class file."""
+    if params.name == "voc":
+        return voc_classes()
+    if params.name == "demo":
+        return demo_classes()
+    if params.name == "folder":
+        return read_class_file(root / params.classes_file)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- voc
 def voc_root(root: Path) -> Path:
     """The folder holding JPEGImages: root itself, root/VOC2012 or root/VOCdevkit/VOC2012."""
@@ -119,7 +133,7 @@ def voc_root(root: Path) -> Path:
 
 def _list_voc(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     base = voc_root(root)
-    listing = Listing(classes=voc_classes())
+    listing = Listing(classes=declared_classes(params, root))
     names = {n: i for i, n in enumerate(listing.classes)}
     for split in splits:
         aug = split == "train_aug"
@@ -379,9 +393,8 @@ def _coco_item(img: Any, split: str, image_dir: Path, ann_file: Path, listing: L
 # ----------------------------------------------------------------------------------- folder and demo
 def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     """Every row of the tags file becomes an item or a problem naming its line."""
-    classes = demo_classes() if params.name == "demo" else read_class_file(root / params.classes_file)
-    listing = Listing(classes=classes)
-    names = {n: i for i, n in enumerate(classes) if i > 0}
+    listing = Listing(classes=declared_classes(params, root))
+    names = {n: i for i, n in enumerate(listing.classes) if i > 0}
     tags_path = root / params.tags_file
     for line_no, entry in _read_tags_file(tags_path):
         where = f"{tags_path}:{line_no}"

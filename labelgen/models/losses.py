@@ -4,6 +4,7 @@ gradient. Not optimizer gradient-norm clipping."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,31 @@ def window_means(loss_map: Tensor, window: int) -> Tensor:
     counts = F.avg_pool2d(ones, window, window) * window * window
     means = (sums / counts)[0, 0]  # gh, gw
     return means.repeat_interleave(window, 0).repeat_interleave(window, 1)[:h, :w]
+
+
+def clip_start_problem(clip_start: float, num_labels: int) -> str | None:
+    """Why `clip_start` (nats) cannot start the clamp as the reference means it, on `num_labels`
+    labels (with background); None when it can.
+
+    The reference turns the clamp on once the batch's mean loss falls below `clip_start` (1.2 for
+    DeiT-S on VOC's 21 and COCO's 81 labels), so that it starts once the decoder has fitted the
+    pseudo-labels. An untrained decoder's logits are near zero, its softmax near uniform and its
+    loss near ln(num_labels): 3.04 on VOC, but 0.69 on a single-class set (2 labels) and 1.10 on a
+    two-class one, where 1.2 turns the clamp on from the first step. Then it clamps the pixels of the
+    classes the decoder has not learned yet and they never get a gradient (coco128 person vs
+    absent: person IoU 0.0 after retraining; benchmarks/single_class.py).
+    """
+    untrained = math.log(num_labels)
+    if clip_start < untrained:
+        return None
+    share = 1.2 / math.log(21)  # the reference's start as a share of an untrained decoder's loss on VOC
+    return (
+        f"train_decoder.clip_start={clip_start:g} is not below {untrained:.2f}, the loss of an untrained "
+        f"decoder on {num_labels} labels (ln {num_labels}): the gradient clipping would clamp from the first "
+        "step and starve the classes not learned yet; set train_decoder.clip_start below it (the "
+        f"reference's 1.2 is {share:.2f} of ln 21 on VOC; that share here: {share * untrained:.2f}) "
+        "or train_decoder.gradient_clipping=false"
+    )
 
 
 @dataclass(frozen=True)
