@@ -131,7 +131,7 @@ def test_a_deleted_output_is_one_line_from_input_path_export_and_status(tiny_ful
         with pytest.raises(ArtifactError) as e:
             prepare_run(tiny_recipe(), tiny_full_run, "full", force=("evaluate",))
         assert _one_line(e) == (
-            f"pseudo_labels output 'masks' of run {tiny_full_run} is missing ({store}); rerun the command that "
+            f"pseudo_labels output 'masks' of run {tiny_full_run} is missing: no {store}; rerun the command that "
             "made this run with `--force pseudo_labels` added"
         )
         assert (evaluate / "_SUCCESS.json").is_file() and not list(evaluate.parent.glob("*.replaced-*"))

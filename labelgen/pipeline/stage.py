@@ -20,7 +20,7 @@ from typing import Any
 
 from labelgen.config import Recipe
 from labelgen.errors import ArtifactError
-from labelgen.store.artifact import Artifact
+from labelgen.store.artifact import Artifact, missing_output
 from labelgen.store.sharded import StoreLayout
 
 UnitResult = tuple[list[Path], dict[str, Any]]
@@ -69,7 +69,7 @@ def output_path(stage: Stage, art: Artifact, name: str, **params: str) -> Path:
     when the stage declares no such output or the file is not there."""
     path = art.path / _declared(stage, art, name).filename(**params)
     if not path.exists():
-        raise ArtifactError(f"{_missing(stage, art, name)}: no {path}; {_redo(stage, art)}")
+        raise ArtifactError(missing_output(art, name, path))
     return path
 
 
@@ -81,7 +81,7 @@ def output_paths(stage: Stage, art: Artifact, name: str) -> dict[str, Path]:
         raise ArtifactError(f"{stage.name} output {name!r} is one file ({out.pattern}): read it with input_path")
     found = out.instances(art.path)
     if not found:
-        raise ArtifactError(f"{_missing(stage, art, name)}: no {art.path / out.pattern}; {_redo(stage, art)}")
+        raise ArtifactError(missing_output(art, name, art.path / out.pattern))
     return found
 
 
@@ -101,14 +101,6 @@ def _declared(stage: Stage, art: Artifact, name: str) -> Output:
         return stage.output(name)
     except ArtifactError as e:
         raise ArtifactError(f"run {art.run_dir}: {e}") from None
-
-
-def _missing(stage: Stage, art: Artifact, name: str) -> str:
-    return f"{stage.name} output {name!r} of run {art.run_dir} is missing"
-
-
-def _redo(stage: Stage, art: Artifact) -> str:
-    return f"rerun the command that made this run with `--force {stage.name}` added"
 
 
 @dataclass(frozen=True)

@@ -157,10 +157,7 @@ class Artifact:
         if not gone:
             return None
         name, path = gone[0]
-        return (
-            f"{self.stage} output {name!r} of run {self.run_dir} is missing ({path}); rerun the command that "
-            f"made this run with `--force {self.stage}` added"
-        )
+        return missing_output(self, name, path)
 
     def failure(self) -> dict[str, Any] | None:
         """The last failure record of this artifact, or None."""
@@ -225,3 +222,11 @@ class ArtifactLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def missing_output(art: Artifact, name: str, path: Path | str) -> str:
+    """The one line for a declared output `name` of `art` that is not at `path`, with the fix."""
+    return (
+        f"{art.stage} output {name!r} of run {art.run_dir} is missing: no {path}; rerun the command that made "
+        f"this run with `--force {art.stage}` added"
+    )
