@@ -163,20 +163,13 @@ def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shi
 def _dry_run_checks(recipe, run_path: Path, target: str) -> None:
     """The checks a run makes before its cluster starts (data root, weights), reported, not fatal to
     the plan; exit 2 if one fails, as the run would."""
-    from labelgen.pipeline.runner import plan_run
+    from labelgen.pipeline.runner import plan_run, pre_start_problems
 
-    failed = []
-    for p in plan_run(recipe, run_path, target):
-        if p.artifact.is_complete():
-            continue
-        for check in p.stage.checks:
-            try:
-                check(recipe, run_path)
-            except LabelgenError as e:
-                failed.append(f"error: {e}")
-    for line in failed:
-        click.echo(line, err=True)
-    if failed:
+    todo = [p for p in plan_run(recipe, run_path, target) if not p.artifact.is_complete()]
+    problems = pre_start_problems(recipe, run_path, todo)
+    for e in problems:
+        click.echo(f"error: {e}", err=True)
+    if problems:
         sys.exit(2)
 
 

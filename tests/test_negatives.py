@@ -81,6 +81,14 @@ def test_a_clip_start_that_clamps_from_the_first_step_is_refused_before_work(tmp
     assert len(errors) == 1 and "train_decoder.clip_start=1.2 is not below 0.69" in errors[0]
     assert "ln 2" in errors[0] and "that share here: 0.27" in errors[0] and "gradient_clipping=false" in errors[0]
     assert not run.exists() or not any(run.iterdir())
+    # with a second wrong thing, a run and its dry run both name both, one line each
+    missing = tmp_path / "no-such-weights.safetensors"
+    two = [*args, "--set", f'train_cam.weights="{missing}"']
+    for result in (CliRunner().invoke(main, two), CliRunner().invoke(main, [*two, "--dry-run"])):
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2 and len(lines) == 2, result.output
+        assert str(missing) in lines[0] and "clip_start=1.2 is not below 0.69" in lines[1]
+    assert not run.exists() or not any(run.iterdir())
     for fix in ("train_decoder.clip_start=0.27", "train_decoder.gradient_clipping=false"):
         result = CliRunner().invoke(main, [*args, "--set", fix, "--dry-run"])
         assert result.exit_code == 0 and "error:" not in result.output, result.output

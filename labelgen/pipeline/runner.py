@@ -21,7 +21,7 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from labelgen.config import Recipe, significant_params
-from labelgen.errors import ArtifactError, ConfigError
+from labelgen.errors import ArtifactError, ConfigError, LabelgenError
 from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
 from labelgen.pipeline.stage import Stage, StageContext, Unit, written_outputs
@@ -102,9 +102,11 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
             raise ArtifactError(damage)
     for p in todo:
         _log_why_it_reruns(p, run_dir)
-    for p in todo:
-        for check in p.stage.checks:
-            check(recipe, run_dir)
+    problems = pre_start_problems(recipe, run_dir, todo)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:  # every one at once, one line each, as the settings
+        raise LabelgenError("\n".join(str(e) for e in problems))
     locks = [ArtifactLock(p.artifact) for p in todo]
     try:
         for lock in locks:  # all at once, before any work: a second run fails fast and harms nothing
@@ -115,6 +117,19 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
         raise
     record_run(run_dir, recipe, target, plan)
     return PreparedRun(recipe, run_dir, target, plan, todo, forced, locks)
+
+
+def pre_start_problems(recipe: Recipe, run_dir: Path, stages: list[PlannedStage]) -> list[LabelgenError]:
+    """What each stage's checks (data root, weights, settings that need the data's class list) find
+    wrong, all of them; run before a cluster starts, by a run and by `run --dry-run`."""
+    problems = []
+    for p in stages:
+        for check in p.stage.checks:
+            try:
+                check(recipe, run_dir)
+            except LabelgenError as e:
+                problems.append(e)
+    return problems
 
 
 def _log_why_it_reruns(p: PlannedStage, run_dir: Path) -> None:
