@@ -70,12 +70,17 @@ def resolve_weights_file(weights: str, arch: str) -> Path | None:
     folder = os.environ.get(WEIGHTS_DIR_ENV)
     if not folder:
         return None
+    if not Path(folder).is_dir():
+        raise ConfigError(
+            f"{WEIGHTS_DIR_ENV}={folder} is not a folder (wanted for {weights}); point it at the folder that holds "
+            f"{arch}.safetensors, or unset it to download from the timm hub"
+        )
     name = weights.removeprefix("hub:")
     candidates = [p for p in sorted(Path(folder).glob(f"{arch}*")) if p.suffix in _EXTENSIONS]
     exact = [p for p in candidates if p.name.startswith(name + ".")]
     if exact or candidates:
         return (exact or candidates)[0]
-    held = sorted(p.name for p in Path(folder).glob("*") if p.suffix in _EXTENSIONS) if Path(folder).is_dir() else []
+    held = sorted(p.name for p in Path(folder).glob("*") if p.suffix in _EXTENSIONS)
     raise ConfigError(
         f"{WEIGHTS_DIR_ENV}={folder} has no weights file for {arch} (wanted by {weights}); it holds "
         f"{', '.join(held) or 'no weights files'}. Put {arch}.safetensors there, point {WEIGHTS_DIR_ENV} at the "
