@@ -12,7 +12,8 @@ from labelgen.models.cam_inference import fit_factor, multiscale_cams, view_size
 from labelgen.models.vit import ViTBackbone
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, fuse_attention, pool_head_features, stack_pooled, weaktr_loss
 from labelgen.models.weights import create_vit
-from tests.conftest import COCO128, WEIGHTS
+from tests.conftest import COCO128
+from tests.conftest import WEIGHTS as WEIGHTS_DIR
 
 ARCH = "deit_tiny_patch16_224"
 WEIGHTS = "hub:deit_tiny_patch16_224.fb_in1k"
@@ -325,6 +326,6 @@ def test_a_weights_folder_that_does_not_exist_is_named_as_such(tmp_path, monkeyp
 
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match=r"LABELGEN_WEIGHTS_DIR=.*nope is not a folder \(wanted for hub:deit_tiny"):
-        resolve_weights_file("hub:deit_tiny_patch16_224.fb_in1k", "deit_tiny_patch16_224")
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(WEIGHTS))  # the shared folder: its DeiT-Tiny file
-    assert resolve_weights_file("hub:deit_tiny_patch16_224.fb_in1k", "deit_tiny_patch16_224").parent == WEIGHTS
+        resolve_weights_file(WEIGHTS, "deit_tiny_patch16_224")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(WEIGHTS_DIR))  # the shared folder: its DeiT-Tiny file
+    assert resolve_weights_file(WEIGHTS, "deit_tiny_patch16_224").parent == WEIGHTS_DIR
