@@ -61,6 +61,7 @@ def test_gt_selection_says_it_used_pixel_labels(tmp_path, manifest):
     recipe = tiny_recipe("train_cam.epochs=1", "train_cam.selection=gt_miou", "train_cam.selection_subset=4")
     _files, info = train_cam(recipe["train_cam"], recipe["dataset"], manifest, tmp_path)
     assert "pixel GT" in info["selection"] and "not weakly supervised" in info["selection"]
+    assert info["selection"].startswith("epoch 1 of 1 selected")  # numbered as the epoch log lines are
     assert load_checkpoint(tmp_path / MODEL)["selection"] == info["selection"]
 
 

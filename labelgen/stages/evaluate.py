@@ -418,8 +418,11 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         ctx.params.gallery_page,
         ctx.params.gallery_inline,
     )
-    summary = {k: round(metrics[k]["miou"], 4) for k in gt_sources(metrics)}
-    log.info("evaluate: mIoU %s -> %s", summary, out / REPORT_HTML)
+    summary = {k: round(metrics[k]["miou"], 4) for k in gt_sources(metrics) if metrics[k]["images"]}
+    if summary:
+        log.info("evaluate: mIoU %s -> %s", summary, out / REPORT_HTML)
+    else:  # a user's own set without masks: say so rather than log an mIoU of nan
+        log.info("evaluate: no image has GT, so no mIoU; the GT-free report -> %s", out / REPORT_HTML)
     return {"miou": summary, "images": len(reduced.ranking)}
 
 

@@ -214,12 +214,12 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
         )
     if params.selection == "gt_miou":
         note = (
-            f"epoch {state.best['epoch']} selected by CAM mIoU {state.best['miou']:.4f} against pixel GT of "
-            f"{len(subset)} train images (not weakly supervised)"
+            f"epoch {state.best['epoch'] + 1} of {params.epochs} selected by CAM mIoU {state.best['miou']:.4f} "
+            f"against pixel GT of {len(subset)} train images (not weakly supervised)"
         )
         save_checkpoint(out / MODEL, {**load_checkpoint(out / "best.pt"), "selection": note})  # best.pt, noted
     else:
-        note = f"last epoch ({params.epochs - 1}); no pixel labels used"
+        note = f"the last epoch ({params.epochs} of {params.epochs}); no pixel labels used"
         save_cam_model(out / MODEL, state.model, epoch=params.epochs - 1, selection=note)
     last = state.history[-1]
     return [out / MODEL], {
