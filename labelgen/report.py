@@ -191,7 +191,7 @@ def write_charts(metrics: dict[str, Any], out: Path) -> dict[str, Chart]:
     series: dict[str, list] = {}
     for split, m in metrics["gt_free"].items():
         for s, src in m["sources"].items():
-            series[f"found: {s}"] = src["found_share"][1:]
+            series[f"found: {source_title(s)}"] = src["found_share"][1:]
         if m.get("agreement"):
             series[f"agreement IoU ({split})"] = m["agreement"]["iou"][1:]
         if m["confidence"]:
