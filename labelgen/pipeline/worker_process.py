@@ -50,9 +50,20 @@ class _DropComputeFailed(logging.Filter):
         return not str(record.msg).startswith("Compute Failed")
 
 
+class _DropCancelledOnClose(logging.Filter):
+    """When Ctrl-C closes the cluster, dask's worker cancels the task it is running (a training, say)
+    and warns "Async instruction for <Task ...> ended with CancelledError", which dask's own source
+    says happens only in Worker.close(): the driver's "interrupted; finished work is kept" line is
+    what the user needs, the warning is noise after it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).endswith("ended with CancelledError")
+
+
 @functools.cache
 def _quiet_failed_tasks() -> None:  # once per process
     logging.getLogger("distributed.worker").addFilter(_DropComputeFailed())
+    logging.getLogger("distributed.worker.state_machine").addFilter(_DropCancelledOnClose())
 
 
 def prepare_worker_process(log_level: int = logging.INFO) -> None:
