@@ -38,9 +38,10 @@ def clip_start_problem(clip_start: float, num_labels: int) -> str | None:
     DeiT-S on VOC's 21 and COCO's 81 labels), so that it starts once the decoder has fitted the
     pseudo-labels. An untrained decoder's logits are near zero, its softmax near uniform and its
     loss near ln(num_labels): 3.04 on VOC, but 0.69 on a single-class set (2 labels) and 1.10 on a
-    two-class one, where 1.2 turns the clamp on from the first step. Then it clamps the pixels of the
-    classes the decoder has not learned yet and they never get a gradient (coco128 person vs
-    absent: person IoU 0.0 after retraining; benchmarks/single_class.py).
+    two-class one, where 1.2 turns the clamp on from the first step, before any class is learned:
+    the clamp then drops the pixels of the classes the decoder gets wrong, which early on are the
+    small ones (on the demo, clipping from the first epochs left the triangle at IoU 0 after
+    retraining: pipelines/demo.toml).
     """
     untrained = math.log(num_labels)
     if clip_start < untrained:
