@@ -161,12 +161,22 @@ def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shi
 
 
 def _dry_run_checks(recipe, run_path: Path, target: str) -> None:
-    """The checks a run makes before its cluster starts (data root, weights), reported, not fatal to
-    the plan; exit 2 if one fails, as the run would."""
-    from labelgen.pipeline.runner import plan_run, pre_start_problems
+    """The checks a run makes before its cluster starts (data root, weights, settings against the
+    class list where it is known), reported, not fatal to the plan; exit 2 if one fails, as the run
+    would."""
+    from labelgen.pipeline.runner import index_artifact, plan_run, pre_start_problems
+    from labelgen.stages.index import known_classes
 
-    todo = [p for p in plan_run(recipe, run_path, target) if not p.artifact.is_complete()]
-    problems = pre_start_problems(recipe, run_path, todo)
+    plan = plan_run(recipe, run_path, target)
+    todo = [p for p in plan if not p.artifact.is_complete()]
+    classes = known_classes(recipe, run_path, index_artifact(plan))
+    problems = pre_start_problems(recipe, run_path, todo, classes)
+    if classes is None and not problems and any(p.stage.name != "index" for p in todo):
+        click.echo(
+            "note: the class list is read by the index (COCO's categories are in its JSON): the settings checked "
+            "against it (train_decoder.clip_start) are checked by the run once the index has run",
+            err=True,
+        )
     for e in problems:
         click.echo(f"error: {e}", err=True)
     if problems:

@@ -325,7 +325,7 @@ def test_a_weights_folder_that_does_not_exist_is_named_as_such(tmp_path, monkeyp
     from labelgen.models.weights import WEIGHTS_DIR_ENV, resolve_weights_file
 
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "nope"))
-    with pytest.raises(ConfigError, match=r"LABELGEN_WEIGHTS_DIR=.*nope is not a folder \(wanted for hub:deit_tiny"):
+    with pytest.raises(ConfigError, match=r"LABELGEN_WEIGHTS_DIR=.*nope is not a folder; point it at"):
         resolve_weights_file(WEIGHTS, "deit_tiny_patch16_224")
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(WEIGHTS_DIR))  # the shared folder: its DeiT-Tiny file
     assert resolve_weights_file(WEIGHTS, "deit_tiny_patch16_224").parent == WEIGHTS_DIR

@@ -64,7 +64,7 @@ def _single_class_folder(root: Path) -> Path:
     return root
 
 
-def test_a_clip_start_that_clamps_from_the_first_step_is_refused_before_work(tmp_path):
+def test_a_clip_start_that_clamps_from_the_first_step_is_refused_before_work(tmp_path, monkeypatch):
     """On a single-class set (2 labels) an untrained decoder's loss is ln 2 = 0.69, under the
     reference clip_start 1.2: refused before anything is written, with the value to use."""
     from click.testing import CliRunner
@@ -89,26 +89,44 @@ def test_a_clip_start_that_clamps_from_the_first_step_is_refused_before_work(tmp
         assert result.exit_code == 2 and len(lines) == 2, result.output
         assert str(missing) in lines[0] and "clip_start=1.2 is not below 0.69" in lines[1]
     assert not run.exists() or not any(run.iterdir())
+    # one line for one cause: a missing data root, or a weights folder two stages need
+    result = CliRunner().invoke(main, [str(tmp_path / "nope") if a == str(root) else a for a in args])
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "is not a folder" in lines[0], result.output
+    monkeypatch.setenv("LABELGEN_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    result = CliRunner().invoke(main, [*args, "--set", "train_decoder.clip_start=0.27"])
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "no-weights is not a folder" in lines[0], result.output
+    monkeypatch.undo()
     for fix in ("train_decoder.clip_start=0.27", "train_decoder.gradient_clipping=false"):
         result = CliRunner().invoke(main, [*args, "--set", fix, "--dry-run"])
         assert result.exit_code == 0 and "error:" not in result.output, result.output
 
 
 def test_a_coco_export_with_one_category_is_refused_once_the_index_has_read_it(tmp_path, client):
-    """COCO's categories are in its JSON: the same check runs when train_decoder starts, after the
-    index (kept, so the fixed run resumes from it)."""
+    """COCO's categories are in its JSON: the same check runs right after the index (kept, so the
+    fixed run resumes from it), before any CAM stage."""
     from labelgen.errors import ConfigError
 
     data = coco_json()
     person = [c for c in data["categories"] if c["name"] == "person"]
     data = {**data, "categories": person, "annotations": [a for a in data["annotations"] if a["category_id"] == 1]}
     root = write_coco_root(tmp_path / "coco", data)
-    masks = tmp_path / "masks"
-    masks.mkdir()
     overrides = ['dataset.name="coco"', f'dataset.root="{root}"', 'dataset.train_split="train2017"']
-    overrides += ['dataset.val_split=""', f'train_decoder.masks="{masks}"']
+    overrides += ['dataset.val_split=""']
     with pytest.raises(ConfigError, match=r"clip_start=1.2 is not below 0.69, .* on 2 labels"):
-        run_pipeline(tiny_recipe(*overrides), tmp_path / "run", "train_decoder", client)
-    assert [(r.stage, r.state) for r in run_status(tmp_path / "run")][0] == ("index", "done")
+        run_pipeline(tiny_recipe(*overrides), tmp_path / "run", "full", client)
+    states = [(r.stage, r.state) for r in run_status(tmp_path / "run")]
+    assert states[0] == ("index", "done") and all(state == "missing" for _, state in states[1:]), states
+    assert not [p for p in (tmp_path / "run").glob("*/*") if p.is_dir() and p.parent.name != "index"]
+    # now that the index has read the categories, a dry run of the same run checks against them
+    from click.testing import CliRunner
+
+    from labelgen.cli import main
+
+    args = ["run", "full", "--dataset", "coco", "--recipe", str(TINY_RECIPE), "--data-root", str(root)]
+    args += ["--run-dir", str(tmp_path / "run"), "--set", 'dataset.train_split="train2017"']
+    result = CliRunner().invoke(main, [*args, "--set", 'dataset.val_split=""', "--dry-run"])
+    assert result.exit_code == 2 and "clip_start=1.2 is not below 0.69" in result.output, result.output
     result = run_pipeline(tiny_recipe(*overrides, "train_decoder.clip_start=0.27"), tmp_path / "run", "index", client)
     assert load_manifest(result["index"]).num_labels == 2

@@ -54,6 +54,20 @@ def create_vit(arch: str, weights: str | None, drop_path: float = 0.0) -> nn.Mod
     return model
 
 
+def weights_folder() -> Path | None:
+    """The folder $LABELGEN_WEIGHTS_DIR names, or None when it is not set. Raises `ConfigError` when
+    it names no folder (one line, whichever stage asks)."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return None
+    if not Path(folder).is_dir():
+        raise ConfigError(
+            f"{WEIGHTS_DIR_ENV}={folder} is not a folder; point it at the folder that holds the weights files "
+            "(<timm architecture>.safetensors), or unset it to download from the timm hub"
+        )
+    return Path(folder)
+
+
 def resolve_weights_file(weights: str, arch: str) -> Path | None:
     """The local file for a weights spec, or None when it must come from the hub.
 
@@ -67,14 +81,9 @@ def resolve_weights_file(weights: str, arch: str) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"weights file {path} not found; give a .safetensors/.pth/.npz file or hub:<timm name>")
         return path
-    folder = os.environ.get(WEIGHTS_DIR_ENV)
-    if not folder:
+    folder = weights_folder()
+    if folder is None:
         return None
-    if not Path(folder).is_dir():
-        raise ConfigError(
-            f"{WEIGHTS_DIR_ENV}={folder} is not a folder (wanted for {weights}); point it at the folder that holds "
-            f"{arch}.safetensors, or unset it to download from the timm hub"
-        )
     name = weights.removeprefix("hub:")
     candidates = [p for p in sorted(Path(folder).glob(f"{arch}*")) if p.suffix in _EXTENSIONS]
     exact = [p for p in candidates if p.name.startswith(name + ".")]
@@ -94,6 +103,8 @@ def check_weights(arch: str, weights: str, setting: str) -> None:
     the hub cache, which the stage then reads. Raises `ConfigError` naming `setting`."""
     if weights == "none":
         return
+    if weights.startswith("hub:"):
+        weights_folder()  # a wrong folder is not this setting's fault: named without it
     try:
         if resolve_weights_file(weights, arch) is not None:
             return

@@ -26,6 +26,7 @@ from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
 from labelgen.pipeline.stage import Stage, StageContext, Unit, written_outputs
 from labelgen.pipeline.worker_process import prepare_worker_process
+from labelgen.stages.index import known_classes
 from labelgen.store.artifact import PLAN_FILE, Artifact, ArtifactLock, stage_key, write_json_atomic
 from labelgen.store.runs import RUN_RECORD, remember_last_run
 
@@ -76,6 +77,7 @@ class PreparedRun:
     todo: list[PlannedStage]  # stages to compute, in DAG order
     forced: set[str]
     locks: list[ArtifactLock]
+    classes_known: bool  # whether the checks saw the class list (else they run again after the index)
 
     def release(self) -> None:
         for lock in self.locks:
@@ -102,11 +104,8 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
             raise ArtifactError(damage)
     for p in todo:
         _log_why_it_reruns(p, run_dir)
-    problems = pre_start_problems(recipe, run_dir, todo)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:  # every one at once, one line each, as the settings
-        raise LabelgenError("\n".join(str(e) for e in problems))
+    classes = known_classes(recipe, run_dir, index_artifact(plan))
+    raise_problems(pre_start_problems(recipe, run_dir, todo, classes))
     locks = [ArtifactLock(p.artifact) for p in todo]
     try:
         for lock in locks:  # all at once, before any work: a second run fails fast and harms nothing
@@ -116,20 +115,34 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
             lock.release()
         raise
     record_run(run_dir, recipe, target, plan)
-    return PreparedRun(recipe, run_dir, target, plan, todo, forced, locks)
+    return PreparedRun(recipe, run_dir, target, plan, todo, forced, locks, classes is not None)
 
 
-def pre_start_problems(recipe: Recipe, run_dir: Path, stages: list[PlannedStage]) -> list[LabelgenError]:
+def index_artifact(plan: list[PlannedStage]) -> Artifact:
+    return next(p.artifact for p in plan if p.stage.name == "index")  # upstream of every stage
+
+
+def pre_start_problems(
+    recipe: Recipe, run_dir: Path, stages: list[PlannedStage], classes: tuple[str, ...] | None
+) -> list[LabelgenError]:
     """What each stage's checks (data root, weights, settings that need the data's class list) find
-    wrong, all of them; run before a cluster starts, by a run and by `run --dry-run`."""
-    problems = []
+    wrong, all of them, each once (two stages may need the same weights); run before a cluster
+    starts, by a run and by `run --dry-run`."""
+    problems: dict[str, LabelgenError] = {}
     for p in stages:
         for check in p.stage.checks:
             try:
-                check(recipe, run_dir)
+                check(recipe, run_dir, classes)
             except LabelgenError as e:
-                problems.append(e)
-    return problems
+                problems.setdefault(str(e), e)
+    return list(problems.values())
+
+
+def raise_problems(problems: list[LabelgenError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:  # every one at once, one line each, as the settings
+        raise LabelgenError("\n".join(str(e) for e in problems))
 
 
 def _log_why_it_reruns(p: PlannedStage, run_dir: Path) -> None:
@@ -161,12 +174,16 @@ def record_run(run_dir: Path, recipe: Recipe, target: str, plan: list[PlannedSta
 def execute_run(run: PreparedRun, client: Client) -> dict[str, Artifact]:
     """Compute every stage of a prepared run that is not done, on `client`; release its locks."""
     try:
-        for p in run.plan:
+        for n, p in enumerate(run.plan):
             if p in run.todo:
                 replace = p.stage.name in run.forced and p.artifact.is_complete()
                 _run_stage(p, run.recipe, client, replace=replace)
             else:
                 log.info("stage %-13s skipped: done at %s", p.stage.name, p.artifact.path)
+            if p.stage.name == "index" and not run.classes_known:  # COCO's classes: known from here on
+                later = [q for q in run.plan[n + 1 :] if q in run.todo]
+                classes = known_classes(run.recipe, run.run_dir, p.artifact)
+                raise_problems(pre_start_problems(run.recipe, run.run_dir, later, classes))
     finally:
         run.release()
     return {p.stage.name: p.artifact for p in run.plan}

@@ -33,7 +33,14 @@ from labelgen.data.fingerprint import data_fingerprint
 from labelgen.data.manifest import Manifest, write_manifest
 from labelgen.data.problems import grouped, is_problem, problem
 from labelgen.data.slices import SliceWriter, read_slice
-from labelgen.data.sources import CocoLabels, Listing, SourceItem, label_annotations, list_dataset
+from labelgen.data.sources import (
+    CocoLabels,
+    Listing,
+    SourceItem,
+    declared_classes,
+    label_annotations,
+    list_dataset,
+)
 from labelgen.data.validate import index_items
 from labelgen.devices import available_cores
 from labelgen.errors import DataError
@@ -221,7 +228,22 @@ def _key_extra(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     return {"root": str(root), "data": data_fingerprint(root) if root.is_dir() else None}
 
 
-def check_data_root(recipe: Recipe, run_dir: Path) -> None:
+def known_classes(recipe: Recipe, run_dir: Path, index: Artifact) -> tuple[str, ...] | None:
+    """The run's class list (background first) before its later stages run: the finished index's,
+    else where the layout declares it (VOC, demo, a folder's class file). None for COCO-format data
+    before its index has run (the categories are in the JSON), and where the data root or the class
+    file is missing (the data-root check and the index name those)."""
+    if index.is_complete():
+        return load_manifest(index).classes
+    params: DatasetParams = recipe["dataset"]
+    try:
+        root = data_root(params, run_dir)
+        return declared_classes(params, root) if root.is_dir() else None
+    except DataError:
+        return None
+
+
+def check_data_root(recipe: Recipe, run_dir: Path, classes: tuple[str, ...] | None) -> None:
     """The data root exists (the demo set is generated, so it needs none)."""
     params: DatasetParams = recipe["dataset"]
     root = data_root(params, run_dir)

@@ -27,7 +27,6 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
-from labelgen.data.sources import declared_classes
 from labelgen.data.training import (
     seed_everything,
     start_epoch,
@@ -40,7 +39,6 @@ from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
-from labelgen.stages.index import data_root
 from labelgen.store.checkpoint import TrainingState, resume_training, save_training_state
 from labelgen.store.sharded import ImageArrays
 
@@ -216,18 +214,10 @@ def train_decoder(
     return [out / MODEL], {"final_loss": last["loss"], "images_per_s": last["images_per_s"]}
 
 
-def _check_clip_start(p: TrainDecoderParams, num_labels: int) -> None:
-    problem = clip_start_problem(p.clip_start, num_labels) if p.gradient_clipping else None
-    if problem:
-        raise ConfigError(problem)
-
-
 def _plan(ctx: StageContext) -> list[Unit]:
     dataset: DatasetParams = ctx.recipe["dataset"]
     manifest_path = ctx.input_path("index", "manifest")
-    manifest = Manifest.load(manifest_path)
-    _check_clip_start(ctx.params, manifest.num_labels)  # COCO's labels are known once the index has run
-    records = manifest.split(dataset.train_split)
+    records = Manifest.load(manifest_path).split(dataset.train_split)
     masks = _mask_source(ctx.params, ctx, records)
     return [
         Unit(
@@ -254,18 +244,18 @@ def _used_inputs(recipe) -> tuple[str, ...]:
     return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
 
 
-def _check_weights(recipe, run_dir: Path) -> None:
+def _check_weights(recipe, run_dir: Path, classes: tuple[str, ...] | None) -> None:
     p = recipe["train_decoder"]
     check_weights(p.backbone, p.weights, "train_decoder.weights")
 
 
-def _check_clip_start_early(recipe, run_dir: Path) -> None:
-    """Where the data set declares its classes apart from its images (VOC, demo, folder), before
-    any work; COCO's in `_plan`, once the index has read its JSON."""
-    dataset: DatasetParams = recipe["dataset"]
-    classes = declared_classes(dataset, data_root(dataset, run_dir))
-    if classes is not None:
-        _check_clip_start(recipe["train_decoder"], len(classes))
+def _check_clip_start(recipe, run_dir: Path, classes: tuple[str, ...] | None) -> None:
+    """Once the class list is known: before any work where the data set declares it (VOC, demo, a
+    folder's class file), right after the index for COCO-format data."""
+    p: TrainDecoderParams = recipe["train_decoder"]
+    problem = clip_start_problem(p.clip_start, len(classes)) if p.gradient_clipping and classes else None
+    if problem:
+        raise ConfigError(problem)
 
 
 STAGE = Stage(
@@ -282,5 +272,5 @@ STAGE = Stage(
     ),
     key_extra=_key_extra,
     used_inputs=_used_inputs,
-    checks=(_check_weights, _check_clip_start_early),
+    checks=(_check_weights, _check_clip_start),
 )
