@@ -61,18 +61,19 @@ def image_quality(
 def rank_key(record: dict[str, Any]) -> tuple[float, float]:
     """(GT-free score, rank score) of an image record, both in [0, 1], low = worse.
 
-    GT-free score: the pseudo-label/prediction agreement where both exist, else the share of the
-    tags its final mask holds (for an image without tags, a negative, the share of its final mask
-    that is background). Rank score: the final mask's mIoU against GT where the image has GT, else
-    the GT-free score.
+    GT-free score: for an image without tags (a negative), the share of its final mask that is
+    background; else the pseudo-label/prediction agreement where both exist, else the share of the
+    tags its final mask holds. (A negative's agreement is no score: its pseudo-label is all
+    background, so a few stray predicted pixels add a class of IoU 0 and halve the mean.) Rank
+    score: the final mask's mIoU against GT where the image has GT, else the GT-free score.
     """
     final = record["final"]
-    if record["agreement"] is not None:
-        score = record["agreement"]
-    elif record["tags"]:
-        score = float(np.mean(record["found"][final]))
-    else:
+    if not record["tags"]:
         score = 1.0 - record["foreground"][final]
+    elif record["agreement"] is not None:
+        score = record["agreement"]
+    else:
+        score = float(np.mean(record["found"][final]))
     iou = record["iou"].get(record["final"]) if record["gt"] else None
     return score, (iou if iou is not None else score)
 

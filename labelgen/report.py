@@ -177,7 +177,8 @@ GT_FREE_MEANING = [
     "Agreement = IoU between the pseudo-labels and the retrained decoder's predictions on the train split "
     "(a proxy for quality used in the WSSS literature: the decoder learns what is consistent in the "
     "pseudo-labels). The GT-free score of an image is its agreement (a tagged class lost by both counts 0), "
-    "or, where there are no predictions, the share of its tags its mask holds.",
+    "or, where there are no predictions, the share of its tags its mask holds; for an image without tags "
+    "(a negative), the background share of its final mask.",
 ]
 
 

@@ -31,6 +31,8 @@ def test_an_untagged_image_scores_by_how_much_of_it_stays_background():
     pred = np.array([[0, 0, 0, 2]], np.uint8)
     rec = image_quality(_record(()), "val", {"predict_val": pred}, 3, [], {})
     assert rank_key(rec) == (0.75, 0.75)
+    rec["agreement"] = 0.375  # all-background pseudo-label vs one stray pixel: (0.75 + 0) / 2; not the score
+    assert rank_key(rec) == (0.75, 0.75)
     tally = SplitTally(3)
     tally.add(rec)
     out = tally.result(None)
