@@ -192,6 +192,10 @@ def test_without_gt_the_report_ranks_by_agreement(no_gt_run):
     metrics = _metrics(run)
     assert metrics["gt"]["scored"] == {"train": 0, "val": 0} and metrics["pseudo_labels"]["images"] == 0
     out = _one(run, "evaluate/*/report.html").parent
+    # standard JSON (JavaScript and jq read it): a score that cannot be computed is null, never NaN
+    text = (out / "metrics.json").read_text()
+    assert metrics["pseudo_labels"]["miou"] is None and "NaN" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
     assert not (out / "per_class_iou.png").exists() and (out / "per_class_gt_free.png").is_file()
     assert "No image of this run has a GT mask" in (out / "report.md").read_text()
     rows = gallery_rows(out)

@@ -49,6 +49,7 @@ from labelgen.report import (
     write_per_image_csv,
 )
 from labelgen.report_html import GalleryRow, gallery_row, write_html
+from labelgen.store.artifact import standard_json
 from labelgen.store.sharded import ImageArrays
 from labelgen.viz import data_uri, heatmap, overlay, overlay_grid, shrink_image, shrink_mask, thumbnail_size
 
@@ -401,7 +402,7 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     _, not_scored = gt_not_scored(ctx.input_path("index", "problems"), manifest)
     reduced = reduce_parts(jobs, manifest.num_labels)
     metrics = build_metrics(manifest, jobs, reduced, not_scored, ctx)
-    (out / METRICS).write_text(json.dumps(metrics, indent=1))
+    (out / METRICS).write_text(json.dumps(standard_json(metrics), indent=1, allow_nan=False))  # null, not NaN
     write_per_image_csv(out / PER_IMAGE, per_image_rows(jobs, reduced.ranking, metrics["classes"]))
     train_cam = ctx.inputs.get("train_cam")
     selection = train_cam.success().get("selection") if train_cam is not None and train_cam.is_complete() else None

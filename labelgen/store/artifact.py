@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -44,12 +45,25 @@ def stage_key(stage: str, version: int, params: dict[str, Any], input_keys: dict
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def standard_json(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None: Python writes them as bare `NaN`,
+    which JSON does not have (JavaScript's JSON.parse, jq --strict and most other readers refuse the
+    file); null is what a score that cannot be computed (a class absent from GT and prediction) is."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: standard_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [standard_json(v) for v in data]
+    return data
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see the old file or the whole new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True, default=str)
+        json.dump(standard_json(data), f, indent=1, sort_keys=True, default=str, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
