@@ -31,7 +31,7 @@ from labelgen.data.masks import IGNORE_INDEX, voc_palette, write_mask
 from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.runner import plan_run
 from labelgen.pipeline.stage import output_path
-from labelgen.stages.index import dataset_splits
+from labelgen.stages.index import data_root, dataset_splits
 from labelgen.status import last_recipe
 from labelgen.store.sharded import ImageArrays
 
@@ -64,6 +64,11 @@ class ExportSource:
     manifest: Manifest
     train_split: str  # the split the model trained on (the mmseg config's train_dataloader)
     max_pixels: int  # dataset.max_image_pixels, for re-reading images
+    # what COCO `file_name`s are relative to, as detectron2's `load_coco_json(json, image_root)` and
+    # mmdet's `data_prefix` join them: a folder set's data root (its images lie anywhere under it);
+    # None for COCO and VOC sources, whose file names are their image folder's (images/<split>/,
+    # JPEGImages/): the bare name
+    image_root: Path | None = None
 
     def records(self, split: str) -> list[ImageRecord]:
         """The manifest rows of a store's images, in store order."""
@@ -94,7 +99,8 @@ def export_source(run_dir: Path, what: str) -> ExportSource:
     else:  # one store per split the run predicts: each missing one is an error, not a smaller export
         stores = {split: output_path(stage, art, "masks", split=split) for split in dataset_splits(dataset)}
     manifest = Manifest.load(output_path(index.stage, index.artifact, "manifest"))
-    return ExportSource(stores, manifest, dataset.train_split, dataset.max_image_pixels)
+    image_root = data_root(dataset, run_dir) if dataset.name in ("folder", "demo") else None
+    return ExportSource(stores, manifest, dataset.train_split, dataset.max_image_pixels, image_root)
 
 
 def export_masks(
@@ -387,17 +393,24 @@ def coco_results(regions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r[k] for k in ("image_id", "category_id", "segmentation")} | {"score": RESULT_SCORE} for r in regions]
 
 
-def coco_file_name(record: ImageRecord) -> str:
-    """The image's file name in the data set: its id (the file stem) and suffix (the manifest keeps
-    a symlinked file's own name, so this is the name the source JSON used)."""
-    return f"{record.id}{Path(record.image).suffix}"
+def coco_file_name(record: ImageRecord, image_root: Path | None) -> str:
+    """The image's `file_name`: its path under `image_root` (`/`-separated), or with no root its
+    name in its source's image folder, id (the file stem) and suffix (the manifest keeps a
+    symlinked file's own name, so this is the name the source JSON used)."""
+    path = Path(record.image)
+    if image_root is not None and path.is_relative_to(image_root):
+        return path.relative_to(image_root).as_posix()
+    return f"{record.id}{path.suffix}"
 
 
-def coco_dataset(records: list[ImageRecord], image_ids: dict[str, int], manifest: Manifest, regions: list) -> dict:
+def coco_dataset(
+    records: list[ImageRecord], image_ids: dict[str, int], manifest: Manifest, regions: list, image_root: Path | None
+) -> dict:
     """The regions as a COCO instances dataset (images, categories, annotations with iscrowd 0), for
     `COCO(path)` and tools that train on COCO files; width/height are labelgen's frame."""
     images = [
-        {"id": image_ids[r.id], "file_name": coco_file_name(r), "width": r.width, "height": r.height} for r in records
+        {"id": image_ids[r.id], "file_name": coco_file_name(r, image_root), "width": r.width, "height": r.height}
+        for r in records
     ]
     annotations = [r | {"id": n, "iscrowd": 0} for n, r in enumerate(regions, 1)]
     return {"images": images, "categories": coco_categories(manifest), "annotations": annotations}
@@ -420,16 +433,18 @@ def _export_coco(source: ExportSource, what: str, out: Path, client: Client) -> 
         regions = [a for part, _ in parts for a in part]
         other += sum(n for _, n in parts)
         dataset_file, results_file = out / f"{what}_{split}.json", out / f"{what}_{split}_results.json"
-        dataset_file.write_text(json.dumps(coco_dataset(records, image_ids, manifest, regions)))
+        dataset_file.write_text(json.dumps(coco_dataset(records, image_ids, manifest, regions, source.image_root)))
         results_file.write_text(json.dumps(coco_results(regions)))
         counts[split] = len(records)
         log.info(
-            "export: %d %s masks of split %s as %d COCO regions (image ids: %s) -> %s (dataset), %s (results)",
+            "export: %d %s masks of split %s as %d COCO regions (image ids: %s; file_name relative to %s) -> %s "
+            "(dataset), %s (results)",
             len(records),
             what,
             split,
             len(regions),
             rule,
+            source.image_root or "the source's image folder",
             dataset_file,
             results_file,
         )

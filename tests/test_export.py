@@ -279,11 +279,19 @@ def test_coco_and_voc_masks_are_in_the_frame_of_the_manifest(folder_run, mixed_f
     EXIF-applying readers decode an image in another frame than its mask (orientation 1 of a file
     tagged 6)."""
     run_dir, orientation = folder_run
-    _, upright = mixed_folder
+    root, upright = mixed_folder
     with caplog.at_level(logging.WARNING, logger="labelgen"):
         export_masks(run_dir, "pseudo_labels", "coco", tmp_path / "coco", client)
         export_masks(run_dir, "pseudo_labels", "voc", tmp_path / "voc", client)
     dataset = json.loads((tmp_path / "coco" / "pseudo_labels_train.json").read_text())
+    # a folder set's images lie anywhere under its root: file_name is the path there, as detectron2's
+    # load_coco_json(json, image_root=<data root>) joins it
+    assert sorted(i["file_name"] for i in dataset["images"]) == [
+        "images/lossless.png",
+        "images/plain.jpg",
+        "images/turned.jpg",
+    ]
+    assert all((root / i["file_name"]).is_file() for i in dataset["images"])
     for image in dataset["images"]:
         _, mask = _frame(upright, Path(image["file_name"]).stem, orientation)
         assert (image["height"], image["width"]) == mask.shape
