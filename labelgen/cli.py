@@ -127,7 +127,13 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
         click.echo(f"{name:14s} {art.path}")
     report = artifacts.get("evaluate")
     if report is not None:
-        click.echo(f"report: {report.path / 'report.md'}")
+        from labelgen.pipeline.dag import STAGES
+        from labelgen.pipeline.stage import output_path
+
+        evaluate = STAGES["evaluate"]
+        click.echo(
+            f"report: {output_path(evaluate, report, 'report_html')} (and {output_path(evaluate, report, 'report')})"
+        )
 
 
 def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shipped) -> None:

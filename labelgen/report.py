@@ -187,7 +187,7 @@ def write_charts(metrics: dict[str, Any], out: Path) -> dict[str, Chart]:
     charts = {}
     names = metrics["classes"]
     if sum(metrics["gt"]["scored"].values()):
-        bar_chart(names, {s: metrics[s]["iou"] for s in gt_sources(metrics)}, out / "per_class_iou.png")
+        bar_chart(names, {source_title(s): metrics[s]["iou"] for s in gt_sources(metrics)}, out / "per_class_iou.png")
         charts["gt"] = Chart("per-class IoU against GT", "per_class_iou.png")
     series: dict[str, list] = {}
     for split, m in metrics["gt_free"].items():

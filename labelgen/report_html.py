@@ -62,7 +62,7 @@ def _info(row: GalleryRow, classes: tuple[str, ...]) -> str:
     lines = [f"<b>{html.escape(rec['id'])}</b> · {html.escape(rec['split'])}", tags]
     iou = rec["iou"].get(rec["final"]) if rec["gt"] else None
     if rec["gt"]:
-        lines.append(f"GT mIoU {pct(iou)} ({html.escape(source_title(rec['final']))})")
+        lines.append(f"GT mIoU {pct(iou)}, {html.escape(source_title(rec['final']))}")
     elif row.not_scored:
         lines.append("GT not scored")
     else:

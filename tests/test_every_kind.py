@@ -126,4 +126,6 @@ def test_a_full_run_on_every_kind_completes_with_the_good_images(every_kind, tmp
     ids = {r["id"] for r in manifest["records"]}
     assert {"tiny", "strip", "large", "phone", "binary", "offbyone"} <= ids
     metrics = json.loads(next((tmp_path / "run").glob("evaluate/*/metrics.json")).read_text())
+    page = next((tmp_path / "run").glob("evaluate/*/report.html"))
+    assert f"report: {page} (and {page.with_name('report.md')})" in done.stdout  # the run's last line
     assert metrics["pseudo_labels"]["images"] == 1  # only the phone photo has GT that is scored
