@@ -1,5 +1,5 @@
-"""`labelgen status`: each stage of a run as done, damaged, partial (k of n units), failed, stale or
-missing.
+"""`labelgen status`: each stage of a run as done, damaged, running (locked by a run computing it), partial
+(k of n units), failed, stale or missing.
 
 Reads files only (the run record `<run>/recipe.json` with every stage's key, and the artifact
 folders), so it imports neither torch nor a stage: it answers in well under a second. A finished
@@ -15,14 +15,14 @@ from pathlib import Path
 
 from labelgen.config import STAGE_PARAMS, Recipe, build_params
 from labelgen.errors import ArtifactError
-from labelgen.store.artifact import PLAN_FILE, SUCCESS, Artifact
+from labelgen.store.artifact import PLAN_FILE, SUCCESS, Artifact, ArtifactLock
 from labelgen.store.runs import RUN_RECORD
 
 
 @dataclass(frozen=True)
 class StageStatus:
     stage: str
-    state: str  # done | partial | failed | stale | missing
+    state: str  # done | damaged | running | partial | failed | stale | missing
     key: str
     path: str
     detail: str
@@ -66,18 +66,25 @@ def stage_status(art: Artifact) -> StageStatus:
             detail = f"output {name} ({path.name}) is missing; rerun with --force {art.stage} added"
             return StageStatus(art.stage, "damaged", *row[1:], detail)
         return StageStatus(art.stage, "done", *row[1:], f"finished {art.success()['finished_at']}")
+    holder = ArtifactLock(art).holder()
+    if holder is not None:  # a run is computing it now
+        progress = f"{_units_done(art)}; " if (art.path / PLAN_FILE).is_file() else ""
+        return StageStatus(art.stage, "running", *row[1:], f"{progress}being written by {holder}")
     failure = art.failure()
     if failure is not None:
         return StageStatus(art.stage, "failed", *row[1:], f"{failure['unit']}: {failure['error']}")
     if (art.path / PLAN_FILE).is_file():
-        n = json.loads((art.path / PLAN_FILE).read_text())["units"]
-        k = sum(art.shard_is_valid(i) for i in range(n))
-        return StageStatus(art.stage, "partial", *row[1:], f"{k}/{n} units done")
+        return StageStatus(art.stage, "partial", *row[1:], _units_done(art))
     others = sorted(d.name for d in art.path.parent.glob("*") if (d / SUCCESS).is_file())
     if others:
         detail = f"outputs for other settings exist: {', '.join(others)}; rerun to update"
         return StageStatus(art.stage, "stale", *row[1:], detail)
     return StageStatus(art.stage, "missing", *row[1:], "not run yet")
+
+
+def _units_done(art: Artifact) -> str:
+    n = json.loads((art.path / PLAN_FILE).read_text())["units"]
+    return f"{sum(art.shard_is_valid(i) for i in range(n))}/{n} units done"
 
 
 def run_status(run_dir: Path) -> list[StageStatus]:

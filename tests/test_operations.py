@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -135,6 +136,23 @@ def test_refused_second_run_leaves_the_run_folder_alone(tmp_path, client):
     assert "started a LocalCluster" not in result.output
     assert (record.read_bytes(), record.stat().st_mtime_ns) == before
     assert not art.path.exists()
+
+
+def test_status_says_which_stage_a_run_is_computing_now(tmp_path, client):
+    from labelgen.pipeline.runner import prepare_run, run_pipeline
+    from labelgen.status import run_status
+    from tests.conftest import tiny_recipe
+
+    run_dir = tmp_path / "run"
+    run_pipeline(tiny_recipe(), run_dir, "index", client)
+    running = prepare_run(tiny_recipe(), run_dir, "train_cam")  # recorded and locked: as a run about to train
+    try:
+        states = {r.stage: (r.state, r.detail) for r in run_status(run_dir)}
+    finally:
+        running.release()
+    assert states["index"][0] == "done"
+    assert states["train_cam"] == ("running", f"being written by pid {os.getpid()} on {socket.gethostname()}")
+    assert {r.stage: r.state for r in run_status(run_dir)}["train_cam"] == "missing"  # let go: not run yet
 
 
 def test_weights_and_data_root_are_checked_before_a_cluster_starts(tmp_path):
