@@ -356,3 +356,17 @@ def test_index_logs_one_line_per_kind_of_problem(tmp_path, caplog):
     broken = next(ln for ln in lines if "a polygon needs" in ln)
     assert broken.startswith(f"index: {len(data['annotations'])} × annotation: polygon N has N point(s)")
     assert lines[1].startswith("index: 4 × GT mask misses objects that have no usable shape [kept; GT not scored]")
+
+
+def test_a_problem_of_its_own_kind_is_logged_in_its_own_words(tmp_path, caplog):
+    """One of a kind: its reason as it is, not the kind's blanks ("N fields", "<file>")."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "classes.txt").write_text("person\n")
+    (root / "images" / "74.jpg").symlink_to(coco_photo(74))
+    (root / "tags.csv").write_text("image,tags\nimages/74.jpg,person\nimages/74.jpg,person,dog\n")
+    args = ["data", "index", "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "m.json")]
+    with caplog.at_level(logging.INFO, logger="labelgen"):
+        assert CliRunner().invoke(main, args).exit_code == 0
+    lines = [r.message for r in caplog.records if r.name == "labelgen.stages.index" and " × " in r.message]
+    assert len(lines) == 1 and lines[0].startswith("index: 1 × 3 fields but the header names 2"), lines

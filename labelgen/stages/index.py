@@ -193,7 +193,12 @@ def log_problems(problems: list[dict[str, str]], path: Path) -> None:
     """One log line per kind of problem, with its count and one example; the list is in `path`."""
     for what, count, example in grouped(problems):
         level = logging.WARNING if is_problem(example) else logging.INFO
-        log.log(level, "index: %d × %s, e.g. %s; list in %s", count, what, example["file"], path)
+        if count == 1:  # its own words: a kind's blanks ("N fields", "<file>") stand for several
+            log.log(
+                level, "index: 1 × %s [%s], %s; list in %s", example["reason"], example["action"], example["file"], path
+            )
+        else:
+            log.log(level, "index: %d × %s, e.g. %s; list in %s", count, what, example["file"], path)
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
