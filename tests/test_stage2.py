@@ -1,6 +1,7 @@
 """Stage 2 on the tiny demo: Segmenter pieces, the full DAG, and export round trips."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,8 +74,10 @@ def test_export_coco_loads_in_pycocotools(full_run, client, tmp_path):
     export_masks(full_run, "pseudo_labels", "coco", tmp_path, client)
     coco = COCO(str(tmp_path / "pseudo_labels_train.json"))
     stored = _stored(full_run, "pseudo_labels/*/masks.zarr")
-    names = {img["file_name"].removesuffix(".png"): img["id"] for img in coco.dataset["images"]}
+    names = {Path(img["file_name"]).stem: img["id"] for img in coco.dataset["images"]}
     assert set(names) == set(stored)
+    root = full_run / "data" / "demo"  # the generated set's data root: file_name is the path under it
+    assert all((root / img["file_name"]).is_file() for img in coco.dataset["images"])
     for image_id, mask in stored.items():
         rebuilt = np.zeros_like(mask)
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[names[image_id]])):
