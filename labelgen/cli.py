@@ -152,6 +152,7 @@ def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shi
             "damaged": f"skip ({state.detail})",
             "partial": f"resume ({state.detail})",
             "running": f"locked: another run is computing it ({state.detail})",
+            "queued": f"locked: {state.detail}",
             "failed": f"rerun ({state.detail})",
         }
         action = "rerun (--force)" if p.stage.name in forced else does.get(state.state, "run")

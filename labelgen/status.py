@@ -1,5 +1,5 @@
-"""`labelgen status`: each stage of a run as done, damaged, running (locked by a run computing it), partial
-(k of n units), failed, stale or missing.
+"""`labelgen status`: each stage of a run as done, damaged, running (a run is computing it), queued (a
+run will), partial (k of n units), failed, stale or missing.
 
 Reads files only (the run record `<run>/recipe.json` with every stage's key, and the artifact
 folders), so it imports neither torch nor a stage: it answers in well under a second. A finished
@@ -22,7 +22,7 @@ from labelgen.store.runs import RUN_RECORD
 @dataclass(frozen=True)
 class StageStatus:
     stage: str
-    state: str  # done | damaged | running | partial | failed | stale | missing
+    state: str  # done | damaged | running | queued | partial | failed | stale | missing
     key: str
     path: str
     detail: str
@@ -59,6 +59,10 @@ def _stage_keys(run_dir: Path, data: dict) -> dict[str, str]:
 def stage_status(art: Artifact) -> StageStatus:
     """The state of one planned artifact, from its files."""
     row = (art.stage, art.key, str(art.path))
+    holder = ArtifactLock(art).holder()  # a run locks every stage it will compute when it starts
+    started = (art.path / PLAN_FILE).is_file()
+    if holder is not None and (art.is_complete() or not started):  # --force will redo it, or not begun
+        return StageStatus(art.stage, "queued", *row[1:], f"the run of {holder} will compute it")
     if art.is_complete():
         gone = art.missing_outputs()
         if gone:
@@ -66,10 +70,8 @@ def stage_status(art: Artifact) -> StageStatus:
             detail = f"output {name} ({path.name}) is missing; rerun with --force {art.stage} added"
             return StageStatus(art.stage, "damaged", *row[1:], detail)
         return StageStatus(art.stage, "done", *row[1:], f"finished {art.success()['finished_at']}")
-    holder = ArtifactLock(art).holder()
     if holder is not None:  # a run is computing it now
-        progress = f"{_units_done(art)}; " if (art.path / PLAN_FILE).is_file() else ""
-        return StageStatus(art.stage, "running", *row[1:], f"{progress}being written by {holder}")
+        return StageStatus(art.stage, "running", *row[1:], f"{_units_done(art)}; being written by {holder}")
     failure = art.failure()
     if failure is not None:
         return StageStatus(art.stage, "failed", *row[1:], f"{failure['unit']}: {failure['error']}")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from labelgen.cli import main
 from labelgen.config import load_recipe, recipe_path, recipe_warnings
-from labelgen.store.artifact import Artifact, ArtifactLock
+from labelgen.store.artifact import PLAN_FILE, Artifact, ArtifactLock
 from tests.conftest import TINY_RECIPE, WEIGHTS
 from tests.killing import labelgen_cmd
 
@@ -146,13 +146,19 @@ def test_status_says_which_stage_a_run_is_computing_now(tmp_path, client):
     run_dir = tmp_path / "run"
     run_pipeline(tiny_recipe(), run_dir, "index", client)
     running = prepare_run(tiny_recipe(), run_dir, "train_cam")  # recorded and locked: as a run about to train
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    art = running.todo[0].artifact
     try:
         states = {r.stage: (r.state, r.detail) for r in run_status(run_dir)}
+        assert states["index"][0] == "done"
+        assert states["train_cam"] == ("queued", f"the run of {holder} will compute it")  # locked, not begun
+        art.path.mkdir(parents=True)
+        (art.path / PLAN_FILE).write_text('{"units": 1, "labels": ["2 epochs"]}')  # as the run writes it: begun
+        states = {r.stage: (r.state, r.detail) for r in run_status(run_dir)}
+        assert states["train_cam"] == ("running", f"0/1 units done; being written by {holder}")
     finally:
         running.release()
-    assert states["index"][0] == "done"
-    assert states["train_cam"] == ("running", f"being written by pid {os.getpid()} on {socket.gethostname()}")
-    assert {r.stage: r.state for r in run_status(run_dir)}["train_cam"] == "missing"  # let go: not run yet
+    assert {r.stage: r.state for r in run_status(run_dir)}["train_cam"] == "partial"  # let go: a run stopped
 
 
 def test_weights_and_data_root_are_checked_before_a_cluster_starts(tmp_path):
