@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from labelgen.config import load_recipe, recipe_path, recipe_warnings
+from labelgen.config import load_recipe, read_by_layout, recipe_path, recipe_warnings
 from labelgen.errors import ConfigError, LabelgenError
 
 log = logging.getLogger("labelgen")
@@ -161,7 +161,9 @@ def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shi
         f"  {section}.{key} = {value!r} (shipped: {shipped.to_dict()[section][key]!r})"
         for section, values in recipe.to_dict().items()
         for key, value in values.items()
-        if shipped.to_dict()[section][key] != value and (section, key) != ("dataset", "root")
+        if shipped.to_dict()[section][key] != value
+        and (section, key) != ("dataset", "root")
+        and (section != "dataset" or read_by_layout(recipe["dataset"], key))
     ]
     click.echo("settings that differ from the shipped recipe:" if changed else "settings: the shipped recipe")
     for line in changed:

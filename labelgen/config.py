@@ -59,6 +59,26 @@ class DatasetParams:
     demo_seed: int = 0
 
 
+# dataset settings that only some layouts read. `--dry-run` leaves them out of its list of changed
+# settings for the others; they stay in the index's cache key all the same (taking them out would
+# change every existing index key, and so redo every finished run once, for no change of output).
+LAYOUT_ONLY: dict[str, tuple[str, ...]] = {
+    "coco_label_space": ("coco",),
+    "voc_tags_from": ("voc",),
+    "tags_file": ("folder", "demo"),  # the demo generator writes a tags file, read as a folder's
+    "classes_file": ("folder",),
+    "demo_train_images": ("demo",),
+    "demo_val_images": ("demo",),
+    "demo_image_size": ("demo",),
+    "demo_seed": ("demo",),
+}
+
+
+def read_by_layout(params: DatasetParams, key: str) -> bool:
+    """Whether the data set layout `params.name` reads the dataset setting `key`."""
+    return params.name in LAYOUT_ONLY.get(key, (params.name,))
+
+
 @dataclass(frozen=True)
 class TrainCamParams:
     backbone: str = "deit_small_patch16_224"  # timm model name (weaktr-method.md §1.1)

@@ -101,6 +101,7 @@ def test_a_clip_start_that_clamps_from_the_first_step_is_refused_before_work(tmp
     for fix in ("train_decoder.clip_start=0.27", "train_decoder.gradient_clipping=false"):
         result = CliRunner().invoke(main, [*args, "--set", fix, "--dry-run"])
         assert result.exit_code == 0 and "error:" not in result.output, result.output
+        assert "demo_image_size" not in result.output  # the tiny recipe's demo size: a folder set never reads it
 
 
 def test_a_coco_export_with_one_category_is_refused_once_the_index_has_read_it(tmp_path, client):

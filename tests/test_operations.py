@@ -244,6 +244,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, client):
     rows = {ln.split()[0]: ln.split()[2:] for ln in result.output.splitlines() if ln.startswith("  ") and "=" not in ln}
     assert rows["index"] == ["skip", "(done)"] and rows["train_cam"] == ["run"] and rows["evaluate"] == ["run"]
     assert "  pseudo_labels.bg_threshold = 0.5 (shipped: 0.43)" in result.output
+    assert "  dataset.demo_image_size = 96 (shipped: 192)" in result.output  # the demo reads it
     assert sorted(str(p) for p in run_dir.rglob("*")) == files_before
     assert (run_dir / "recipe.json").read_bytes() == record
 
