@@ -77,7 +77,7 @@ class PreparedRun:
     todo: list[PlannedStage]  # stages to compute, in DAG order
     forced: set[str]
     locks: list[ArtifactLock]
-    classes_known: bool  # whether the checks saw the class list (else they run again after the index)
+    classes_known: bool  # whether the class checks ran (else they run after the index)
 
     def release(self) -> None:
         for lock in self.locks:
@@ -125,17 +125,34 @@ def index_artifact(plan: list[PlannedStage]) -> Artifact:
 def pre_start_problems(
     recipe: Recipe, run_dir: Path, stages: list[PlannedStage], classes: tuple[str, ...] | None
 ) -> list[LabelgenError]:
-    """What each stage's checks (data root, weights, settings that need the data's class list) find
-    wrong, all of them, each once (two stages may need the same weights); run before a cluster
-    starts, by a run and by `run --dry-run`."""
+    """What each stage's checks (data root, weights) and, where the class list is known, its class
+    checks find wrong, all of them, each once (two stages may need the same weights); run before a
+    cluster starts, by a run and by `run --dry-run`."""
     problems: dict[str, LabelgenError] = {}
     for p in stages:
         for check in p.stage.checks:
-            try:
-                check(recipe, run_dir, classes)
-            except LabelgenError as e:
-                problems.setdefault(str(e), e)
+            _collect(problems, check, recipe, run_dir)
+    return list(problems.values()) + class_check_problems(recipe, stages, classes)
+
+
+def class_check_problems(
+    recipe: Recipe, stages: list[PlannedStage], classes: tuple[str, ...] | None
+) -> list[LabelgenError]:
+    """What each stage's class checks find wrong against `classes`; none while the list is unknown."""
+    if classes is None:
+        return []
+    problems: dict[str, LabelgenError] = {}
+    for p in stages:
+        for check in p.stage.class_checks:
+            _collect(problems, check, recipe, classes)
     return list(problems.values())
+
+
+def _collect(problems: dict[str, LabelgenError], check: Any, *args: Any) -> None:
+    try:
+        check(*args)
+    except LabelgenError as e:
+        problems.setdefault(str(e), e)  # once per message
 
 
 def raise_problems(problems: list[LabelgenError]) -> None:
@@ -183,7 +200,7 @@ def execute_run(run: PreparedRun, client: Client) -> dict[str, Artifact]:
             if p.stage.name == "index" and not run.classes_known:  # COCO's classes: known from here on
                 later = [q for q in run.plan[n + 1 :] if q in run.todo]
                 classes = known_classes(run.recipe, run.run_dir, p.artifact)
-                raise_problems(pre_start_problems(run.recipe, run.run_dir, later, classes))
+                raise_problems(class_check_problems(run.recipe, later, classes))
     finally:
         run.release()
     return {p.stage.name: p.artifact for p in run.plan}

@@ -151,12 +151,13 @@ class Stage:
     key_extra: Callable[[Recipe, Path], dict[str, Any]] = field(default=lambda recipe, run_dir: {})
     # the inputs this recipe really uses, where that depends on a setting (default: all of `inputs`)
     used_inputs: Callable[[Recipe], tuple[str, ...]] | None = None
-    # checks that need no cluster (a data root exists, weights can be had, a setting fits the data's
-    # class list), run by `prepare_run` for every stage that will run, before a cluster starts, and once
-    # more after the index where it read a class list not known before (COCO's, from its JSON). Each
-    # gets the recipe, the run folder and the class list (background first; None while unknown) and
-    # raises a LabelgenError
-    checks: tuple[Callable[[Recipe, Path, tuple[str, ...] | None], None], ...] = ()
+    # checks that need no cluster and no input (a data root exists, weights can be had), run by
+    # `prepare_run` for every stage that will run, before a cluster starts; each raises a LabelgenError
+    checks: tuple[Callable[[Recipe, Path], None], ...] = ()
+    # checks of settings against the data's class list (background first): with the others where the
+    # list is known before any work (VOC, demo, a folder's class file, a finished index), else right
+    # after the index has read it (COCO's, from its JSON); each raises a LabelgenError
+    class_checks: tuple[Callable[[Recipe, tuple[str, ...]], None], ...] = ()
 
     def inputs_for(self, recipe: Recipe) -> tuple[str, ...]:
         return self.used_inputs(recipe) if self.used_inputs else self.inputs

@@ -248,7 +248,7 @@ def known_classes(recipe: Recipe, run_dir: Path, index: Artifact) -> tuple[str, 
         return None
 
 
-def check_data_root(recipe: Recipe, run_dir: Path, classes: tuple[str, ...] | None) -> None:
+def check_data_root(recipe: Recipe, run_dir: Path) -> None:
     """The data root exists (the demo set is generated, so it needs none)."""
     params: DatasetParams = recipe["dataset"]
     root = data_root(params, run_dir)

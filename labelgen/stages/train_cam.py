@@ -255,7 +255,7 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
     return {k: records[0][k] for k in ("selection", "final_loss", "images_per_s")}
 
 
-def _check_weights(recipe, run_dir: Path, classes: tuple[str, ...] | None) -> None:
+def _check_weights(recipe, run_dir: Path) -> None:
     p = recipe["train_cam"]
     check_weights(p.backbone, p.weights, "train_cam.weights")
 

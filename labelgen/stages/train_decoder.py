@@ -244,16 +244,14 @@ def _used_inputs(recipe) -> tuple[str, ...]:
     return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
 
 
-def _check_weights(recipe, run_dir: Path, classes: tuple[str, ...] | None) -> None:
+def _check_weights(recipe, run_dir: Path) -> None:
     p = recipe["train_decoder"]
     check_weights(p.backbone, p.weights, "train_decoder.weights")
 
 
-def _check_clip_start(recipe, run_dir: Path, classes: tuple[str, ...] | None) -> None:
-    """Once the class list is known: before any work where the data set declares it (VOC, demo, a
-    folder's class file), right after the index for COCO-format data."""
+def _check_clip_start(recipe, classes: tuple[str, ...]) -> None:
     p: TrainDecoderParams = recipe["train_decoder"]
-    problem = clip_start_problem(p.clip_start, len(classes)) if p.gradient_clipping and classes else None
+    problem = clip_start_problem(p.clip_start, len(classes)) if p.gradient_clipping else None
     if problem:
         raise ConfigError(problem)
 
@@ -272,5 +270,6 @@ STAGE = Stage(
     ),
     key_extra=_key_extra,
     used_inputs=_used_inputs,
-    checks=(_check_weights, _check_clip_start),
+    checks=(_check_weights,),
+    class_checks=(_check_clip_start,),
 )
