@@ -113,8 +113,12 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
         log.warning("%s", warning)
     run_path = Path(run_dir or Path("runs") / dataset).resolve()
     if dry_run:
-        _print_plan(resolved, run_path, target, tuple(force), _recipe(dataset, None, data_root, ()))
-        _dry_run_checks(resolved, run_path, target)
+        from labelgen.pipeline.runner import plan_run, stages_to_compute
+
+        plan = plan_run(resolved, run_path, target)  # once: it fingerprints the data folder
+        todo, forced = stages_to_compute(plan, tuple(force))
+        _print_plan(resolved, run_path, target, plan, forced, _recipe(dataset, None, data_root, ()))
+        _dry_run_checks(resolved, run_path, plan, todo)
         return
     prepared = prepare_run(resolved, run_path, target, tuple(force))  # every refusal before a cluster starts
     try:
@@ -136,14 +140,11 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
         )
 
 
-def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shipped) -> None:
+def _print_plan(recipe, run_path: Path, target: str, plan: list, forced: set[str], shipped) -> None:
     """`run --dry-run`: every stage of the run with its key and what a run would do, then the
     settings that differ from the shipped recipe of the data set. Touches nothing."""
-    from labelgen.pipeline.runner import descendants, plan_run
     from labelgen.status import stage_status
 
-    plan = plan_run(recipe, run_path, target)
-    forced = set().union(*(descendants(f, plan) for f in force)) if force else set()
     click.echo(f"plan of `labelgen run {target}` in {run_path}:")
     for p in plan:
         state = stage_status(p.artifact)
@@ -170,15 +171,13 @@ def _print_plan(recipe, run_path: Path, target: str, force: tuple[str, ...], shi
         click.echo(line)
 
 
-def _dry_run_checks(recipe, run_path: Path, target: str) -> None:
-    """The checks a run makes before its cluster starts (data root, weights, settings against the
-    class list where it is known), reported, not fatal to the plan; exit 2 if one fails, as the run
-    would."""
-    from labelgen.pipeline.runner import index_artifact, plan_run, pre_start_problems
+def _dry_run_checks(recipe, run_path: Path, plan: list, todo: list) -> None:
+    """The checks a run makes before its cluster starts on the stages it would compute (data root,
+    weights, settings against the class list where it is known), reported, not fatal to the plan;
+    exit 2 if one fails, as the run would."""
+    from labelgen.pipeline.runner import index_artifact, pre_start_problems
     from labelgen.stages.index import known_classes
 
-    plan = plan_run(recipe, run_path, target)
-    todo = [p for p in plan if not p.artifact.is_complete()]
     classes = known_classes(recipe, run_path, index_artifact(plan))
     problems = pre_start_problems(recipe, run_path, todo, classes)
     if classes is None and not problems and any(p.stage.name != "index" for p in todo):

@@ -245,6 +245,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, client):
     assert rows["index"] == ["skip", "(done)"] and rows["train_cam"] == ["run"] and rows["evaluate"] == ["run"]
     assert "  pseudo_labels.bg_threshold = 0.5 (shipped: 0.43)" in result.output
     assert "  dataset.demo_image_size = 96 (shipped: 192)" in result.output  # the demo reads it
+    wrong = CliRunner().invoke(main, [*args, "--dry-run", "--force", "predict"])  # not part of this run, as a run
+    assert wrong.exit_code == 2 and "--force predict: not part of this run" in wrong.output
     assert sorted(str(p) for p in run_dir.rglob("*")) == files_before
     assert (run_dir / "recipe.json").read_bytes() == record
 

@@ -65,6 +65,18 @@ def descendants(stage: str, plan: list[PlannedStage]) -> set[str]:
     return out
 
 
+def stages_to_compute(plan: list[PlannedStage], force: tuple[str, ...]) -> tuple[list[PlannedStage], set[str]]:
+    """(the stages a run computes, in DAG order; the names --force redoes: each named stage and its
+    dependants). Raises `ConfigError` for a --force name that is not part of the run."""
+    names = [p.stage.name for p in plan]
+    forced: set[str] = set()
+    for name in force:
+        if name not in names:
+            raise ConfigError(f"--force {name}: not part of this run ({', '.join(names)})")
+        forced |= descendants(name, plan)
+    return [p for p in plan if p.stage.name in forced or not p.artifact.is_complete()], forced
+
+
 @dataclass
 class PreparedRun:
     """A run whose checks passed and whose artifacts are locked, ready for a cluster: everything
@@ -91,13 +103,7 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
     missing data root, and `LockHeldError` when another run writes one of the artifacts; in each case
     before anything in the run folder is written."""
     plan = plan_run(recipe, run_dir, target)
-    names = [p.stage.name for p in plan]
-    forced: set[str] = set()
-    for name in force:
-        if name not in names:
-            raise ConfigError(f"--force {name}: not part of this run ({', '.join(names)})")
-        forced |= descendants(name, plan)
-    todo = [p for p in plan if p.stage.name in forced or not p.artifact.is_complete()]
+    todo, forced = stages_to_compute(plan, force)
     for p in plan:  # a finished input whose output is gone: refused before anything is moved or run
         damage = None if p.stage.name in forced else p.artifact.damage()
         if damage:
