@@ -75,7 +75,7 @@ def stage_status(art: Artifact) -> StageStatus:
     failure = art.failure()
     if failure is not None:
         return StageStatus(art.stage, "failed", *row[1:], f"{failure['unit']}: {failure['error']}")
-    if (art.path / PLAN_FILE).is_file():
+    if started:
         return StageStatus(art.stage, "partial", *row[1:], _units_done(art))
     others = sorted(d.name for d in art.path.parent.glob("*") if (d / SUCCESS).is_file())
     if others:

@@ -85,11 +85,11 @@ def resolve_weights_file(weights: str, arch: str) -> Path | None:
     if folder is None:
         return None
     name = weights.removeprefix("hub:")
-    candidates = [p for p in sorted(Path(folder).glob(f"{arch}*")) if p.suffix in _EXTENSIONS]
+    candidates = [p for p in sorted(folder.glob(f"{arch}*")) if p.suffix in _EXTENSIONS]
     exact = [p for p in candidates if p.name.startswith(name + ".")]
     if exact or candidates:
         return (exact or candidates)[0]
-    held = sorted(p.name for p in Path(folder).glob("*") if p.suffix in _EXTENSIONS)
+    held = sorted(p.name for p in folder.glob("*") if p.suffix in _EXTENSIONS)
     raise ConfigError(
         f"{WEIGHTS_DIR_ENV}={folder} has no weights file for {arch} (wanted by {weights}); it holds "
         f"{', '.join(held) or 'no weights files'}. Put {arch}.safetensors there, point {WEIGHTS_DIR_ENV} at the "

@@ -214,7 +214,7 @@ class ArtifactLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 256).decode(errors="replace").strip() or "unknown process"
+            holder = _holder_of(fd)
             os.close(fd)
             raise LockHeldError(
                 f"{self.artifact.stage} artifact {self.artifact.path} is being written by {holder}; "
@@ -234,7 +234,7 @@ class ArtifactLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return os.read(fd, 256).decode(errors="replace").strip() or "unknown process"
+            return _holder_of(fd)
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
@@ -253,6 +253,11 @@ class ArtifactLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _holder_of(fd: int) -> str:
+    """What the holder of a lock file wrote in it ("pid N on host")."""
+    return os.read(fd, 256).decode(errors="replace").strip() or "unknown process"
 
 
 def missing_output(art: Artifact, name: str, path: Path | str) -> str:
