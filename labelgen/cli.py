@@ -175,12 +175,11 @@ def _dry_run_checks(recipe, run_path: Path, plan: list, todo: list) -> None:
     """The checks a run makes before its cluster starts on the stages it would compute (data root,
     weights, settings against the class list where it is known), reported, not fatal to the plan;
     exit 2 if one fails, as the run would."""
-    from labelgen.pipeline.runner import index_artifact, pre_start_problems
-    from labelgen.stages.index import known_classes
+    from labelgen.pipeline.runner import needs_classes, pre_start_problems, run_classes
 
-    classes = known_classes(recipe, run_path, index_artifact(plan))
+    classes = run_classes(recipe, run_path, plan, todo)
     problems = pre_start_problems(recipe, run_path, todo, classes)
-    if classes is None and not problems and any(p.stage.name != "index" for p in todo):
+    if classes is None and not problems and needs_classes(todo):
         click.echo(
             "note: the class list is read by the index (COCO's categories are in its JSON): the settings checked "
             "against it (train_decoder.clip_start) are checked by the run once the index has run",

@@ -89,7 +89,7 @@ class PreparedRun:
     todo: list[PlannedStage]  # stages to compute, in DAG order
     forced: set[str]
     locks: list[ArtifactLock]
-    classes_known: bool  # whether the class checks ran (else they run after the index)
+    class_checks_pending: bool  # the class list was unknown before any work: they run after the index
 
     def release(self) -> None:
         for lock in self.locks:
@@ -110,7 +110,7 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
             raise ArtifactError(damage)
     for p in todo:
         _log_why_it_reruns(p, run_dir)
-    classes = known_classes(recipe, run_dir, index_artifact(plan))
+    classes = run_classes(recipe, run_dir, plan, todo)
     raise_problems(pre_start_problems(recipe, run_dir, todo, classes))
     locks = [ArtifactLock(p.artifact) for p in todo]
     try:
@@ -121,11 +121,23 @@ def prepare_run(recipe: Recipe, run_dir: Path, target: str, force: tuple[str, ..
             lock.release()
         raise
     record_run(run_dir, recipe, target, plan)
-    return PreparedRun(recipe, run_dir, target, plan, todo, forced, locks, classes is not None)
+    pending = classes is None and needs_classes(todo)
+    return PreparedRun(recipe, run_dir, target, plan, todo, forced, locks, class_checks_pending=pending)
 
 
-def index_artifact(plan: list[PlannedStage]) -> Artifact:
-    return next(p.artifact for p in plan if p.stage.name == "index")  # upstream of every stage
+def needs_classes(todo: list[PlannedStage]) -> bool:
+    return any(p.stage.class_checks for p in todo)
+
+
+def run_classes(
+    recipe: Recipe, run_dir: Path, plan: list[PlannedStage], todo: list[PlannedStage]
+) -> tuple[str, ...] | None:
+    """The class list where a stage to compute has class checks and it is known before any work (a
+    finished index's manifest is read only then: a COCO one is large)."""
+    if not needs_classes(todo):
+        return None
+    index = next(p.artifact for p in plan if p.stage.name == "index")  # upstream of every stage
+    return known_classes(recipe, run_dir, index)
 
 
 def pre_start_problems(
@@ -203,7 +215,7 @@ def execute_run(run: PreparedRun, client: Client) -> dict[str, Artifact]:
                 _run_stage(p, run.recipe, client, replace=replace)
             else:
                 log.info("stage %-13s skipped: done at %s", p.stage.name, p.artifact.path)
-            if p.stage.name == "index" and not run.classes_known:  # COCO's classes: known from here on
+            if p.stage.name == "index" and run.class_checks_pending:  # COCO's classes: known from here on
                 later = [q for q in run.plan[n + 1 :] if q in run.todo]
                 classes = known_classes(run.recipe, run.run_dir, p.artifact)
                 raise_problems(class_check_problems(run.recipe, later, classes))
