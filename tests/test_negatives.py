@@ -119,16 +119,8 @@ def test_a_coco_export_with_one_category_is_refused_once_the_index_has_read_it(t
 
     from labelgen.cli import main
 
-    args = [
-        "--dataset",
-        "coco",
-        "--recipe",
-        str(TINY_RECIPE),
-        "--data-root",
-        str(root),
-        "--run-dir",
-        str(tmp_path / "run"),
-    ]
+    args = ["--dataset", "coco", "--recipe", str(TINY_RECIPE), "--data-root", str(root)]
+    args += ["--run-dir", str(tmp_path / "run")]
     args += ["--set", 'dataset.train_split="train2017"', "--set", 'dataset.val_split=""', "--dry-run"]
     note = "note: the class list is read by the index"
     before_index = CliRunner().invoke(main, ["run", "full", *args])
