@@ -25,8 +25,8 @@ from PIL import Image
 from labelgen.config import EvaluateParams
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.masks import write_mask
-from labelgen.export import _png_task
-from labelgen.report_html import write_html
+from labelgen.formats.voc import _voc_task
+from labelgen.report.html import write_html
 from labelgen.stages.evaluate import ShardJob, evaluate_shard, reduce_parts
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 
@@ -104,9 +104,7 @@ def measure(n: int) -> dict:
             eval_s = time.perf_counter() - started
             eval_peak = max(client.run(worker_peak_mb).values())
             started = time.perf_counter()
-            client.gather(
-                [client.submit(_png_task, store, rows, root / "voc", None, None, pure=False) for rows in shards]
-            )
+            client.gather([client.submit(_voc_task, store, rows, root / "voc", {}, pure=False) for rows in shards])
             export_s = time.perf_counter() - started
             export_peak = max(client.run(worker_peak_mb).values())
         started = time.perf_counter()

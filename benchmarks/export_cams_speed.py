@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from _common import SHARED, print_table, use_shared_weights, write_result
 from PIL import Image
 
-from labelgen.cam import cam_to_labels
 from labelgen.config import ExportCamsParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
@@ -42,6 +41,7 @@ from labelgen.models import weaktr
 from labelgen.models.cam_inference import load_cam_model, save_cam_model
 from labelgen.models.precision import PRECISIONS, autocast, resolve_precision
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
+from labelgen.numerics.maps_to_labels import cam_to_labels
 from labelgen.stages.export_cams import export_shard, stored_size
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_cam_store
 

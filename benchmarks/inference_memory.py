@@ -115,7 +115,7 @@ def probe_crf(size: list[int]) -> dict:
     import numpy as np
 
     from labelgen.config import PredictParams
-    from labelgen.crf import CrfParams, crf_on_probs
+    from labelgen.numerics.crf import CrfParams, crf_on_probs
 
     image = _photo(size)
     probs = np.random.default_rng(0).dirichlet((1, 1, 1), size=(size[1] // 16 + 1, size[0] // 16 + 1))

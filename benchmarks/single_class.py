@@ -27,7 +27,7 @@ from _common import REPO, SHARED, print_table, use_shared_weights, write_result
 from labelgen.config import load_recipe
 from labelgen.data.coco_gt import check_coco, rasterise
 from labelgen.data.masks import gt_mask, write_mask
-from labelgen.metrics import confusion_matrix, scores
+from labelgen.numerics.metrics import confusion_matrix, scores
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.dag import STAGES
 from labelgen.pipeline.runner import run_pipeline

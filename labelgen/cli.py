@@ -143,7 +143,7 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
 def _print_plan(recipe, run_path: Path, target: str, plan: list, forced: set[str], shipped) -> None:
     """`run --dry-run`: every stage of the run with its key and what a run would do, then the
     settings that differ from the shipped recipe of the data set. Touches nothing."""
-    from labelgen.status import stage_status
+    from labelgen.pipeline.status import stage_status
 
     click.echo(f"plan of `labelgen run {target}` in {run_path}:")
     for p in plan:
@@ -193,7 +193,7 @@ def _dry_run_checks(recipe, run_path: Path, plan: list, todo: list) -> None:
 
 def _interrupted(run_path: Path) -> None:
     """Ctrl-C: one line saying what is finished and the command that resumes; exit 130 (128 + SIGINT)."""
-    from labelgen.status import run_status
+    from labelgen.pipeline.status import run_status
 
     states = {r.stage: r for r in run_status(run_path)}
     done = [s for s, r in states.items() if r.state == "done"]
@@ -217,7 +217,7 @@ def status(run_dir: str | None, as_json: bool) -> None:
     Example:
       labelgen status --run-dir runs/demo --json
     """
-    from labelgen.status import run_status
+    from labelgen.pipeline.status import run_status
     from labelgen.store.runs import last_run_dir
 
     rows = run_status(Path(run_dir).resolve() if run_dir else last_run_dir())
@@ -342,7 +342,7 @@ def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
     Example:
       labelgen export --run-dir runs/demo --what pseudo_labels --format coco --out exported/
     """
-    from labelgen.export import export_source, write_export
+    from labelgen.formats.write import export_source, write_export
     from labelgen.pipeline.cluster import open_client
 
     source = export_source(Path(run_dir).resolve(), what)  # a missing output is refused before a cluster starts

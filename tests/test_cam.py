@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from labelgen import cam
-from labelgen.cam import cam_argmax, cam_to_labels, indices_to_labels, resize_maps, resized_argmax
+from labelgen.numerics import maps_to_labels as cam
+from labelgen.numerics.maps_to_labels import cam_argmax, cam_to_labels, indices_to_labels, resize_maps, resized_argmax
 
 # two maps (labels 7 and 3) over a 2×3 image
 MAPS = np.array(

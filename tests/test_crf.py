@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from labelgen.config import PredictParams, PseudoLabelsParams
-from labelgen.crf import CrfParams, crf_on_labels, crf_on_probs
+from labelgen.numerics.crf import CrfParams, crf_on_labels, crf_on_probs
 from tests.conftest import VOC_MINI
 
 VOC = VOC_MINI / "VOC2012"

@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from labelgen.cam import resize_maps, resized_argmax
 from labelgen.config import ExportCamsParams, PredictParams, PseudoLabelsParams, TrainCamParams, TrainDecoderParams
-from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.masks import IGNORE_INDEX, write_mask
 from labelgen.data.sources import SourceItem
@@ -25,6 +23,8 @@ from labelgen.models.cam_inference import save_cam_model
 from labelgen.models.pixels import normalisation
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
+from labelgen.numerics.crf import CrfParams, crf_on_probs
+from labelgen.numerics.maps_to_labels import resize_maps, resized_argmax
 from labelgen.stages import predict as predict_module
 from labelgen.stages.export_cams import export_shard, stored_size
 from labelgen.stages.predict import pass_size, predict_probs, probs_to_mask, sliding_logits, working_size
@@ -254,6 +254,6 @@ def test_resized_argmax_equals_the_argmax_of_the_resized_maps(monkeypatch):
     maps = rng.random((7, 9, 13)).astype(np.float32)
     maps[3] = maps[5]  # ties go to the first, as np.argmax
     expected = resize_maps(maps, (40, 50)).argmax(0)
-    monkeypatch.setattr("labelgen.cam.ARGMAX_CHUNK_VALUES", 2 * 40 * 50)  # two maps at a time
+    monkeypatch.setattr("labelgen.numerics.maps_to_labels.ARGMAX_CHUNK_VALUES", 2 * 40 * 50)  # two maps at a time
     assert np.array_equal(resized_argmax(maps, (40, 50)), expected)
     assert np.array_equal(resized_argmax(maps, (9, 13)), maps.argmax(0))

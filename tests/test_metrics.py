@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from labelgen.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, confusion_matrix, scores
+from labelgen.numerics.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, confusion_matrix, scores
 
 
 def test_confusion_and_scores_by_hand():
@@ -34,7 +34,7 @@ def test_labels_outside_the_space_are_refused():
 
 
 def test_tag_agreement_counts_a_tagged_class_both_maps_lost_as_zero():
-    from labelgen.metrics import tag_agreement
+    from labelgen.numerics.metrics import tag_agreement
 
     a = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)
     b = np.array([[0, 0, 0, 1], [0, 0, 1, 1]], np.uint8)
@@ -49,7 +49,7 @@ def test_tag_agreement_counts_a_tagged_class_both_maps_lost_as_zero():
 
 
 def test_label_shares_leave_ignore_out():
-    from labelgen.metrics import label_shares
+    from labelgen.numerics.metrics import label_shares
 
     mask = np.array([[0, 1, 1, 255], [2, 2, 2, 255]], np.uint8)
     shares = label_shares(mask, 4)

@@ -140,7 +140,7 @@ def test_refused_second_run_leaves_the_run_folder_alone(tmp_path, client):
 
 def test_status_says_which_stage_a_run_is_computing_now(tmp_path, client):
     from labelgen.pipeline.runner import prepare_run, run_pipeline
-    from labelgen.status import run_status
+    from labelgen.pipeline.status import run_status
     from tests.conftest import tiny_recipe
 
     run_dir = tmp_path / "run"

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from labelgen.cli import main
 from labelgen.errors import ArtifactError
-from labelgen.export import export_source
+from labelgen.formats.source import export_source
 from labelgen.pipeline.dag import ORDER, STAGES
 from labelgen.pipeline.runner import plan_run, prepare_run
 from labelgen.pipeline.stage import StageContext, output_path
-from labelgen.status import run_status
+from labelgen.pipeline.status import run_status
 from tests.conftest import tiny_recipe
 
 STAGES_DIR = Path(__file__).parents[1] / "labelgen" / "stages"
@@ -193,7 +193,18 @@ def test_a_stage_spells_no_other_stages_file_names(stage):
     assert _spelled_names(tree, plain, split) == []
 
 
-@pytest.mark.parametrize("module", ["export.py", "status.py", "report.py", "report_html.py"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "formats/source.py",
+        "formats/voc.py",
+        "formats/mmseg.py",
+        "formats/coco.py",
+        "pipeline/status.py",
+        "report/markdown.py",
+        "report/html.py",
+    ],
+)
 def test_export_status_and_reports_spell_no_stage_file_names(module):
     plain, split = _foreign_names(None)  # every stage's names are foreign here
     tree = ast.parse((STAGES_DIR.parent / module).read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from labelgen.pipeline.runner import plan_run, run_pipeline
-from labelgen.status import run_status
+from labelgen.pipeline.status import run_status
 from labelgen.store.sharded import ImageArrays
 from tests.conftest import tiny_recipe
 from tests.killing import kill_when, run_cmd

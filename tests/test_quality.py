@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from labelgen.data.manifest import ImageRecord
-from labelgen.quality import SplitTally, image_quality, rank_key
+from labelgen.numerics.quality import SplitTally, image_quality, rank_key
 
 
 def _record(tags: tuple[int, ...]) -> ImageRecord:

@@ -20,8 +20,8 @@ from labelgen.data.demo import generate_demo
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import read_mask, write_mask
-from labelgen.metrics import confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
+from labelgen.numerics.metrics import confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.store.sharded import ImageArrays
 from tests.conftest import tiny_recipe

@@ -11,7 +11,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from labelgen.export import export_masks
+from labelgen.formats.write import export_masks
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.stages.predict import window_starts
@@ -107,7 +107,7 @@ def test_retraining_on_a_mask_folder_and_what_export_says(full_run, client, tmp_
     from click.testing import CliRunner
 
     from labelgen.cli import main
-    from labelgen.status import run_status
+    from labelgen.pipeline.status import run_status
 
     export_masks(full_run, "pseudo_labels", "voc", tmp_path / "voc", client)
     folder = tmp_path / "voc" / "SegmentationClass"
@@ -137,7 +137,7 @@ def test_status_calls_outputs_of_other_settings_stale(full_run, tmp_path):
     import shutil
 
     from labelgen.pipeline.runner import prepare_run
-    from labelgen.status import run_status
+    from labelgen.pipeline.status import run_status
 
     run_dir = tmp_path / "copy"
     shutil.copytree(full_run, run_dir)

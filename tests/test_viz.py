@@ -5,7 +5,7 @@ import colorsys
 import numpy as np
 import pytest
 
-from labelgen.viz import class_colours, heatmap, outline, overlay, thumbnail_size
+from labelgen.report.pictures import class_colours, heatmap, outline, overlay, thumbnail_size
 
 DEMO_SQUARE_BLUE = (40, 75, 215)  # labelgen/data/demo.py draws squares in this blue
 

@@ -9,7 +9,7 @@ and copies the gallery rows into report.html in rank order: nothing holds more t
 images, and the reduce keeps one short ranking entry per image.
 
 Sources scored against GT: `cams` (argmax after a background threshold, no CRF; swept over
-thresholds), `pseudo_labels` (CRF labels) and `predict_<split>`. Without GT (`labelgen.quality`):
+thresholds), `pseudo_labels` (CRF labels) and `predict_<split>`. Without GT (`labelgen.numerics.quality`):
 tagged classes found, foreground share, pseudo-label/prediction agreement, classifier confidence.
 """
 
@@ -26,19 +26,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from labelgen.cam import cam_to_labels, resize_maps
 from labelgen.config import EvaluateParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.problems import NOT_SCORED
 from labelgen.errors import ConfigError
-from labelgen.metrics import cam_threshold_sweep, confusion_matrix, image_miou, scores, tag_agreement
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.models.weaktr import WeakTr
+from labelgen.numerics.maps_to_labels import cam_to_labels, resize_maps
+from labelgen.numerics.metrics import cam_threshold_sweep, confusion_matrix, image_miou, scores, tag_agreement
+from labelgen.numerics.quality import SplitTally, image_quality, mean_confidence, rank_key
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
-from labelgen.quality import SplitTally, image_quality, mean_confidence, rank_key
-from labelgen.report import (
+from labelgen.report.html import GalleryRow, gallery_row, write_html
+from labelgen.report.markdown import (
     RankEntry,
     gt_sources,
     per_image_row,
@@ -48,10 +49,9 @@ from labelgen.report import (
     write_markdown,
     write_per_image_csv,
 )
-from labelgen.report_html import GalleryRow, gallery_row, write_html
+from labelgen.report.pictures import data_uri, heatmap, overlay, overlay_grid, shrink_image, shrink_mask, thumbnail_size
 from labelgen.store.artifact import standard_json
 from labelgen.store.sharded import ImageArrays
-from labelgen.viz import data_uri, heatmap, overlay, overlay_grid, shrink_image, shrink_mask, thumbnail_size
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labelgen.cam import resize_maps, resized_argmax
 from labelgen.config import PredictParams
-from labelgen.crf import CrfParams, crf_on_probs
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.devices import pick_device
 from labelgen.errors import ConfigError
 from labelgen.models.precision import autocast, check_precision
 from labelgen.models.segmenter import Segmenter, load_segmenter
+from labelgen.numerics.crf import CrfParams, crf_on_probs
+from labelgen.numerics.maps_to_labels import resize_maps, resized_argmax
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.stages.index import dataset_splits
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard

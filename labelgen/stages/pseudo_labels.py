@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from labelgen.cam import cam_argmax, indices_to_labels, resize_maps
 from labelgen.config import PseudoLabelsParams
-from labelgen.crf import CrfParams, crf_on_labels
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
+from labelgen.numerics.crf import CrfParams, crf_on_labels
+from labelgen.numerics.maps_to_labels import cam_argmax, indices_to_labels, resize_maps
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.store.sharded import ImageArrays, StoreLayout, create_mask_store, write_mask_shard
 

@@ -34,11 +34,11 @@ from labelgen.data.training import (
 )
 from labelgen.devices import pick_device, use_every_core
 from labelgen.errors import DataError
-from labelgen.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, scores
 from labelgen.models.cam_inference import multiscale_cams, save_cam_model
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
+from labelgen.numerics.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, scores
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
 from labelgen.store.checkpoint import (
     TrainingState,

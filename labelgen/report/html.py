@@ -26,15 +26,15 @@ from typing import Any
 
 from PIL import Image
 
-from labelgen.report import Chart, RankEntry, Section, Table, pct, source_title
-from labelgen.viz import class_colours, heat_scale, png_data_uri
+from labelgen.report.markdown import Chart, RankEntry, Section, Table, pct, source_title
+from labelgen.report.pictures import class_colours, heat_scale, png_data_uri
 
 GALLERY_DIR = "report_gallery"
 
 
 @dataclass(frozen=True)
 class GalleryRow:
-    """One image's row: its record (see `labelgen.quality.image_quality`) and its pictures as data URIs."""
+    """One image's row: its record (see `labelgen.numerics.quality.image_quality`) and its pictures as data URIs."""
 
     record: dict[str, Any]
     photo: str

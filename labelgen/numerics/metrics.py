@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelgen.cam import cam_to_labels
 from labelgen.data.masks import IGNORE_INDEX
+from labelgen.numerics.maps_to_labels import cam_to_labels
 
 # train_cam's gt_miou selection grid: background thresholds 0.30, 0.31, ..., 0.60. The reference
 # sweeps from 0.40 upward in steps of 0.01 until the first drop (weaktr-method.md §1.6,

@@ -1,5 +1,5 @@
 """The evaluation report's content, once: sections of sentences, tables and charts built from
-metrics.json, rendered as report.md here and as report.html by `labelgen.report_html`; plus
+metrics.json, rendered as report.md here and as report.html by `labelgen.report.html`; plus
 per_image.csv and the overlay grid of the worst images."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from labelgen.viz import bar_chart
+from labelgen.report.pictures import bar_chart
 
 SOURCE_TITLES = {"cams": "CAM labels", "pseudo_labels": "pseudo-label", "gt": "GT"}
 

@@ -4,7 +4,7 @@ Per image (a record from `image_quality`), for each label-mask source (pseudo-la
 which tagged classes the mask holds at all ("found"), each tag's share of the scored pixels, the
 foreground share, labels the mask holds that the tags do not name ("spurious"); the classifier's
 confidence in each tag; and, on the train split, the agreement between pseudo-label and prediction
-(`labelgen.metrics.tag_agreement`). Its GT-free score is that agreement where both masks exist, else
+(`labelgen.numerics.metrics.tag_agreement`). Its GT-free score is that agreement where both masks exist, else
 the share of its tags its final mask holds. Per class (`SplitTally`), the sums of these over a split.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from labelgen.data.manifest import ImageRecord
-from labelgen.metrics import label_shares, scores
+from labelgen.numerics.metrics import label_shares, scores
 
 
 def label_sources(labels: dict[str, Any]) -> list[str]:
