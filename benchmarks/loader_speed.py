@@ -24,7 +24,7 @@ from PIL import Image
 
 from labelgen.config import load_recipe, recipe_path
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.training import TaggedImages, loader_workers, start_epoch, training_loader
+from labelgen.data.training import EpochOrder, TaggedImages, loader_workers, start_epoch, training_loader
 from labelgen.models.pixels import normalisation
 from labelgen.stages.train_cam import training_transform
 from labelgen.stages.train_decoder import PseudoMaskImages
@@ -51,10 +51,10 @@ def voc_sized_photos(folder: Path, n: int) -> list[ImageRecord]:
 
 def images_per_s(data, batch: int, num_workers: str) -> float:
     """Two epochs through a training loader; the second is timed (loader processes started)."""
-    loader = training_loader(data, batch, num_workers, 0, torch.device("cpu"))
+    loader = training_loader(data, EpochOrder(len(data), 0, batch), num_workers, torch.device("cpu"))
     rates = []
     for epoch in range(2):
-        start_epoch(loader, 0, epoch)
+        start_epoch(loader, epoch)
         started = time.perf_counter()
         count = sum(len(images) for images, _ in loader)
         rates.append(count / (time.perf_counter() - started))

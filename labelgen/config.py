@@ -27,6 +27,21 @@ def _not_in_key(default: Any, doc: str = "") -> Any:
 
 
 LOADER_PROCESSES = "training loader processes: a count, or auto (one per core the trainer leaves, at most 16)"
+# Training on many workers and its checkpoints (labelgen/training/, README "Training on many GPUs").
+# None of them changes what a training computes beyond float rounding, so they stay out of the key
+# (a rerun on fewer workers resumes the same artifact).
+DEVICES = (
+    'ranks of a data-parallel training: a count, or "all" (every GPU worker; on CPU, every worker), '
+    "one per dask worker; batch_size is the global batch, cut into equal shares"
+)
+CHECKPOINT_STEPS = "steps between two checkpoints inside an epoch; 0: only the minutes rule"
+# 10 minutes: a preempted COCO training loses at most that (a COCO decoder epoch is 82,081 crops,
+# hours on one GPU); writing a DeiT-S state (model + optimizer, ~260 MB) takes about a second
+CHECKPOINT_MINUTES = "minutes between two checkpoints inside an epoch; 0: only the steps rule"
+# 600 s: longer than any pause between two collectives (an epoch end's gt_miou selection runs on rank 0
+# alone; building a model and loading weights before the first step); a lost rank is seen sooner by
+# the unit watching the ranks' workers (labelgen/training/ranks.py)
+COLLECTIVE_TIMEOUT = "seconds a rank waits in a collective for the others before it fails (torch.distributed timeout)"
 DatasetName = Literal["voc", "coco", "folder", "demo"]
 Precision = Literal["auto", "bf16", "fp32"]
 # how patch position embeddings are resampled to an input's grid (labelgen/models/vit.py): "dino" is the
@@ -110,6 +125,10 @@ class TrainCamParams:
     selection: Literal["last", "gt_miou"] = "last"  # last epoch, or by CAM mIoU on the pixel GT of a subset
     selection_subset: int = 64  # images of the train split used by gt_miou selection
     num_workers: str = _not_in_key("auto", LOADER_PROCESSES)
+    devices: str = _not_in_key("1", DEVICES)
+    checkpoint_every_steps: int = _not_in_key(0, CHECKPOINT_STEPS)
+    checkpoint_every_minutes: float = _not_in_key(10.0, CHECKPOINT_MINUTES)
+    collective_timeout_s: float = _not_in_key(600.0, COLLECTIVE_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,10 @@ class TrainDecoderParams:
     precision: Precision = "auto"  # see train_cam.precision
     seed: int = 0
     num_workers: str = _not_in_key("auto", LOADER_PROCESSES)
+    devices: str = _not_in_key("1", DEVICES)
+    checkpoint_every_steps: int = _not_in_key(0, CHECKPOINT_STEPS)
+    checkpoint_every_minutes: float = _not_in_key(10.0, CHECKPOINT_MINUTES)
+    collective_timeout_s: float = _not_in_key(600.0, COLLECTIVE_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -444,6 +467,19 @@ def recipe_errors(recipe: Recipe) -> list[SettingError]:
         section, _, name = key.partition(".")
         value = getattr(recipe[section], name)
         need(value == "auto" or value.isdigit(), key, 'expected a count of loader processes (0 or more) or "auto"')
+    for section in ("train_cam", "train_decoder"):
+        p = recipe[section]
+        need(p.devices == "all" or (p.devices.isdigit() and int(p.devices) > 0), f"{section}.devices",
+             'expected a count of ranks (1 or more) or "all"')  # fmt: skip
+        need(
+            not p.devices.isdigit() or int(p.devices) == 0 or p.batch_size % int(p.devices) == 0,
+            f"{section}.batch_size",
+            f"the global batch must split into {section}.devices={p.devices} equal shares; use a multiple of it",
+            (f"{section}.devices",),
+        )
+        need(p.checkpoint_every_steps >= 0, f"{section}.checkpoint_every_steps", "must be ≥ 0 (0: off)")
+        need(p.checkpoint_every_minutes >= 0, f"{section}.checkpoint_every_minutes", "must be ≥ 0 (0: off)")
+        need(p.collective_timeout_s > 0, f"{section}.collective_timeout_s", "must be > 0")
     need(
         bool(exp.scales) and exp.scales[0] == 1.0,
         "export_cams.scales",

@@ -19,3 +19,7 @@ class ArtifactError(LabelgenError):
 
 class LockHeldError(ArtifactError):
     """Another process is writing the same artifact."""
+
+
+class RankLostError(LabelgenError):
+    """A data-parallel training lost one of its ranks' workers; the rerun resumes from its checkpoint."""

@@ -1,18 +1,25 @@
 """Device paths. Every test runs on the CPU in CI and again on CUDA where a GPU is visible (the
 `gpu`-marked copies are skipped without one), so the GPU tests' own code is exercised everywhere."""
 
+from functools import partial
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from labelgen.data.training import start_epoch, training_loader
+from labelgen.config import TrainCamParams, TrainDecoderParams
+from labelgen.data.training import EpochOrder, start_epoch, training_loader
 from labelgen.models.cam_inference import multiscale_cams
 from labelgen.models.losses import GradientClippingLoss
 from labelgen.models.pixels import PixelNormalised
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
-from labelgen.stages.train_cam import cam_step
-from labelgen.stages.train_decoder import decoder_step
+from labelgen.stages.train_cam import CamTraining
+from labelgen.stages.train_decoder import DecoderTraining
+from labelgen.store.checkpoint import TrainingState
+from labelgen.training.loop import train_step
+from labelgen.training.ranks import Ranks
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -33,8 +40,8 @@ def test_bf16_cams_match_fp32(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_loader_batches_reach_the_device_normalised(device):
     data = [(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8), torch.zeros(8, 8, dtype=torch.uint8))] * 4
-    loader = training_loader(data, 2, "0", 0, torch.device(device))
-    start_epoch(loader, 0, 0)
+    loader = training_loader(data, EpochOrder(len(data), 0, 2), "0", torch.device(device))
+    start_epoch(loader, 0)
     images, masks = next(iter(loader))
     assert images.is_pinned() == (device == "cuda")  # pinned host memory makes the copy asynchronous
     model = PixelNormalised()
@@ -50,10 +57,21 @@ def test_bf16_training_steps_run(device):
     weaktr = WeakTr(WeakTrConfig("deit_tiny_patch16_224", 4), None).to(device).train()
     x = torch.randn(2, 3, 64, 64, device=device)
     y = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]], device=device)
-    losses = cam_step(weaktr, torch.optim.AdamW(weaktr.parameters(), lr=1e-4), x, y, "bf16")
+    cam = SimpleNamespace(params=TrainCamParams(precision="bf16"))
+    losses = _step(partial(CamTraining.loss, cam), weaktr, torch.optim.AdamW(weaktr.parameters(), lr=1e-4), (x, y))
     assert all(np.isfinite(v) for v in losses.values())
     segmenter = Segmenter(SegmenterConfig("deit_tiny_patch16_224", 3), None).to(device).train()
     optimizer = torch.optim.SGD(segmenter.parameters(), lr=1e-3)
     targets = torch.randint(0, 3, (2, 64, 64), device=device)
-    loss, _ = decoder_step(segmenter, optimizer, GradientClippingLoss(32, 1.2), x, targets, "bf16")
-    assert np.isfinite(loss)
+    decoder = SimpleNamespace(p=TrainDecoderParams(precision="bf16"), criterion=GradientClippingLoss(32, 1.2))
+    losses = _step(partial(DecoderTraining.loss, decoder), segmenter, optimizer, (x, targets))
+    assert np.isfinite(losses["loss"])
+
+
+def _step(loss, model, optimizer, batch) -> dict[str, float]:
+    """One step of the training loop with a stage's loss."""
+    device = next(model.parameters()).device
+    parts, _, _ = train_step(
+        SimpleNamespace(loss=loss), TrainingState(model, optimizer), [batch], device, Ranks(), False
+    )
+    return parts

@@ -6,6 +6,7 @@ import torch
 from labelgen.config import TrainCamParams
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.training import (
+    EpochOrder,
     TaggedImages,
     epoch_seed,
     loader_workers,
@@ -31,10 +32,11 @@ def _photos(n: int) -> TaggedImages:
 
 
 def _batches(num_workers: str, epochs: tuple[int, ...]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    loader = training_loader(_photos(12), 4, num_workers, SEED, torch.device("cpu"))
+    data = _photos(12)
+    loader = training_loader(data, EpochOrder(len(data), SEED, 4), num_workers, torch.device("cpu"))
     out = []
     for epoch in epochs:
-        start_epoch(loader, SEED, epoch)
+        start_epoch(loader, epoch)
         out.append(list(loader))
     return out
 
@@ -57,10 +59,25 @@ def test_loading_in_process_leaves_the_training_stream_alone():
     not move them, or a model would depend on the number of loader processes after all."""
     seed_everything(epoch_seed(SEED, 0))
     expected = torch.rand(5)
-    loader = training_loader(_photos(8), 4, "0", SEED, torch.device("cpu"))
-    start_epoch(loader, SEED, 0)
+    data = _photos(8)
+    loader = training_loader(data, EpochOrder(len(data), SEED, 4), "0", torch.device("cpu"))
+    start_epoch(loader, 0)
     list(loader)
     assert torch.equal(torch.rand(5), expected)
+
+
+def test_ranks_split_each_global_batch_and_a_resumed_epoch_starts_at_the_next_step():
+    """Step s trains on the same images for any number of shards: the 1-process order of 10 images,
+    global batch 4 (2 steps, 2 images dropped), cut into 2 shards of 2 for ranks 0 and 1."""
+    one = list(EpochOrder(10, SEED, 4))
+    rank0, rank1 = list(EpochOrder(10, SEED, 4, 2, (0,))), list(EpochOrder(10, SEED, 4, 2, (1,)))
+    assert len(one) == 8 and len(rank0) == len(rank1) == 4
+    assert one == rank0[:2] + rank1[:2] + rank0[2:] + rank1[2:]
+    four_shards_one_rank = list(EpochOrder(10, SEED, 4, 4, (0, 1, 2, 3)))  # a rerun on one worker
+    assert four_shards_one_rank == one
+    resumed = EpochOrder(10, SEED, 4)
+    resumed.set_epoch(0, first_step=1)
+    assert list(resumed) == one[4:] and len(resumed) == 4
 
 
 def test_num_workers_setting():

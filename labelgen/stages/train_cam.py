@@ -1,17 +1,14 @@
 """train_cam: train the WeakTr CAM network on image-level tags (weaktr-method.md §1.5–§1.6).
 
-Output: `model.pt` (selected weights + config), `last.pt` (resume state, replaced atomically every
-epoch), `log.jsonl` (one line per epoch). Every epoch seeds all RNGs from (seed, epoch) and the
-checkpoint holds model, optimizer and scheduler, so a run killed at any point and resumed from
-`last.pt` ends with exactly the weights of an uninterrupted run (on CPU). train_decoder is built from
-the same pieces: `build_state`, `resume_training`, `train_epoch`, `save_training_state`.
+Output: `model.pt` (selected weights + config), `last.pt` (resume state, replaced atomically at every
+epoch end and every few steps or minutes), `log.jsonl` (one line per epoch). The training itself is
+`labelgen.training.loop` configured with `CamTraining`: a run killed at any point and resumed from
+`last.pt` ends with exactly the weights of an uninterrupted run (on CPU).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +16,12 @@ import numpy as np
 import timm.data
 import torch
 from timm.scheduler import CosineLRScheduler
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import gt_mask
-from labelgen.data.training import (
-    TaggedImages,
-    seed_everything,
-    start_epoch,
-    training_loader,
-)
-from labelgen.devices import pick_device, use_every_core
+from labelgen.data.training import TaggedImages, seed_everything
 from labelgen.errors import DataError
 from labelgen.models.cam_inference import multiscale_cams, save_cam_model
 from labelgen.models.precision import autocast
@@ -40,83 +29,97 @@ from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
 from labelgen.numerics.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep, scores
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
-from labelgen.store.checkpoint import (
-    TrainingState,
-    load_checkpoint,
-    resume_training,
-    save_checkpoint,
-    save_training_state,
-)
+from labelgen.store.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from labelgen.training.loop import LAST, LOG, LoopSettings, train
+from labelgen.training.ranks import Ranks, run_ranks
 
 log = logging.getLogger(__name__)
 
 MODEL = "model.pt"
-LAST = "last.pt"
-LOG = "log.jsonl"
 
 
-def build_state(params: TrainCamParams, num_fg_classes: int, device: torch.device) -> TrainingState:
-    """A fresh training: model, AdamW, cosine schedule; `best` is the gt_miou selection's
-    {"epoch", "miou", "threshold"} once there is one."""
-    seed_everything(params.seed)
-    config = WeakTrConfig(
-        params.backbone,
-        num_fg_classes,
-        params.fusion,
-        params.aaf_reduction,
-        params.aaf_feat_reduction,
-        params.drop_path,
-        head_init=params.head_init,
-        pos_embed_resample=params.pos_embed_resample,
-    )
-    model = WeakTr(config, params.weights).to(device)
-    peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference
-    # uniform weight decay on every parameter, as the reference (timm 0.5.4 given model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=params.weight_decay, eps=1e-8)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=params.epochs,
-        lr_min=params.min_lr,
-        warmup_lr_init=params.warmup_lr,
-        warmup_t=params.warmup_epochs,
-        t_in_epochs=True,
-    )
-    return TrainingState(model, optimizer, scheduler)
+class CamTraining:
+    """train_cam's pieces of the training loop (`labelgen.training.loop.StageTraining`)."""
 
+    def __init__(self, params: TrainCamParams, dataset: DatasetParams, manifest: Manifest, out: Path):
+        self.params, self.dataset, self.manifest, self.out = params, dataset, manifest, out
+        self.records = manifest.split(dataset.train_split)
+        self.subset = [r for r in self.records if r.mask][: params.selection_subset]
 
-def cam_step(model: WeakTr, optimizer: torch.optim.Optimizer, images, targets, precision: str) -> dict[str, float]:
-    """One optimizer step on a batch: forward under `precision`, the three losses in float32, backward."""
-    with autocast(images.device, precision):
-        out = model(images)
-    loss, parts = weaktr_loss(out._replace(**{k: v.float() for k, v in out._asdict().items()}), targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return parts
+    def build(self, device: torch.device) -> TrainingState:
+        """A fresh training: model, AdamW, cosine schedule; `best` is the gt_miou selection's
+        {"epoch", "miou", "threshold"} once there is one."""
+        p = self.params
+        seed_everything(p.seed)
+        config = WeakTrConfig(
+            p.backbone,
+            self.manifest.num_fg_classes,
+            p.fusion,
+            p.aaf_reduction,
+            p.aaf_feat_reduction,
+            p.drop_path,
+            head_init=p.head_init,
+            pos_embed_resample=p.pos_embed_resample,
+        )
+        model = WeakTr(config, p.weights).to(device)
+        # the reference's linear scaling rule, with labelgen's global batch (README "Training on many GPUs")
+        peak_lr = p.base_lr * p.batch_size / 512
+        # uniform weight decay on every parameter, as the reference (timm 0.5.4 given model.parameters())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=p.weight_decay, eps=1e-8)
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=p.epochs,
+            lr_min=p.min_lr,
+            warmup_lr_init=p.warmup_lr,
+            warmup_t=p.warmup_epochs,
+            t_in_epochs=True,
+        )
+        return TrainingState(model, optimizer, scheduler)
 
+    def data(self, state: TrainingState) -> TaggedImages:
+        transform = training_transform(self.params, *state.model.normalisation)
+        return TaggedImages(self.records, self.manifest.num_fg_classes, transform, self.dataset.max_image_pixels)
 
-def train_epoch(
-    state: TrainingState, loader: DataLoader, device: torch.device, precision: str, epoch: int
-) -> dict[str, float]:
-    state.model.train()
-    sums: dict[str, float] = {}
-    started = time.perf_counter()
-    n_images = negatives = 0
-    for images, targets in tqdm(loader, desc=f"train_cam epoch {epoch}", leave=False, mininterval=5):
-        negatives += int((targets.sum(dim=1) == 0).sum())  # untagged images: all-zero targets in the loss
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        parts = cam_step(state.model, state.optimizer, images, targets, precision)
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v
-        n_images += images.shape[0]
-    batches = max(len(loader), 1)
-    seconds = time.perf_counter() - started
-    return {
-        **{f"loss_{k}": v / batches for k, v in sums.items()},
-        "images_per_s": n_images / seconds,
-        "seconds": seconds,
-        "negatives": negatives,
-    }
+    def loss(self, model: WeakTr, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward under `precision`, the three losses in float32; untagged images (all-zero targets)
+        are counted as negatives."""
+        images, targets = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(images.device, self.params.precision):
+            out = model(images)
+        loss, parts = weaktr_loss(out._replace(**{k: v.float() for k, v in out._asdict().items()}), targets)
+        return loss, {**parts, "negatives": float((targets.sum(dim=1) == 0).sum())}
+
+    def set_lr(self, state: TrainingState, epoch: int, step: int, steps_per_epoch: int) -> None:
+        """The cosine schedule moves per epoch (`end_epoch`)."""
+
+    def end_epoch(
+        self, state: TrainingState, epoch: int, sums: dict[str, float], micro_batches: int, writer: bool
+    ) -> dict[str, Any]:
+        lr = state.optimizer.param_groups[0]["lr"]
+        # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
+        state.scheduler.step(epoch)
+        entry = {
+            "lr": lr,
+            **{f"loss_{k}": sums[k] / micro_batches for k in ("cls", "coarse", "fine")},
+            "negatives": int(sums["negatives"]),
+        }
+        if self.params.selection == "gt_miou" and writer:  # rank 0 alone: it holds the weights every rank has
+            p = self.params
+            miou, threshold = gt_miou(state.model, self.subset, self.dataset, self.manifest.num_labels, p.precision)
+            entry.update(gt_miou=miou, gt_threshold=threshold)
+            if state.best is None or miou > state.best["miou"]:
+                state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}
+                save_cam_model(self.out / "best.pt", state.model, epoch=epoch)
+        return entry
+
+    def log_line(self, entry: dict[str, Any], epochs: int) -> str:
+        return (
+            f"train_cam: epoch {entry['epoch'] + 1}/{epochs} loss cls {entry['loss_cls']:.4f} coarse "
+            f"{entry['loss_coarse']:.4f} fine {entry['loss_fine']:.4f} lr {entry['lr']:.2e} "
+            f"{entry['images_per_s']:.1f} img/s"
+            + (f" gt mIoU {entry['gt_miou']:.3f}" if "gt_miou" in entry else "")
+            + (f" negatives {entry['negatives']}" if entry.get("negatives") else "")
+        )
 
 
 def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, precision: str) -> tuple[float, float]:
@@ -166,8 +169,7 @@ def training_transform(params: TrainCamParams, mean, std):
 
 
 def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:
-    """The dask task: train (or resume) and write model.pt."""
-    use_every_core()
+    """The dask task: train (or resume) on `params.devices` ranks and write model.pt."""
     manifest = Manifest.load(manifest_path)
     records = manifest.split(dataset.train_split)
     if len(records) < params.batch_size:
@@ -175,47 +177,26 @@ def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Pat
             f"train split {dataset.train_split!r} has {len(records)} images, fewer than "
             f"train_cam.batch_size={params.batch_size}; lower the batch size"
         )
-    device = pick_device("auto")
-    state = build_state(params, manifest.num_fg_classes, device)
-    resume_training(state, out / LAST, "train_cam")
-    transform = training_transform(params, *state.model.normalisation)
-    data = TaggedImages(records, manifest.num_fg_classes, transform, dataset.max_image_pixels)
-    subset = [r for r in records if r.mask][: params.selection_subset]
-    if params.selection == "gt_miou" and not subset:
+    if params.selection == "gt_miou" and not any(r.mask for r in records):
         raise DataError("train_cam.selection='gt_miou' needs GT masks in the train split; use selection='last'")
-    loader = training_loader(data, params.batch_size, params.num_workers, params.seed, device)
-    for epoch in range(state.next_epoch, params.epochs):
-        start_epoch(loader, params.seed, epoch)
-        lr = state.optimizer.param_groups[0]["lr"]
-        entry = {"epoch": epoch, "lr": lr, **train_epoch(state, loader, device, params.precision, epoch)}
-        # The reference steps the scheduler with the finished epoch's index (so epoch e+1 runs at lr(e)).
-        state.scheduler.step(epoch)
-        if params.selection == "gt_miou":
-            miou, threshold = gt_miou(state.model, subset, dataset, manifest.num_labels, params.precision)
-            entry.update(gt_miou=miou, gt_threshold=threshold)
-            if state.best is None or miou > state.best["miou"]:
-                state.best = {"epoch": epoch, "miou": miou, "threshold": threshold}
-                save_cam_model(out / "best.pt", state.model, epoch=epoch)
-        state.history.append(entry)
-        state.next_epoch = epoch + 1
-        save_training_state(state, out / LAST)
-        (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history))
-        log.info(
-            "train_cam: epoch %d/%d loss cls %.4f coarse %.4f fine %.4f lr %.2e %.1f img/s%s%s",
-            epoch + 1,
-            params.epochs,
-            entry["loss_cls"],
-            entry["loss_coarse"],
-            entry["loss_fine"],
-            lr,
-            entry["images_per_s"],
-            f" gt mIoU {entry['gt_miou']:.3f}" if "gt_miou" in entry else "",
-            f" negatives {entry['negatives']}" if entry.get("negatives") else "",
-        )
+    args = (params, dataset, manifest_path, out)
+    return run_ranks(
+        "train_cam", _train_rank, args, params.devices, params.batch_size, params.collective_timeout_s, out / LAST
+    )
+
+
+def _train_rank(
+    params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path, ranks: Ranks
+) -> UnitResult | None:
+    """One rank of the training; rank 0 writes model.pt and returns the unit's result."""
+    stage = CamTraining(params, dataset, Manifest.load(manifest_path), out)
+    state = train(stage, LoopSettings.of("train_cam", params), out, ranks)
+    if not ranks.writer:
+        return None
     if params.selection == "gt_miou":
         note = (
             f"epoch {state.best['epoch'] + 1} of {params.epochs} selected by CAM mIoU {state.best['miou']:.4f} "
-            f"against pixel GT of {len(subset)} train images (not weakly supervised)"
+            f"against pixel GT of {len(stage.subset)} train images (not weakly supervised)"
         )
         save_checkpoint(out / MODEL, {**load_checkpoint(out / "best.pt"), "selection": note})  # best.pt, noted
     else:

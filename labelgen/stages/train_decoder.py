@@ -4,49 +4,41 @@ loss (weaktr-method.md §3). Output: `model.pt`, `last.pt` (resume state), `log.
 Masks come from the `pseudo_labels` artifact, or from any folder of `<image id>.png` masks the user
 points `train_decoder.masks` at (retraining on one's own pseudo-labels).
 
-Built from the same pieces as train_cam: `build_state`, `resume_training`, `train_epoch`,
-`save_training_state`; a run killed at any point and resumed from `last.pt` ends with exactly the
-weights of an uninterrupted run (on CPU).
+The training itself is `labelgen.training.loop` configured with `DecoderTraining`, as train_cam's; a
+run killed at any point and resumed from `last.pt` ends with exactly the weights of an uninterrupted
+run (on CPU).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from labelgen.config import DatasetParams, TrainDecoderParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
-from labelgen.data.training import (
-    seed_everything,
-    start_epoch,
-    training_loader,
-)
-from labelgen.devices import pick_device, use_every_core
+from labelgen.data.training import seed_everything
 from labelgen.errors import ConfigError, DataError
-from labelgen.models.losses import ClipStats, GradientClippingLoss, clip_start_problem
+from labelgen.models.losses import GradientClippingLoss, clip_start_problem
 from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
-from labelgen.store.checkpoint import TrainingState, resume_training, save_training_state
+from labelgen.store.checkpoint import TrainingState
 from labelgen.store.sharded import ImageArrays
+from labelgen.training.loop import LAST, LOG, LoopSettings, train
+from labelgen.training.ranks import Ranks, run_ranks
 
 log = logging.getLogger(__name__)
 
 MODEL = "model.pt"
-LAST = "last.pt"  # resume state, rewritten every epoch; read by this stage alone
-LOG = "log.jsonl"
 
 
 def poly_lr(step: int, total: int, base: float, floor: float, power: float) -> float:
@@ -107,108 +99,96 @@ def _mask_source(p: TrainDecoderParams, ctx: StageContext, records: list[ImageRe
     return str(folder)
 
 
-def decoder_step(
-    model: Segmenter, optimizer: torch.optim.Optimizer, criterion: GradientClippingLoss, images, targets, precision: str
-) -> tuple[float, ClipStats]:
-    """One optimizer step on a batch: forward under `precision`, clamp loss in float32, backward."""
-    with autocast(images.device, precision):
-        logits = model(images)[0]
-    loss, stats = criterion(logits.float(), targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach()), stats
+class DecoderTraining:
+    """train_decoder's pieces of the training loop (`labelgen.training.loop.StageTraining`)."""
 
+    def __init__(self, p: TrainDecoderParams, dataset: DatasetParams, manifest: Manifest, masks: str):
+        self.p, self.dataset, self.manifest, self.masks = p, dataset, manifest, masks
+        self.criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
 
-def build_state(p: TrainDecoderParams, num_labels: int, device: torch.device) -> TrainingState:
-    """A fresh training: the Segmenter and SGD (Nesterov) with the encoder's smaller learning rate;
-    the learning rate itself is set every step (`poly_lr`)."""
-    seed_everything(p.seed)
-    config = SegmenterConfig(
-        p.backbone,
-        num_labels,
-        p.decoder_layers,
-        p.decoder_dropout,
-        p.drop_path,
-        layer_norm_eps=p.layer_norm_eps,
-        pos_embed_resample=p.pos_embed_resample,
-        image_size=p.crop_size,
-    )
-    model = Segmenter(config, p.weights).to(device)
-    encoder, decoder = model.param_groups()
-    optimizer = torch.optim.SGD(
-        [{"params": encoder, "lr_mult": p.encoder_lr_mult}, {"params": decoder, "lr_mult": 1.0}],
-        lr=p.lr,
-        momentum=p.momentum,
-        nesterov=True,
-        weight_decay=p.weight_decay,
-    )
-    return TrainingState(model, optimizer)
+    def build(self, device: torch.device) -> TrainingState:
+        """A fresh training: the Segmenter and SGD (Nesterov) with the encoder's smaller learning rate;
+        the learning rate itself is set every step (`set_lr`)."""
+        p = self.p
+        seed_everything(p.seed)
+        config = SegmenterConfig(
+            p.backbone,
+            self.manifest.num_labels,
+            p.decoder_layers,
+            p.decoder_dropout,
+            p.drop_path,
+            layer_norm_eps=p.layer_norm_eps,
+            pos_embed_resample=p.pos_embed_resample,
+            image_size=p.crop_size,
+        )
+        model = Segmenter(config, p.weights).to(device)
+        encoder, decoder = model.param_groups()
+        optimizer = torch.optim.SGD(
+            [{"params": encoder, "lr_mult": p.encoder_lr_mult}, {"params": decoder, "lr_mult": 1.0}],
+            lr=p.lr,
+            momentum=p.momentum,
+            nesterov=True,
+            weight_decay=p.weight_decay,
+        )
+        return TrainingState(model, optimizer)
 
+    def data(self, state: TrainingState) -> PseudoMaskImages:
+        records = self.manifest.split(self.dataset.train_split)
+        return PseudoMaskImages(records, self.masks, self.p, self.dataset.max_image_pixels)
 
-def train_epoch(
-    state: TrainingState, loader: DataLoader, criterion: GradientClippingLoss, p: TrainDecoderParams, epoch: int
-) -> dict[str, float]:
-    """One epoch of `len(loader)` steps at the poly schedule's learning rates; its log entry."""
-    model, optimizer = state.model, state.optimizer
-    device = next(model.parameters()).device
-    steps_per_epoch = len(loader)
-    total = steps_per_epoch * p.epochs
-    model.train()
-    started, losses, clipped = time.perf_counter(), [], []
-    for i, (images, targets) in enumerate(
-        tqdm(loader, desc=f"train_decoder epoch {epoch}", leave=False, mininterval=5)
-    ):
-        lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+    def loss(self, model: Segmenter, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward under `precision`, the clamp loss in float32 (clipping statistics per micro-batch,
+        as the reference's per GPU)."""
+        images, targets = batch
         images = model.preprocess(images.to(device, non_blocking=True))
         targets = targets.to(device, non_blocking=True).long()
-        loss, stats = decoder_step(model, optimizer, criterion, images, targets, p.precision)
-        losses.append(loss)
-        clipped.append(stats.clipped_fraction if stats.clipping else 0.0)
-    seconds = time.perf_counter() - started
-    return {
-        "epoch": epoch,
-        "lr": lr,
-        "loss": float(np.mean(losses)),
-        "clipped_fraction": float(np.mean(clipped)),
-        "images_per_s": steps_per_epoch * p.batch_size / seconds,
-        "seconds": seconds,
-    }
+        with autocast(images.device, self.p.precision):
+            logits = model(images)[0]
+        loss, stats = self.criterion(logits.float(), targets)
+        return loss, {"loss": float(loss.detach()), "clipped": stats.clipped_fraction if stats.clipping else 0.0}
+
+    def set_lr(self, state: TrainingState, epoch: int, step: int, steps_per_epoch: int) -> None:
+        """The poly schedule of the reference, per iteration; the encoder at `encoder_lr_mult` of it."""
+        p = self.p
+        lr = poly_lr(epoch * steps_per_epoch + step, steps_per_epoch * p.epochs, p.lr, p.min_lr, p.poly_power)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+
+    def end_epoch(
+        self, state: TrainingState, epoch: int, sums: dict[str, float], micro_batches: int, writer: bool
+    ) -> dict[str, Any]:
+        return {
+            "lr": state.optimizer.param_groups[-1]["lr"],  # the decoder's (lr_mult 1): the schedule's value
+            "loss": sums["loss"] / micro_batches,
+            "clipped_fraction": sums["clipped"] / micro_batches,
+        }
+
+    def log_line(self, entry: dict[str, Any], epochs: int) -> str:
+        return (
+            f"train_decoder: epoch {entry['epoch'] + 1}/{epochs} loss {entry['loss']:.4f} clipped "
+            f"{entry['clipped_fraction']:.3f} lr {entry['lr']:.2e} {entry['images_per_s']:.1f} img/s"
+        )
 
 
 def train_decoder(
     p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
 ) -> UnitResult:
-    """The dask task: train (or resume) the Segmenter and write model.pt."""
-    use_every_core()
-    manifest = Manifest.load(manifest_path)
-    records = manifest.split(dataset.train_split)
+    """The dask task: train (or resume) the Segmenter on `p.devices` ranks and write model.pt."""
+    records = Manifest.load(manifest_path).split(dataset.train_split)
     if len(records) < p.batch_size:
         raise DataError(f"{len(records)} train images, fewer than train_decoder.batch_size={p.batch_size}")
-    device = pick_device("auto")
-    state = build_state(p, manifest.num_labels, device)
-    criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
-    data = PseudoMaskImages(records, masks, p, dataset.max_image_pixels)
-    resume_training(state, out / LAST, "train_decoder")
-    loader = training_loader(data, p.batch_size, p.num_workers, p.seed, device)
-    for epoch in range(state.next_epoch, p.epochs):
-        start_epoch(loader, p.seed, epoch)
-        entry = train_epoch(state, loader, criterion, p, epoch)
-        state.history.append(entry)
-        state.next_epoch = epoch + 1
-        save_training_state(state, out / LAST)
-        (out / LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history))
-        log.info(
-            "train_decoder: epoch %d/%d loss %.4f clipped %.3f lr %.2e %.1f img/s",
-            epoch + 1,
-            p.epochs,
-            entry["loss"],
-            entry["clipped_fraction"],
-            entry["lr"],
-            entry["images_per_s"],
-        )
+    args = (p, dataset, manifest_path, masks, out)
+    return run_ranks("train_decoder", _train_rank, args, p.devices, p.batch_size, p.collective_timeout_s, out / LAST)
+
+
+def _train_rank(
+    p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path, ranks: Ranks
+) -> UnitResult | None:
+    """One rank of the training; rank 0 writes model.pt and returns the unit's result."""
+    stage = DecoderTraining(p, dataset, Manifest.load(manifest_path), masks)
+    state = train(stage, LoopSettings.of("train_decoder", p), out, ranks)
+    if not ranks.writer:
+        return None
     save_segmenter(out / MODEL, state.model, epoch=p.epochs - 1)
     last = state.history[-1]
     return [out / MODEL], {"final_loss": last["loss"], "images_per_s": last["images_per_s"]}
