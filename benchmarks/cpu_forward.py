@@ -58,16 +58,22 @@ def probe(case: dict) -> dict:
 
 def train_step(precision: str) -> float:
     """Seconds per train_cam step of 16 images at 224 px, 80 classes, every core."""
+    from functools import partial
+    from types import SimpleNamespace
+
     import torch
 
+    from labelgen.config import TrainCamParams
     from labelgen.models.weaktr import WeakTr, WeakTrConfig
-    from labelgen.stages.train_cam import cam_step
+    from labelgen.stages.train_cam import CamTraining
+    from labelgen.training.loop import step_on
 
     torch.manual_seed(0)
     model = WeakTr(WeakTrConfig("deit_tiny_patch16_224", 80), None).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x, y = torch.randn(16, 3, 224, 224), (torch.rand(16, 80) < 0.04).float()
-    return seconds_per_call(lambda: cam_step(model, optimizer, x, y, precision), 3)
+    stage = SimpleNamespace(loss=partial(CamTraining.loss, SimpleNamespace(params=TrainCamParams(precision=precision))))
+    return seconds_per_call(lambda: step_on(stage, model, optimizer, (x, y)), 3)
 
 
 def in_subprocess(kind: str, arg: dict | str) -> dict:

@@ -27,14 +27,16 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from _common import print_table, seconds_per_call, write_result
 from PIL import Image
 
-from labelgen.config import load_recipe, recipe_path
+from labelgen.config import TrainCamParams, TrainDecoderParams, load_recipe, recipe_path
 from labelgen.data.classes import voc_classes
 from labelgen.devices import available_cores
 from labelgen.models.losses import GradientClippingLoss
@@ -44,8 +46,9 @@ from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.stages.predict import pass_size, window_starts
-from labelgen.stages.train_cam import cam_step
-from labelgen.stages.train_decoder import decoder_step
+from labelgen.stages.train_cam import CamTraining
+from labelgen.stages.train_decoder import DecoderTraining
+from labelgen.training.loop import step_on
 
 # full data sets of the shipped recipes (weaktr-method.md §1.6, §4.1)
 FULL = {
@@ -93,7 +96,9 @@ def pure_cam_training(args, device) -> float:
     x = torch.randn(args.cam_train_batch, 3, 224, 224, device=device)
     y = (torch.rand(args.cam_train_batch, 20, device=device) < 0.1).float()
 
-    step = lambda: cam_step(model, optimizer, x, y, args.precision)  # noqa: E731  the stage's own step
+    cam = SimpleNamespace(params=TrainCamParams(precision=args.precision))
+    stage = SimpleNamespace(loss=partial(CamTraining.loss, cam))  # the stage's own loss and step
+    step = lambda: step_on(stage, model, optimizer, (x, y))  # noqa: E731
     return args.cam_train_batch / timed(step, device, args.repeats)
 
 
@@ -105,7 +110,9 @@ def pure_decoder_training(args, device) -> float:
     x = torch.randn(4, 3, crop, crop, device=device)
     y = torch.randint(0, 21, (4, crop, crop), device=device)
 
-    step = lambda: decoder_step(model, optimizer, criterion, x, y, args.precision)  # noqa: E731
+    decoder = SimpleNamespace(p=TrainDecoderParams(precision=args.precision), criterion=criterion)
+    stage = SimpleNamespace(loss=partial(DecoderTraining.loss, decoder))
+    step = lambda: step_on(stage, model, optimizer, (x, y))  # noqa: E731
     return 4 / timed(step, device, args.repeats)
 
 

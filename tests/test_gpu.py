@@ -17,9 +17,7 @@ from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.stages.train_cam import CamTraining
 from labelgen.stages.train_decoder import DecoderTraining
-from labelgen.store.checkpoint import TrainingState
-from labelgen.training.loop import train_step
-from labelgen.training.ranks import Ranks
+from labelgen.training.loop import step_on
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -58,20 +56,12 @@ def test_bf16_training_steps_run(device):
     x = torch.randn(2, 3, 64, 64, device=device)
     y = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]], device=device)
     cam = SimpleNamespace(params=TrainCamParams(precision="bf16"))
-    losses = _step(partial(CamTraining.loss, cam), weaktr, torch.optim.AdamW(weaktr.parameters(), lr=1e-4), (x, y))
+    adamw = torch.optim.AdamW(weaktr.parameters(), lr=1e-4)
+    losses = step_on(SimpleNamespace(loss=partial(CamTraining.loss, cam)), weaktr, adamw, (x, y))
     assert all(np.isfinite(v) for v in losses.values())
     segmenter = Segmenter(SegmenterConfig("deit_tiny_patch16_224", 3), None).to(device).train()
     optimizer = torch.optim.SGD(segmenter.parameters(), lr=1e-3)
     targets = torch.randint(0, 3, (2, 64, 64), device=device)
     decoder = SimpleNamespace(p=TrainDecoderParams(precision="bf16"), criterion=GradientClippingLoss(32, 1.2))
-    losses = _step(partial(DecoderTraining.loss, decoder), segmenter, optimizer, (x, targets))
+    losses = step_on(SimpleNamespace(loss=partial(DecoderTraining.loss, decoder)), segmenter, optimizer, (x, targets))
     assert np.isfinite(losses["loss"])
-
-
-def _step(loss, model, optimizer, batch) -> dict[str, float]:
-    """One step of the training loop with a stage's loss."""
-    device = next(model.parameters()).device
-    parts, _, _ = train_step(
-        SimpleNamespace(loss=loss), TrainingState(model, optimizer), [batch], device, Ranks(), False
-    )
-    return parts

@@ -180,6 +180,13 @@ def train_step(
     return parts, checkpoint_due, communication
 
 
+def step_on(stage: StageTraining, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Any) -> dict:
+    """One single-process `train_step` of `stage` on one batch, outside a training (benchmarks, device
+    tests); its logged numbers."""
+    device = next(model.parameters()).device
+    return train_step(stage, TrainingState(model, optimizer), [batch], device, ONE_PROCESS, False)[0]
+
+
 def average_gradients(
     model: torch.nn.Module, parts: dict[str, float], checkpoint: bool
 ) -> tuple[dict[str, float], bool]:
