@@ -23,6 +23,7 @@ fewer (a rerun after a lost node) the same global batch is computed in fewer pro
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import uuid
@@ -220,14 +221,18 @@ def _watch(client: Any, futures: list[Any], workers: list[str], name: str, last:
     from distributed import wait
 
     while True:
-        _done, pending = wait(futures, timeout=WATCH_INTERVAL_S, return_when="FIRST_EXCEPTION")
-        failed = [f for f in futures if f.status in ("error", "cancelled")]
+        pending = [f for f in futures if not f.done()]
+        if not pending:
+            break
+        with contextlib.suppress(TimeoutError):
+            wait(pending, timeout=WATCH_INTERVAL_S, return_when="FIRST_COMPLETED")
         alive = set(client.scheduler_info(n_workers=-1)["workers"])
         lost = [r for r, a in enumerate(workers) if a not in alive and not futures[r].done()]
-        if not pending and not failed:
-            return futures[0].result()
-        if failed or lost:
+        if lost or any(f.status in ("error", "cancelled") for f in futures):
             break
+    lost = [r for r, a in enumerate(workers) if a not in alive and not futures[r].done()] if pending else []
+    if not pending and all(f.status == "finished" for f in futures):
+        return futures[0].result()
     others = [f for r, f in enumerate(futures) if r not in lost and not f.done()]
     try:
         wait(others, timeout=timeout_s + LEAVE_GRACE_S)
