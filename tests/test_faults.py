@@ -284,7 +284,9 @@ def test_sigkill_in_each_stage_then_rerun_equals_uninterrupted(stage, evidence, 
     shutil.copytree(reference, killed)
     run_pipeline(recipe, reference, "full", client)
     kill_when(run_cmd("full", killed, *overrides), killed, evidence)
+    left = work_left_behind(killed, evidence)
     run_pipeline(recipe, killed, "full", client)
+    assert_kept(killed, evidence, left)  # what the killed run finished, the rerun kept
     for pattern in ("pseudo_labels/*/masks.zarr", "predict/*/masks_train.zarr", "predict/*/masks_val.zarr"):
         a, b = ImageArrays(next(reference.glob(pattern))), ImageArrays(next(killed.glob(pattern)))
         assert all(np.array_equal(a.mask(i), b.mask(i)) for i in range(len(a)))
@@ -294,6 +296,25 @@ def test_sigkill_in_each_stage_then_rerun_equals_uninterrupted(stage, evidence, 
     ma = json.loads(next(reference.glob("evaluate/*/metrics.json")).read_text())
     mb = json.loads(next(killed.glob("evaluate/*/metrics.json")).read_text())
     assert ma == mb
+
+
+def work_left_behind(run_dir: Path, evidence: str) -> list:
+    """What a killed run finished, which the rerun must keep (deterministic work redone would give the
+    same results, so equal results alone do not show a resume): each finished shard's record file
+    with its modification time, or a training's finished epochs (their log entries, timings included)."""
+    if evidence.endswith("last.pt"):
+        return torch.load(next(run_dir.glob(evidence)), weights_only=True)["history"]
+    return sorted((str(p), p.stat().st_mtime_ns) for p in run_dir.glob(evidence))
+
+
+def assert_kept(run_dir: Path, evidence: str, left: list) -> None:
+    assert left, "the killed run left nothing to resume from"
+    if evidence.endswith("last.pt"):
+        log_file = next(run_dir.glob(evidence)).with_name("log.jsonl")
+        assert [json.loads(x) for x in log_file.read_text().splitlines()][: len(left)] == left
+    else:
+        now = dict((str(p), p.stat().st_mtime_ns) for p in run_dir.glob(evidence))
+        assert all(now.get(path) == mtime for path, mtime in left)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Device paths. Every test runs on the CPU in CI and again on CUDA where a GPU is visible (the
 `gpu`-marked copies are skipped without one), so the GPU tests' own code is exercised everywhere."""
 
+import json
 from functools import partial
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.stages.train_cam import CamTraining
 from labelgen.stages.train_decoder import DecoderTraining
 from labelgen.training.loop import step_on
+from tests.test_training import assert_close_weights, decoder_recipe, demo, run_decoder  # noqa: F401
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -65,3 +67,23 @@ def test_bf16_training_steps_run(device):
     decoder = SimpleNamespace(p=TrainDecoderParams(precision="bf16"), criterion=GradientClippingLoss(32, 1.2))
     losses = step_on(SimpleNamespace(loss=partial(DecoderTraining.loss, decoder)), segmenter, optimizer, (x, targets))
     assert np.isfinite(losses["loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_ranks_with_nccl_on_two_gpus_equal_one_gpu(tmp_path, demo):  # noqa: F811  (the demo fixture)
+    """The 2-rank training of tests/test_training.py on two GPUs: NCCL, one GPU a rank (workers on
+    one host take cuda:0 and cuda:1 by their local rank)."""
+    from distributed import Client, LocalCluster
+
+    recipe = decoder_recipe(demo, "train_decoder.batch_size=8")
+    run_decoder(recipe, demo, tmp_path / "one")
+    ranked = decoder_recipe(demo, "train_decoder.batch_size=8", "train_decoder.devices=2")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        run_decoder(ranked, demo, tmp_path / "two", client)
+    entries = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert entries[0]["ranks"] == 2
+    assert_close_weights(tmp_path / "one" / "model.pt", tmp_path / "two" / "model.pt", 1e-4)

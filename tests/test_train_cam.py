@@ -1,5 +1,7 @@
-"""train_cam resumes from its last checkpoint with exactly the weights of an uninterrupted run."""
+"""train_cam resumes from its last checkpoint with exactly the weights of an uninterrupted run, running
+only the epochs after it."""
 
+import json
 import os
 import signal
 import subprocess
@@ -49,12 +51,19 @@ def test_killed_training_resumes_to_identical_weights(tmp_path, manifest):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (resumed / MODEL).is_file() and load_checkpoint(resumed / LAST)["epoch"] < 2
-    _train(resumed, manifest, 3)
+    saved = load_checkpoint(resumed / LAST)
+    assert not (resumed / MODEL).is_file() and saved["epoch"] < 2
+    from labelgen.stages.train_cam import CamTraining
+    from tests.test_training import STEPS_PER_EPOCH, counted
+
+    with counted(CamTraining) as calls:
+        _train(resumed, manifest, 3)
+    assert len(calls) == (2 - saved["epoch"]) * STEPS_PER_EPOCH  # only the epochs after the checkpoint ran
     a, b = load_checkpoint(straight / MODEL)["model"], load_checkpoint(resumed / MODEL)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (resumed / "log.jsonl").read_text().count("\n") == 3
+    entries = [json.loads(x) for x in (resumed / "log.jsonl").read_text().splitlines()]
+    assert len(entries) == 3 and entries[: saved["epoch"] + 1] == saved["history"]  # the first run's, kept
 
 
 def test_gt_selection_says_it_used_pixel_labels(tmp_path, manifest):

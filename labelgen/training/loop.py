@@ -200,9 +200,10 @@ def average_gradients(
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
     keys = sorted(parts)
-    numbers = torch.tensor([parts[k] for k in keys] + [float(checkpoint)], dtype=torch.float64)
-    all_reduce_sum(numbers)
-    return dict(zip(keys, numbers[:-1].tolist(), strict=True)), bool(numbers[-1] > 0)
+    numbers = torch.tensor([parts[k] for k in keys] + [float(checkpoint)], dtype=torch.float64, device=flat.device)
+    all_reduce_sum(numbers)  # on the gradients' device: NCCL reduces CUDA tensors only
+    summed = numbers.tolist()
+    return dict(zip(keys, summed[:-1], strict=True)), summed[-1] > 0
 
 
 def save_mid_epoch(state: TrainingState, path: Path, ranks: Ranks) -> None:
