@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -106,6 +105,11 @@ def test_killed_mid_epoch_resumes_at_the_next_step_with_identical_weights(tmp_pa
         }
 
 
+def worker_running(key: str, dask_scheduler=None) -> str:
+    """On the scheduler: the address of the worker running task `key`."""
+    return dask_scheduler.tasks[key].processing_on.address
+
+
 def decoder_recipe(demo: Path, *overrides: str):
     """train_decoder on the demo's GT masks without per-rank randomness or per-micro-batch statistics:
     no dropout, no drop-path, no gradient clipping (its window statistics are per micro-batch), in
@@ -188,27 +192,29 @@ def test_a_lost_rank_fails_in_bounded_time_naming_worker_and_checkpoint_then_res
     overrides = ("train_decoder.epochs=2", "train_decoder.checkpoint_every_steps=1")
     recipe = decoder_recipe(demo, *overrides, "train_decoder.devices=2", "train_decoder.collective_timeout_s=30")
     out = tmp_path / "lost"
-    errors: list[BaseException] = []
+    out.mkdir()
+    p, dataset = recipe["train_decoder"], recipe["dataset"]
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         pids = client.run(os.getpid)
-        thread = threading.Thread(target=lambda: _catching(errors, run_decoder, recipe, demo, out, client))
-        thread.start()
+        unit = client.submit(train_decoder, p, dataset, demo / "index/manifest.json", str(demo / "masks"), out)
         deadline = time.time() + 600
         while (checkpoint_position(out / LAST) or {}).get("next_step", 0) < 2:
-            assert time.time() < deadline and thread.is_alive(), errors
+            assert time.time() < deadline and not unit.done(), unit
             time.sleep(0.2)
-        rank1 = next(w for w, keys in client.processing().items() if any("rank1" in str(k) for k in keys))
+        rank0 = client.run_on_scheduler(
+            lambda dask_scheduler, key=unit.key: dask_scheduler.tasks[key].processing_on.address
+        )
+        rank1 = next(w for w in pids if w != rank0)  # the unit's worker runs rank 0, the other rank 1
         killed_at = time.time()
         os.kill(pids[rank1], signal.SIGKILL)
-        thread.join(timeout=30 + 120)
-        assert not thread.is_alive()
+        with pytest.raises(RankLostError) as caught:
+            unit.result(timeout=30 + 120)
         assert time.time() - killed_at < 30 + 60
-    (error,) = errors
-    assert isinstance(error, RankLostError) and "\n" not in str(error)
-    assert f"worker {rank1}" in str(error) and f"last checkpoint {out / LAST}" in str(error)
+    error = str(caught.value)
+    assert "\n" not in error and f"worker {rank1} (rank 1 of 2)" in error and f"last checkpoint {out / LAST}" in error
     position = checkpoint_position(out / LAST)
     assert position["shards"] == 2 and (position["next_epoch"], position["next_step"]) != (2, 0)
     kept = load_checkpoint(out / LAST)["history"]  # the epochs the first run finished: the rerun keeps them
@@ -222,10 +228,3 @@ def test_a_lost_rank_fails_in_bounded_time_naming_worker_and_checkpoint_then_res
     assert entries[: len(kept)] == kept
     run_decoder(decoder_recipe(demo, *overrides), demo, tmp_path / "straight")
     assert_close_weights(tmp_path / "straight" / "model.pt", out / "model.pt", 1e-5)
-
-
-def _catching(errors: list[BaseException], fn, *args) -> None:
-    try:
-        fn(*args)
-    except BaseException as e:  # noqa: BLE001  the test inspects it
-        errors.append(e)

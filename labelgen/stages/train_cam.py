@@ -21,7 +21,7 @@ from labelgen.config import DatasetParams, TrainCamParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import gt_mask
-from labelgen.data.training import TaggedImages, seed_everything
+from labelgen.data.training import TaggedImages
 from labelgen.errors import DataError
 from labelgen.models.cam_inference import multiscale_cams, save_cam_model
 from labelgen.models.precision import autocast
@@ -50,7 +50,6 @@ class CamTraining:
         """A fresh training: model, AdamW, cosine schedule; `best` is the gt_miou selection's
         {"epoch", "miou", "threshold"} once there is one."""
         p = self.params
-        seed_everything(p.seed)
         config = WeakTrConfig(
             p.backbone,
             self.manifest.num_fg_classes,

@@ -24,7 +24,6 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask
 from labelgen.data.seg_augment import pad_to, photometric_distortion, random_crop, random_resize
-from labelgen.data.training import seed_everything
 from labelgen.errors import ConfigError, DataError
 from labelgen.models.losses import GradientClippingLoss, clip_start_problem
 from labelgen.models.precision import autocast
@@ -110,16 +109,9 @@ class DecoderTraining:
         """A fresh training: the Segmenter and SGD (Nesterov) with the encoder's smaller learning rate;
         the learning rate itself is set every step (`set_lr`)."""
         p = self.p
-        seed_everything(p.seed)
+        shared = ("backbone", "decoder_layers", "decoder_dropout", "drop_path", "layer_norm_eps", "pos_embed_resample")
         config = SegmenterConfig(
-            p.backbone,
-            self.manifest.num_labels,
-            p.decoder_layers,
-            p.decoder_dropout,
-            p.drop_path,
-            layer_norm_eps=p.layer_norm_eps,
-            pos_embed_resample=p.pos_embed_resample,
-            image_size=p.crop_size,
+            num_labels=self.manifest.num_labels, image_size=p.crop_size, **{k: getattr(p, k) for k in shared}
         )
         model = Segmenter(config, p.weights).to(device)
         encoder, decoder = model.param_groups()

@@ -31,7 +31,14 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from labelgen.data.training import EpochOrder, rng_states, set_rng_states, start_epoch, training_loader
+from labelgen.data.training import (
+    EpochOrder,
+    rng_states,
+    seed_everything,
+    set_rng_states,
+    start_epoch,
+    training_loader,
+)
 from labelgen.store.checkpoint import TrainingState, resume_training, save_training_state
 from labelgen.training.ranks import Ranks, all_reduce_sum, gather
 
@@ -70,7 +77,7 @@ class StageTraining(Protocol):
     """The pieces of one training stage."""
 
     def build(self, device: torch.device) -> TrainingState:
-        """A fresh state: model on `device`, optimizer, schedule; every generator seeded first."""
+        """A fresh state: model on `device`, optimizer, schedule (the loop seeds every generator first)."""
 
     def data(self, state: TrainingState) -> Dataset:
         """The training samples (the stage's augmentation may read the model, e.g. its normalisation)."""
@@ -98,6 +105,7 @@ def train(stage: StageTraining, settings: LoopSettings, out: Path, ranks: Ranks 
     """Train (or resume) to the end; rank 0 (`ranks.writer`) writes `last.pt` and `log.jsonl`
     under `out`. Returns the final state; the stage writes its model file from it."""
     device = ranks.device()
+    seed_everything(settings.seed)  # the same initial weights on every rank and in every rerun
     state = stage.build(device)
     resume_training(state, out / LAST, settings.name)
     same_ranks = state.shards in (None, ranks.shards) and (state.rng is None or len(state.rng) == ranks.world)
