@@ -105,9 +105,12 @@ def run_ranks(
     are workers, or "all" gives a count that does not divide the batch; `RankLostError` when a
     rank's worker is lost mid-training; a rank's own exception when it fails."""
     position = checkpoint_position(last)
-    if devices == "1" and (position is None or position["shards"] in (None, 1)):
+    saved_shards = position["shards"] if position else None  # a resumed training keeps its shares
+    if devices == "1":  # one rank, here; it computes a resumed training's shares one after the other
+        shards = saved_shards or 1
+        _check_split(name, devices, batch_size, shards)
         use_every_core()
-        return rank_fn(*args, Ranks())
+        return rank_fn(*args, Ranks(shards=shards))
     from distributed import get_worker, worker_client
 
     try:
@@ -120,12 +123,8 @@ def run_ranks(
     with worker_client() as client:
         workers = training_workers(client, own)
         wanted = len(workers) if devices == "all" else int(devices)
-        shards = position["shards"] if position and position["shards"] else wanted
-        if batch_size % shards:
-            raise ConfigError(
-                f"{name}.batch_size={batch_size} does not split into {shards} equal shares "
-                f"({name}.devices={devices}); use a multiple of {shards}"
-            )
+        shards = saved_shards or wanted
+        _check_split(name, devices, batch_size, shards)
         if devices != "all" and wanted > len(workers) and position is None:
             raise ConfigError(
                 f"{name}.devices={devices} but the cluster has {len(workers)} training worker(s); "
@@ -134,10 +133,9 @@ def run_ranks(
         world = min(shards, len(workers))
         if world < shards:
             log.warning(
-                "%s: %d worker(s) for a training of %d ranks: continuing with %d, each accumulating %s "
-                "micro-batches of %d images per step (the same global batch of %d)",
-                name, world, shards, world, f"{shards // world}-{-(-shards // world)}", batch_size // shards,
-                batch_size,
+                "%s: %d worker(s) for a training of %d ranks: continuing on %d, each accumulating up to %d "
+                "micro-batches of %d images a step (the same global batch of %d)",
+                name, world, shards, world, -(-shards // world), batch_size // shards, batch_size,
             )  # fmt: skip
         chosen = workers[:world]
         hosts = [address_host(a) for a in chosen]
@@ -168,6 +166,14 @@ def run_ranks(
             for r, address in enumerate(chosen)
         ]
         return _watch(client, futures, chosen, name, last, timeout_s)
+
+
+def _check_split(name: str, devices: str, batch_size: int, shards: int) -> None:
+    if batch_size % shards:
+        raise ConfigError(
+            f"{name}.batch_size={batch_size} does not split into {shards} equal shares "
+            f"({name}.devices={devices}); use a multiple of {shards}"
+        )
 
 
 def training_workers(client: Any, own: str) -> list[str]:
