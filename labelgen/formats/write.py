@@ -12,15 +12,18 @@ from labelgen.formats.images import IMAGE_FORMATS
 from labelgen.formats.mmseg import export_mmseg
 from labelgen.formats.source import ExportSource, export_source
 from labelgen.formats.voc import export_voc
+from labelgen.formats.yolo import export_yolo
+from labelgen.formats.yolo_seg import export_yolo_seg
 
-FORMATS = ("voc", "mmseg", "coco")
+FORMATS = ("voc", "mmseg", "coco", "yolo", "yolo-seg")
 
 
 def export_masks(
     run_dir: Path, what: str, fmt: str, out: Path, client: Client, image_format: str = "auto"
 ) -> dict[str, int]:
     """Write the masks of `what` (pseudo_labels | predictions) of a run in format `fmt` under `out`;
-    return the image count per split. `image_format` (auto | jpg | png) is the mmseg image suffix."""
+    return the image count per split. `image_format` (auto | jpg | png) is the one image suffix of
+    the formats that write images (mmseg, yolo, yolo-seg)."""
     return write_export(export_source(run_dir, what), what, fmt, out, client, image_format)
 
 
@@ -38,4 +41,8 @@ def write_export(
         return export_voc(source, what, out, client)
     if fmt == "mmseg":
         return export_mmseg(source, what, out, client, image_format)
+    if fmt == "yolo":
+        return export_yolo(source, what, out, client, image_format)
+    if fmt == "yolo-seg":
+        return export_yolo_seg(source, what, out, client, image_format)
     return export_coco(source, what, out, client)

@@ -1,0 +1,138 @@
+"""Ultralytics layouts: `images/<split>/` beside one label folder per split, and `data.yaml`.
+
+`--format yolo` is Ultralytics' semantic-segmentation data set (its `SemanticDataset`, task
+`semantic`): `masks/<split>/<id>.png`, single-channel 8-bit PNGs whose grey level is labelgen's
+label (0 background, 1..C the classes, 255 ignore), found through the YAML's `masks_dir`. The
+instance format (`--format yolo-seg`, polygons in `labels/`) is in `yolo_seg.py`; both share the
+image folder, the YAML and the way work is split here.
+
+Images are written as `--format mmseg` writes them (`export_image`): one suffix, in labelgen's frame,
+without an EXIF orientation tag. Ultralytics applies EXIF orientation when it decodes an image and
+when it checks its size against the mask (`exif_size`), so a tagged file would be turned against its
+mask or refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from distributed import Client
+from PIL import Image
+
+from labelgen.formats.images import export_image, image_format
+from labelgen.formats.source import ExportSource, Frame, frames_of, shards
+from labelgen.store.sharded import ImageArrays
+
+log = logging.getLogger(__name__)
+
+DATA_YAML = "data.yaml"
+IMAGES = "images"  # Ultralytics finds a label file by replacing the last `images` folder of its image's path
+MASKS = "masks"  # the semantic data set's `masks_dir`
+
+# A shard task: (store, rows, label folder, image folder, frames, image format, max pixels) -> counts
+ShardTask = Callable[[Path, range, Path, Path, dict[str, Frame], str, int], dict[str, int]]
+
+
+def write_image(frame: Frame, image_dir: Path, image_id: str, fmt: str, max_pixels: int) -> str:
+    """Write one image as `<image_dir>/<image_id>.<fmt>` in labelgen's frame; return "copied" or why
+    it was re-encoded ("format", "orientation")."""
+    path, orientation = frame
+    return export_image(Path(path), orientation, image_dir / f"{image_id}.{fmt}", fmt, max_pixels) or "copied"
+
+
+def _yolo_task(
+    store: Path, rows: range, mask_dir: Path, image_dir: Path, frames: dict[str, Frame], fmt: str, max_pixels: int
+) -> dict[str, int]:
+    """Write one shard's masks (8-bit grey PNG, mode L: grey level = label) and images; return counts of images
+    copied and re-encoded (by reason)."""
+    arrays = ImageArrays(store)
+    counts: Counter[str] = Counter()
+    for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
+        image_id = arrays.ids[i]
+        Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(mask_dir / f"{image_id}.png")
+        counts[write_image(frames[image_id], image_dir, image_id, fmt, max_pixels)] += 1
+    return dict(counts)
+
+
+def yolo_roles(source: ExportSource) -> dict[str, str]:
+    """The data YAML's `train` and `val` splits: the train split, and the other split of the export;
+    an export of one split (pseudo_labels) names it for both, since Ultralytics requires a `val`."""
+    others = [s for s in source.stores if s != source.train_split]
+    train = source.train_split if source.train_split in source.stores else others[0]
+    return {"train": train, "val": others[0] if others else train}
+
+
+def write_splits(
+    source: ExportSource, out: Path, label_folder: str, task: ShardTask, fmt: str, client: Client
+) -> dict[str, Counter[str]]:
+    """Run `task` on every shard of every split, with `<out>/<label_folder>/<split>/` and
+    `<out>/images/<split>/` made for it; return the summed counts per split."""
+    counts = {}
+    for split, store in source.stores.items():
+        records = source.records(split)
+        label_dir, image_dir = out / label_folder / split, out / IMAGES / split
+        label_dir.mkdir(parents=True, exist_ok=True)
+        image_dir.mkdir(parents=True, exist_ok=True)
+        futures = [
+            client.submit(
+                task, store, r, label_dir, image_dir, frames_of(records, r), fmt, source.max_pixels, pure=False
+            )
+            for r in shards(len(records))
+        ]
+        counts[split] = sum((Counter(c) for c in client.gather(futures)), Counter({"images": len(records)}))
+    return counts
+
+
+def log_images(what: str, split: str, label_dir: Path, image_dir: Path, fmt: str, counts: Counter[str]) -> None:
+    log.info(
+        "export: %d %s masks of split %s -> %s; images -> %s as .%s: %d copied, %d re-encoded "
+        "(%d for their format, %d for their EXIF orientation)",
+        counts["images"],
+        what,
+        split,
+        label_dir,
+        image_dir,
+        fmt,
+        counts["copied"],
+        counts["format"] + counts["orientation"],
+        counts["format"],
+        counts["orientation"],
+    )
+
+
+def data_yaml_text(out: Path, roles: dict[str, str], names: list[str], header: list[str], extra: dict[str, str]) -> str:
+    """An Ultralytics data YAML: `path` (the export folder), `train`/`val` image folders, `extra` keys,
+    `names` (id: name, ids from 0). Strings are written as JSON strings, which YAML reads as they are."""
+    lines = [f"# {h}" for h in header]
+    lines.append(f"path: {json.dumps(str(out))}  # moving the folder: edit this")
+    lines += [f"{role}: {IMAGES}/{split}" for role, split in roles.items()]
+    if roles["val"] == roles["train"]:
+        lines.append("# val names the train images: this export holds one split, and Ultralytics requires a val key")
+    lines += [f"{key}: {value}" for key, value in extra.items()]
+    lines.append("names:")
+    lines += [f"  {k}: {json.dumps(name)}" for k, name in enumerate(names)]
+    return "\n".join(lines) + "\n"
+
+
+def export_yolo(source: ExportSource, what: str, out: Path, client: Client, choice: str) -> dict[str, int]:
+    """Ultralytics' semantic-segmentation layout: `images/<split>/<id>.<fmt>`, `masks/<split>/<id>.png`
+    (grey level = labelgen's label: 0 background, 1..C the classes, 255 ignore) and `data.yaml` with
+    `masks_dir: masks` and `names` 0..C (0 = background, a class the model learns)."""
+    fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
+    counts = write_splits(source, out, MASKS, _yolo_task, fmt, client)
+    for split, c in counts.items():
+        log_images(what, split, out / MASKS / split, out / IMAGES / split, fmt, c)
+    header = [
+        "Ultralytics semantic-segmentation data set, written by `labelgen export --format yolo`.",
+        f"masks/<split>/<id>.png: grey level = class id below (0 = background), 255 = ignore. Train: yolo semantic "
+        f"train data={out / DATA_YAML} model=yolo26n-sem.yaml",
+    ]
+    text = data_yaml_text(out, yolo_roles(source), list(source.manifest.classes), header, {"masks_dir": MASKS})
+    (out / DATA_YAML).write_text(text)
+    log.info("export: Ultralytics data YAML (task semantic) -> %s", out / DATA_YAML)
+    return {split: c["images"] for split, c in counts.items()}
