@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from pycocotools import mask as coco_mask
+from click.testing import CliRunner
 
+from labelgen.cli import main
 from labelgen.formats.source import export_source
 from labelgen.formats.write import export_masks
 from labelgen.formats.yolo_seg import MIN_OBJECT_PIXELS, mask_objects, polygon_line
@@ -25,7 +26,7 @@ from labelgen.store.sharded import ImageArrays
 from tests.realdata import coco_json, coco_photo, save_exif_rotated, write_coco_root
 from tests.test_export import gt_run
 from tests.test_imports import PACKAGE, imported_modules
-from tests.ultralytics_reader import run_reader
+from tests.ultralytics_reader import agreement, components, run_reader
 
 # coco128 photos: few objects (73, 472, 636), several classes and a person in front of a bicycle (74,
 # stored turned with EXIF orientation 6), a person with 30 holes in its mask (389), cups and chairs
@@ -118,15 +119,6 @@ def test_yolo_semantic_masks_load_in_ultralytics_pixel_for_pixel(exported):
         assert any((m == 255).any() for m in masks["train2017"].values())  # ignore reaches Ultralytics as 255
 
 
-def _components(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Every 8-connected component of every foreground label: (label, H×W bool), without labelgen's code."""
-    found = []
-    for label in sorted(set(np.unique(mask).tolist()) - {0, 255}):
-        count, components = cv2.connectedComponents((mask == label).astype(np.uint8), connectivity=8)
-        found += [(label, components == c) for c in range(1, count)]
-    return found
-
-
 def test_yolo_seg_polygons_load_in_ultralytics_and_give_back_each_object(exported):
     """YOLODataset (task segment) reads every image and label with no warning; each polygon it yields,
     rasterised by Ultralytics' polygon2mask, covers its connected component of labelgen's mask with
@@ -140,17 +132,9 @@ def test_yolo_seg_polygons_load_in_ultralytics_and_give_back_each_object(exporte
         for image_id, mask in masks[split].items():
             got = read["objects"][image_id]
             assert tuple(got["shape"]) == mask.shape
-            kept = [(label, c) for label, c in _components(mask) if c.sum() >= MIN_OBJECT_PIXELS]
-            assert len(got["objects"]) == len(kept), image_id
-            unmatched = list(kept)
-            for obj in got["objects"]:
-                assert obj["points"] >= 3
-                raster = coco_mask.decode(obj["rle"]).astype(bool)
-                label, component = max(unmatched, key=lambda k: (k[1] & raster).sum())
-                unmatched.remove((label, component))
-                assert obj["cls"] == label - 1
-                iou = (raster & component).sum() / (raster | component).sum()
-                assert iou >= 0.98, (image_id, label, iou)
+            rows, missing = agreement(mask, got["objects"], MIN_OBJECT_PIXELS)
+            assert missing == 0 and all(r["pixels"] >= MIN_OBJECT_PIXELS for r in rows), image_id  # each once
+            assert all(r["points"] >= 3 and r["iou"] >= 0.98 for r in rows), (image_id, rows)
     assert data["names"] == dict(enumerate(classes[1:]))  # background is no class; class k is label k + 1
 
 
@@ -171,7 +155,7 @@ def test_mask_objects_holes_specks_lines_and_ignore():
     found = mask_objects(mask)
     assert (found.specks, found.speck_pixels, found.holes) == (1, 4, 3)
     assert sorted(label for label, _ in found.polygons) == [1, 1, 2, 3]
-    expected = sorted(((label, c) for label, c in _components(mask) if c.sum() >= MIN_OBJECT_PIXELS), key=_key)
+    expected = sorted(((label, c) for label, c in components(mask) if c.sum() >= MIN_OBJECT_PIXELS), key=_key)
     for (label, polygon), (want_label, component) in zip(sorted(found.polygons, key=_poly_key), expected, strict=True):
         assert label == want_label and len(polygon) >= 3
         filled = cv2.fillPoly(np.zeros(mask.shape, np.uint8), [polygon], 1).astype(bool)
@@ -200,10 +184,24 @@ def test_polygon_lines_are_pixel_centres_normalised():
     assert np.array_equal(points.astype(np.int32), polygon)
 
 
-def test_export_logs_dropped_specks(demo_run, client, tmp_path, caplog):
+def test_cli_exports_yolo_seg_and_counts_the_dropped_specks(demo_run, client, tmp_path, caplog):
+    """`labelgen export --format yolo-seg` (on the test's scheduler) writes the layout and logs, per
+    split, the regions under MIN_OBJECT_PIXELS it dropped and their pixels, counted here without
+    labelgen's code."""
+    args = ["export", "--run-dir", str(demo_run), "--what", "predictions", "--format", "yolo-seg"]
     with caplog.at_level(logging.INFO, logger="labelgen"):
-        export_masks(demo_run, "predictions", "yolo-seg", tmp_path, client)
-    assert any("specks under 16 pixels dropped" in r.getMessage() for r in caplog.records)
+        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path), "--scheduler", client.scheduler.address])
+    assert result.exit_code == 0, result.output
+    _, masks = _masks(demo_run, "predictions")
+    dropped = 0
+    for split, by_id in masks.items():
+        assert sorted(p.stem for p in (tmp_path / "labels" / split).iterdir()) == sorted(by_id)
+        assert sorted(p.stem for p in (tmp_path / "images" / split).iterdir()) == sorted(by_id)
+        specks = [c.sum() for m in by_id.values() for _, c in components(m) if c.sum() < MIN_OBJECT_PIXELS]
+        dropped += len(specks)
+        line = f"{len(specks)} specks under {MIN_OBJECT_PIXELS} pixels dropped ({sum(specks)} pixels)"
+        assert any(f"split {split}:" in r.getMessage() and line in r.getMessage() for r in caplog.records), line
+    assert sum(len(s) for s in masks.values()) == 32 and dropped > 0  # the demo's GT has a few specks
 
 
 @pytest.mark.slow

@@ -31,6 +31,10 @@ import sys
 import warnings
 from pathlib import Path
 
+import cv2
+import numpy as np
+from pycocotools import mask as coco_mask
+
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # what check_font looks for in the config folder
 
 
@@ -48,6 +52,46 @@ def run_reader(out_dir: Path, command: str, jobs: dict[str, tuple[Path, str]], *
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
     return json.loads((out_dir / f"{command}.json").read_text())
+
+
+def components(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Every 8-connected component of every foreground label of an H×W label mask: (label, H×W bool),
+    found without labelgen's code."""
+    found = []
+    for label in sorted(set(np.unique(mask).tolist()) - {0, 255}):
+        count, parts = cv2.connectedComponents((mask == label).astype(np.uint8), connectivity=8)
+        found += [(label, parts == c) for c in range(1, count)]
+    return found
+
+
+def agreement(mask: np.ndarray, objects: list[dict], min_pixels: int) -> tuple[list[dict], int]:
+    """Each object Ultralytics yields for an image (`read` result: cls, points, rle) matched to the
+    component of `mask` with label cls + 1 it overlaps most (each component once). Per object: its
+    label, the component's pixels, `iou` of the rasterised polygon with the component, `filled_iou`
+    (what the IoU would be had the polygon been the outer border alone: the component with its holes
+    filled), `points`. Also how many components of >= `min_pixels` pixels have no object."""
+    unmatched = [(label, c) for label, c in components(mask) if c.sum() >= min_pixels]
+    rows = []
+    for obj in objects:
+        raster = coco_mask.decode(obj["rle"]).astype(bool)
+        candidates = [k for k in unmatched if k[0] == obj["cls"] + 1]
+        label, component = max(candidates, key=lambda k: (k[1] & raster).sum()) if candidates else (None, None)
+        if component is None:
+            rows.append({"label": obj["cls"] + 1, "pixels": 0, "iou": 0.0, "filled_iou": 0.0, "points": obj["points"]})
+            continue
+        unmatched = [k for k in unmatched if k[1] is not component]
+        outer, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        filled = cv2.fillPoly(np.zeros(component.shape, np.uint8), outer, 1).astype(bool)
+        rows.append(
+            {
+                "label": label,
+                "pixels": int(component.sum()),
+                "iou": float((raster & component).sum() / (raster | component).sum()),
+                "filled_iou": float(component.sum() / filled.sum()),
+                "points": obj["points"],
+            }
+        )
+    return rows, len(unmatched)
 
 
 def _refuse_network(attempts: list[str]) -> None:
@@ -87,8 +131,6 @@ class _Warnings(logging.Handler):
 
 
 def _read(data_yaml: str, task: str, out_dir: Path, name: str) -> dict:
-    import numpy as np
-    from pycocotools import mask as coco_mask
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset, polygon2mask

@@ -1,17 +1,23 @@
-"""Images written beside exported masks (mmseg): copied byte for byte where every reader decodes
-labelgen's pixels, else re-encoded in labelgen's frame without an EXIF orientation tag."""
+"""Images written beside exported masks (mmseg, yolo, yolo-seg): copied byte for byte where every
+reader decodes labelgen's pixels, else re-encoded in labelgen's frame without an EXIF orientation
+tag; and the loop those formats share, one task per shard writing its labels and images."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+from distributed import Client
 from PIL import Image
 
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.formats.source import file_orientation
+from labelgen.formats.source import ExportSource, Frame, file_orientation, frames_of, shards
+
+log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("auto", "jpg", "png")  # the one image suffix of an mmseg export
 # Re-encoding to JPEG (an image of another format or with an EXIF turn, in a mostly-JPEG export):
@@ -19,6 +25,10 @@ IMAGE_FORMATS = ("auto", "jpg", "png")  # the one image suffix of an mmseg expor
 # one-pixel shift: 9-27) at a third to a half of the PNG size; `--image-format png` is lossless.
 JPEG_QUALITY = 95
 FORMAT_OF_SUFFIX = {".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".jfif": "jpg", ".png": "png"}
+
+# A shard task: (store, rows, label folder, image folder, frames, image format, max pixels) -> counts,
+# with "copied" / "format" / "orientation" counting its images (`write_image`)
+ShardTask = Callable[[Path, range, Path, Path, dict[str, Frame], str, int], dict[str, int]]
 
 
 def image_format(records: list[ImageRecord], choice: str) -> str:
@@ -55,3 +65,52 @@ def export_image(source: Path, orientation: int, target: Path, fmt: str, max_pix
     else:
         pixels.save(target)
     return why
+
+
+def write_image(frame: Frame, image_dir: Path, image_id: str, fmt: str, max_pixels: int) -> str:
+    """Write one image as `<image_dir>/<image_id>.<fmt>` (`export_image`); return "copied" or why it
+    was re-encoded ("format", "orientation")."""
+    path, orientation = frame
+    return export_image(Path(path), orientation, image_dir / f"{image_id}.{fmt}", fmt, max_pixels) or "copied"
+
+
+def write_with_images(
+    source: ExportSource,
+    label_dir: Callable[[str], Path],
+    image_dir: Callable[[str], Path],
+    task: ShardTask,
+    fmt: str,
+    client: Client,
+) -> dict[str, Counter[str]]:
+    """Run `task` on every shard of every split, with the split's `label_dir(split)` and
+    `image_dir(split)` made for it; return per split the tasks' summed counts and "images"."""
+    counts = {}
+    for split, store in source.stores.items():
+        records = source.records(split)
+        labels, images = label_dir(split), image_dir(split)
+        labels.mkdir(parents=True, exist_ok=True)
+        images.mkdir(parents=True, exist_ok=True)
+        futures = [
+            client.submit(task, store, r, labels, images, frames_of(records, r), fmt, source.max_pixels, pure=False)
+            for r in shards(len(records))
+        ]
+        counts[split] = sum((Counter(c) for c in client.gather(futures)), Counter({"images": len(records)}))
+    return counts
+
+
+def log_written(what: str, split: str, label_dir: Path, image_dir: Path, fmt: str, counts: Counter[str]) -> None:
+    """One line per split: masks written, images copied and re-encoded (by reason)."""
+    log.info(
+        "export: %d %s masks of split %s -> %s; images -> %s as .%s: %d copied, %d re-encoded "
+        "(%d for their format, %d for their EXIF orientation)",
+        counts["images"],
+        what,
+        split,
+        label_dir,
+        image_dir,
+        fmt,
+        counts["copied"],
+        counts["format"] + counts["orientation"],
+        counts["format"],
+        counts["orientation"],
+    )

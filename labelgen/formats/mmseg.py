@@ -14,8 +14,8 @@ from typing import Any
 from distributed import Client
 
 from labelgen.data.masks import IGNORE_INDEX, voc_palette, write_mask
-from labelgen.formats.images import export_image, image_format
-from labelgen.formats.source import ExportSource, Frame, frames_of, shards
+from labelgen.formats.images import image_format, log_written, write_image, write_with_images
+from labelgen.formats.source import ExportSource, Frame
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,8 @@ def _mmseg_task(
     counts: Counter[str] = Counter()
     for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
         image_id = arrays.ids[i]
-        path, orientation = frames[image_id]
         write_mask(mask_dir / f"{image_id}{SEG_MAP_SUFFIX}", mask)
-        why = export_image(Path(path), orientation, image_dir / f"{image_id}.{fmt}", fmt, max_pixels)
-        counts[why or "copied"] += 1
+        counts[write_image(frames[image_id], image_dir, image_id, fmt, max_pixels)] += 1
     return dict(counts)
 
 
@@ -43,41 +41,17 @@ def export_mmseg(source: ExportSource, what: str, out: Path, client: Client, cho
     """mmsegmentation's BaseSegDataset layout: `img_dir/<split>/<id>.<fmt>` (one suffix),
     `ann_dir/<split>/<id>.png`, `splits/<split>.txt`, plus the dataset settings to use them."""
     fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
-    counts = {}
-    for split, store in source.stores.items():
-        records = source.records(split)
-        mask_dir, image_dir = out / "ann_dir" / split, out / "img_dir" / split
-        mask_dir.mkdir(parents=True, exist_ok=True)
-        image_dir.mkdir(parents=True, exist_ok=True)
-        futures = [
-            client.submit(
-                _mmseg_task, store, r, mask_dir, image_dir, frames_of(records, r), fmt, source.max_pixels, pure=False
-            )
-            for r in shards(len(records))
-        ]
-        written = sum((Counter(c) for c in client.gather(futures)), Counter())
-        (out / "splits").mkdir(exist_ok=True)
-        (out / "splits" / f"{split}.txt").write_text("".join(f"{r.id}\n" for r in records))
-        counts[split] = len(records)
-        log.info(
-            "export: %d %s masks of split %s -> %s; images -> %s as .%s: %d copied, %d re-encoded "
-            "(%d for their format, %d for their EXIF orientation)",
-            len(records),
-            what,
-            split,
-            mask_dir,
-            image_dir,
-            fmt,
-            written["copied"],
-            written["format"] + written["orientation"],
-            written["format"],
-            written["orientation"],
-        )
+    mask_dir, image_dir = (lambda split: out / "ann_dir" / split), (lambda split: out / "img_dir" / split)
+    counts = write_with_images(source, mask_dir, image_dir, _mmseg_task, fmt, client)
+    (out / "splits").mkdir(exist_ok=True)
+    for split, written in counts.items():
+        (out / "splits" / f"{split}.txt").write_text("".join(f"{r.id}\n" for r in source.records(split)))
+        log_written(what, split, mask_dir(split), image_dir(split), fmt, written)
     settings = mmseg_settings(source, out, fmt)
     (out / "classes.json").write_text(json.dumps(settings["metainfo"] | _suffixes(fmt), indent=1))
     (out / MMSEG_CONFIG).write_text(mmseg_config_text(settings, out / MMSEG_CONFIG))
     log.info("export: mmsegmentation dataset settings -> %s", out / MMSEG_CONFIG)
-    return counts
+    return {split: c["images"] for split, c in counts.items()}
 
 
 def _suffixes(fmt: str) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import numpy as np
 from distributed import Client
 from PIL import Image
 
-from labelgen.formats.images import export_image, image_format
-from labelgen.formats.source import ExportSource, Frame, frames_of, shards
+from labelgen.formats.images import image_format, log_written, write_image, write_with_images
+from labelgen.formats.source import ExportSource, Frame
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
@@ -34,22 +34,12 @@ DATA_YAML = "data.yaml"
 IMAGES = "images"  # Ultralytics finds a label file by replacing the last `images` folder of its image's path
 MASKS = "masks"  # the semantic data set's `masks_dir`
 
-# A shard task: (store, rows, label folder, image folder, frames, image format, max pixels) -> counts
-ShardTask = Callable[[Path, range, Path, Path, dict[str, Frame], str, int], dict[str, int]]
-
-
-def write_image(frame: Frame, image_dir: Path, image_id: str, fmt: str, max_pixels: int) -> str:
-    """Write one image as `<image_dir>/<image_id>.<fmt>` in labelgen's frame; return "copied" or why
-    it was re-encoded ("format", "orientation")."""
-    path, orientation = frame
-    return export_image(Path(path), orientation, image_dir / f"{image_id}.{fmt}", fmt, max_pixels) or "copied"
-
 
 def _yolo_task(
     store: Path, rows: range, mask_dir: Path, image_dir: Path, frames: dict[str, Frame], fmt: str, max_pixels: int
 ) -> dict[str, int]:
-    """Write one shard's masks (8-bit grey PNG, mode L: grey level = label) and images; return counts of images
-    copied and re-encoded (by reason)."""
+    """Write one shard's masks (8-bit grey PNG, mode L: grey level = label) and images; return counts
+    of images copied and re-encoded (by reason)."""
     arrays = ImageArrays(store)
     counts: Counter[str] = Counter()
     for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
@@ -67,42 +57,10 @@ def yolo_roles(source: ExportSource) -> dict[str, str]:
     return {"train": train, "val": others[0] if others else train}
 
 
-def write_splits(
-    source: ExportSource, out: Path, label_folder: str, task: ShardTask, fmt: str, client: Client
-) -> dict[str, Counter[str]]:
-    """Run `task` on every shard of every split, with `<out>/<label_folder>/<split>/` and
-    `<out>/images/<split>/` made for it; return the summed counts per split."""
-    counts = {}
-    for split, store in source.stores.items():
-        records = source.records(split)
-        label_dir, image_dir = out / label_folder / split, out / IMAGES / split
-        label_dir.mkdir(parents=True, exist_ok=True)
-        image_dir.mkdir(parents=True, exist_ok=True)
-        futures = [
-            client.submit(
-                task, store, r, label_dir, image_dir, frames_of(records, r), fmt, source.max_pixels, pure=False
-            )
-            for r in shards(len(records))
-        ]
-        counts[split] = sum((Counter(c) for c in client.gather(futures)), Counter({"images": len(records)}))
-    return counts
-
-
-def log_images(what: str, split: str, label_dir: Path, image_dir: Path, fmt: str, counts: Counter[str]) -> None:
-    log.info(
-        "export: %d %s masks of split %s -> %s; images -> %s as .%s: %d copied, %d re-encoded "
-        "(%d for their format, %d for their EXIF orientation)",
-        counts["images"],
-        what,
-        split,
-        label_dir,
-        image_dir,
-        fmt,
-        counts["copied"],
-        counts["format"] + counts["orientation"],
-        counts["format"],
-        counts["orientation"],
-    )
+def folder(out: Path, kind: str) -> Callable[[str], Path]:
+    """A split's folder of one kind (images, masks, labels): `<out>/<kind>/<split>`, where Ultralytics
+    looks for it."""
+    return lambda split: out / kind / split
 
 
 def data_yaml_text(out: Path, roles: dict[str, str], names: list[str], header: list[str], extra: dict[str, str]) -> str:
@@ -124,9 +82,10 @@ def export_yolo(source: ExportSource, what: str, out: Path, client: Client, choi
     (grey level = labelgen's label: 0 background, 1..C the classes, 255 ignore) and `data.yaml` with
     `masks_dir: masks` and `names` 0..C (0 = background, a class the model learns)."""
     fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
-    counts = write_splits(source, out, MASKS, _yolo_task, fmt, client)
+    masks, images = folder(out, MASKS), folder(out, IMAGES)
+    counts = write_with_images(source, masks, images, _yolo_task, fmt, client)
     for split, c in counts.items():
-        log_images(what, split, out / MASKS / split, out / IMAGES / split, fmt, c)
+        log_written(what, split, masks(split), images(split), fmt, c)
     header = [
         "Ultralytics semantic-segmentation data set, written by `labelgen export --format yolo`.",
         f"masks/<split>/<id>.png: grey level = class id below (0 = background), 255 = ignore. Train: yolo semantic "

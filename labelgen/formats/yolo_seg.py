@@ -28,9 +28,9 @@ import numpy as np
 from distributed import Client
 
 from labelgen.data.masks import IGNORE_INDEX
-from labelgen.formats.images import image_format
+from labelgen.formats.images import image_format, log_written, write_image, write_with_images
 from labelgen.formats.source import ExportSource, Frame
-from labelgen.formats.yolo import DATA_YAML, IMAGES, data_yaml_text, log_images, write_image, write_splits, yolo_roles
+from labelgen.formats.yolo import DATA_YAML, IMAGES, data_yaml_text, folder, yolo_roles
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,10 @@ def export_yolo_seg(source: ExportSource, what: str, out: Path, client: Client, 
     """Ultralytics' instance-segmentation layout: `images/<split>/<id>.<fmt>`, `labels/<split>/<id>.txt`
     (polygons) and `data.yaml` with `names` 0..C-1 (labelgen's labels 1..C)."""
     fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
-    counts = write_splits(source, out, LABELS, _yolo_seg_task, fmt, client)
+    labels, images = folder(out, LABELS), folder(out, IMAGES)
+    counts = write_with_images(source, labels, images, _yolo_seg_task, fmt, client)
     for split, c in counts.items():
-        log_images(what, split, out / LABELS / split, out / IMAGES / split, fmt, c)
+        log_written(what, split, labels(split), images(split), fmt, c)
         log.info(
             "export: split %s: %d objects (%d holes joined by cuts), %d images without objects; %d specks "
             "under %d pixels dropped (%d pixels)",
@@ -138,6 +139,13 @@ def export_yolo_seg(source: ExportSource, what: str, out: Path, client: Client, 
             MIN_OBJECT_PIXELS,
             c["speck_pixels"],
         )
+        if not c["objects"]:
+            log.warning(
+                "export: split %s holds no object (every label file in %s is empty); Ultralytics warns "
+                "'Labels are missing or empty' and has nothing to train on",
+                split,
+                labels(split),
+            )
     header = [
         "Ultralytics instance-segmentation data set, written by `labelgen export --format yolo-seg`.",
         "labels/<split>/<id>.txt: one polygon per connected region of a class; class id = labelgen label - 1 "
