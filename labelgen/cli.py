@@ -269,7 +269,8 @@ def data_index(dataset, data_root, splits, overrides, workers, out) -> None:
     Example:
       labelgen data index --dataset voc --data-root data/VOCdevkit --split train --out voc_train.json
     """
-    from labelgen.stages.index import MANIFEST, PROBLEMS, index_dataset
+    from labelgen.data.index import MANIFEST, PROBLEMS
+    from labelgen.pipeline.indexing import index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
     out_path = Path(out).resolve()
@@ -294,10 +295,11 @@ def data_check(dataset, data_root, splits, overrides, workers) -> None:
     import tempfile
 
     from labelgen.data.problems import describe, is_problem, summary
-    from labelgen.stages.index import PROBLEMS, NoUsableImages, index_dataset
+    from labelgen.data.index import PROBLEMS, NoUsableImages
+    from labelgen.pipeline.indexing import index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
-    index_log = logging.getLogger("labelgen.stages.index")
+    index_log = logging.getLogger("labelgen.data.index")
     level = index_log.level
     index_log.setLevel(logging.ERROR)  # its per-kind summary: the list below says it all, line by line
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,8 @@ from labelgen.data.masks import read_mask, write_mask
 from labelgen.formats.coco import coco_image_ids
 from labelgen.formats.write import export_masks
 from labelgen.pipeline.runner import plan_run, run_pipeline
-from labelgen.stages.index import MANIFEST, load_manifest
+from labelgen.data.index import MANIFEST
+from labelgen.pipeline.indexing import load_manifest
 from labelgen.stages.pseudo_labels import MASKS
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 from tests.conftest import COCO128, tiny_recipe

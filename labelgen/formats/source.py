@@ -14,12 +14,12 @@ from pathlib import Path
 from PIL import Image
 
 from labelgen.data.images import exif_orientation
+from labelgen.data.index import data_root, dataset_splits
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.runner import plan_run
 from labelgen.pipeline.stage import output_path
 from labelgen.pipeline.status import last_recipe
-from labelgen.stages.index import data_root, dataset_splits
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
