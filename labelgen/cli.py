@@ -294,8 +294,8 @@ def data_check(dataset, data_root, splits, overrides, workers) -> None:
     """
     import tempfile
 
-    from labelgen.data.problems import describe, is_problem, summary
     from labelgen.data.index import PROBLEMS, NoUsableImages
+    from labelgen.data.problems import describe, is_problem, summary
     from labelgen.pipeline.indexing import index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)

@@ -113,8 +113,8 @@ def test_degenerate_coco_through_the_cli(tmp_path, broken_coco):
 
 def test_degenerate_coco_through_run_index(tmp_path, broken_coco, client):
     from labelgen.config import load_recipe, recipe_path
-    from labelgen.pipeline.runner import run_pipeline
     from labelgen.pipeline.indexing import load_manifest
+    from labelgen.pipeline.runner import run_pipeline
 
     root = write_coco_root(tmp_path / "coco", broken_coco)
     recipe = load_recipe(

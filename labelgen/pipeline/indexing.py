@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-
 from labelgen.config import DatasetParams, Recipe, significant_params
 from labelgen.data.fingerprint import data_fingerprint
 from labelgen.data.index import MANIFEST, assemble_index, declared_run_classes, index_slice, list_into_slices
@@ -71,5 +70,3 @@ def known_classes(recipe: Recipe, run_dir: Path, index: Artifact) -> tuple[str, 
     if index.is_complete():
         return load_manifest(index).classes
     return declared_run_classes(recipe, run_dir)
-
-
