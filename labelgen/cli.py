@@ -344,12 +344,15 @@ def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
     Example:
       labelgen export --run-dir runs/demo --what pseudo_labels --format coco --out exported/
     """
-    from labelgen.formats.write import export_source, write_export
+    from labelgen.formats.write import export_folder, write_export
     from labelgen.pipeline.cluster import open_client
 
-    source = export_source(Path(run_dir).resolve(), what)  # a missing output is refused before a cluster starts
-    with open_client(scheduler, workers) as client:
-        counts = write_export(source, what, fmt, Path(out).resolve(), client, image_format)
+    # another export into the folder, a wrong format and a missing output are refused before a cluster starts
+    with (
+        export_folder(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), image_format) as (source, folder),
+        open_client(scheduler, workers) as client,
+    ):
+        counts = write_export(source, what, fmt, folder, client, image_format)
     click.echo(f"exported {counts} -> {Path(out).resolve()}")
 
 
