@@ -17,10 +17,11 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Self
+from typing import IO, Any, Self
 
 from labelgen.data.fingerprint import file_digest
 from labelgen.errors import ArtifactError, LockHeldError
@@ -58,14 +59,15 @@ def standard_json(data: Any) -> Any:
     return data
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a torn one; a write
-    that fails (a full disk, data JSON cannot hold) leaves the old file as it was and no temp file."""
+def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "w") -> None:
+    """Write `path` through `write(file)` (temp file, fsync, rename) so that readers see the old file
+    or the whole new one, never a torn one; a write that fails (a full disk, data that cannot be
+    written) leaves the old file as it was and no temp file. `mode`: "w" (text) or "wb"."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            json.dump(standard_json(data), f, indent=1, sort_keys=True, default=str, allow_nan=False)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,6 +75,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """`data` as JSON (NaN/inf as null), written atomically (`write_atomic`)."""
+    write_atomic(
+        path, lambda f: json.dump(standard_json(data), f, indent=1, sort_keys=True, default=str, allow_nan=False)
+    )
 
 
 def _fsync_dir(path: Path) -> None:
