@@ -15,7 +15,10 @@ from PIL import Image
 
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.formats.source import ExportSource, Frame, file_orientation, frames_of, shards
+from labelgen.formats.source import ExportSource, Frame, export_units, file_orientation
+from labelgen.pipeline.executor import run_units
+from labelgen.pipeline.stage import UnitResult
+from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +29,9 @@ IMAGE_FORMATS = ("auto", "jpg", "png")  # the one image suffix of an mmseg expor
 JPEG_QUALITY = 95
 FORMAT_OF_SUFFIX = {".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".jfif": "jpg", ".png": "png"}
 
-# A shard task: (store, rows, label folder, image folder, frames, image format, max pixels) -> counts,
-# with "copied" / "format" / "orientation" counting its images (`write_image`)
-ShardTask = Callable[[Path, range, Path, Path, dict[str, Frame], str, int], dict[str, int]]
+# A shard task: (store, rows, frames, label folder, image folder, image format, max pixels) -> the files
+# it wrote and {"written": counts}, with "copied" / "format" / "orientation" counting its images
+ShardTask = Callable[[Path, range, dict[str, Frame], Path, Path, str, int], UnitResult]
 
 
 def image_format(records: list[ImageRecord], choice: str) -> str:
@@ -76,25 +79,26 @@ def write_image(frame: Frame, image_dir: Path, image_id: str, fmt: str, max_pixe
 
 def write_with_images(
     source: ExportSource,
+    folder: WorkFolder,
     label_dir: Callable[[str], Path],
     image_dir: Callable[[str], Path],
     task: ShardTask,
     fmt: str,
     client: Client,
 ) -> dict[str, Counter[str]]:
-    """Run `task` on every shard of every split, with the split's `label_dir(split)` and
-    `image_dir(split)` made for it; return per split the tasks' summed counts and "images"."""
-    counts = {}
-    for split, store in source.stores.items():
-        records = source.records(split)
-        labels, images = label_dir(split), image_dir(split)
-        labels.mkdir(parents=True, exist_ok=True)
-        images.mkdir(parents=True, exist_ok=True)
-        futures = [
-            client.submit(task, store, r, labels, images, frames_of(records, r), fmt, source.max_pixels, pure=False)
-            for r in shards(len(records))
-        ]
-        counts[split] = sum((Counter(c) for c in client.gather(futures)), Counter({"images": len(records)}))
+    """Run `task` as one unit per shard of every split (`export_units`, through the executor into the
+    export `folder`), with the split's `label_dir(split)` and `image_dir(split)` made for it; return
+    per split the units' summed "written" counts and "images"."""
+    for split in source.stores:
+        label_dir(split).mkdir(parents=True, exist_ok=True)
+        image_dir(split).mkdir(parents=True, exist_ok=True)
+    units = export_units(
+        source, task, lambda split, shard, rows: (label_dir(split), image_dir(split), fmt, source.max_pixels)
+    )
+    done = run_units(folder, [u for _, u in units], client, "export")
+    counts = {split: Counter({"images": len(source.records(split))}) for split in source.stores}
+    for (split, _), record in zip(units, done, strict=True):
+        counts[split].update(record["written"])
     return counts
 
 

@@ -26,7 +26,9 @@ from PIL import Image
 
 from labelgen.formats.images import image_format, log_written, write_image, write_with_images
 from labelgen.formats.source import ExportSource, Frame
+from labelgen.pipeline.stage import UnitResult
 from labelgen.store.sharded import ImageArrays
+from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +38,20 @@ MASKS = "masks"  # the semantic data set's `masks_dir`
 
 
 def _yolo_task(
-    store: Path, rows: range, mask_dir: Path, image_dir: Path, frames: dict[str, Frame], fmt: str, max_pixels: int
-) -> dict[str, int]:
-    """Write one shard's masks (8-bit grey PNG, mode L: grey level = label) and images; return counts
-    of images copied and re-encoded (by reason)."""
+    store: Path, rows: range, frames: dict[str, Frame], mask_dir: Path, image_dir: Path, fmt: str, max_pixels: int
+) -> UnitResult:
+    """Write one shard's masks (8-bit grey PNG, mode L: grey level = label) and images; return them
+    and the counts of images copied and re-encoded (by reason)."""
     arrays = ImageArrays(store)
     counts: Counter[str] = Counter()
+    files = []
     for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
         image_id = arrays.ids[i]
-        Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(mask_dir / f"{image_id}.png")
+        files.append(mask_dir / f"{image_id}.png")
+        Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(files[-1])
         counts[write_image(frames[image_id], image_dir, image_id, fmt, max_pixels)] += 1
-    return dict(counts)
+        files.append(image_dir / f"{image_id}.{fmt}")
+    return files, {"written": dict(counts)}
 
 
 def yolo_roles(source: ExportSource) -> dict[str, str]:
@@ -57,7 +62,7 @@ def yolo_roles(source: ExportSource) -> dict[str, str]:
     return {"train": train, "val": others[0] if others else train}
 
 
-def folder(out: Path, kind: str) -> Callable[[str], Path]:
+def split_folder(out: Path, kind: str) -> Callable[[str], Path]:
     """A split's folder of one kind (images, masks, labels): `<out>/<kind>/<split>`, where Ultralytics
     looks for it."""
     return lambda split: out / kind / split
@@ -77,13 +82,14 @@ def data_yaml_text(out: Path, roles: dict[str, str], names: list[str], header: l
     return "\n".join(lines) + "\n"
 
 
-def export_yolo(source: ExportSource, what: str, out: Path, client: Client, choice: str) -> dict[str, int]:
+def export_yolo(source: ExportSource, what: str, folder: WorkFolder, client: Client, choice: str) -> dict[str, int]:
     """Ultralytics' semantic-segmentation layout: `images/<split>/<id>.<fmt>`, `masks/<split>/<id>.png`
     (grey level = labelgen's label: 0 background, 1..C the classes, 255 ignore) and `data.yaml` with
     `masks_dir: masks` and `names` 0..C (0 = background, a class the model learns)."""
+    out = folder.path
     fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
-    masks, images = folder(out, MASKS), folder(out, IMAGES)
-    counts = write_with_images(source, masks, images, _yolo_task, fmt, client)
+    masks, images = split_folder(out, MASKS), split_folder(out, IMAGES)
+    counts = write_with_images(source, folder, masks, images, _yolo_task, fmt, client)
     for split, c in counts.items():
         log_written(what, split, masks(split), images(split), fmt, c)
     header = [

@@ -30,8 +30,10 @@ from distributed import Client
 from labelgen.data.masks import IGNORE_INDEX
 from labelgen.formats.images import image_format, log_written, write_image, write_with_images
 from labelgen.formats.source import ExportSource, Frame
-from labelgen.formats.yolo import DATA_YAML, IMAGES, data_yaml_text, folder, yolo_roles
+from labelgen.formats.yolo import DATA_YAML, IMAGES, data_yaml_text, split_folder, yolo_roles
+from labelgen.pipeline.stage import UnitResult
 from labelgen.store.sharded import ImageArrays
+from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -102,30 +104,35 @@ def polygon_line(label: int, polygon: np.ndarray, height: int, width: int) -> st
 
 
 def _yolo_seg_task(
-    store: Path, rows: range, label_dir: Path, image_dir: Path, frames: dict[str, Frame], fmt: str, max_pixels: int
-) -> dict[str, int]:
+    store: Path, rows: range, frames: dict[str, Frame], label_dir: Path, image_dir: Path, fmt: str, max_pixels: int
+) -> UnitResult:
     """Write one shard's label files (an empty file for an image without objects) and images; return
-    counts of images copied and re-encoded (by reason), objects, dropped specks and their pixels, holes."""
+    them and the counts of images copied and re-encoded (by reason), objects, dropped specks and their
+    pixels, holes, images without objects."""
     arrays = ImageArrays(store)
     counts: Counter[str] = Counter()
+    files = []
     for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
         image_id = arrays.ids[i]
         found = mask_objects(mask)
         lines = [polygon_line(label, polygon, *mask.shape) for label, polygon in found.polygons]
-        (label_dir / f"{image_id}.txt").write_text("".join(f"{line}\n" for line in lines))
+        files.append(label_dir / f"{image_id}.txt")
+        files[-1].write_text("".join(f"{line}\n" for line in lines))
         counts.update(
             objects=len(lines), specks=found.specks, speck_pixels=found.speck_pixels, holes=found.holes, empty=not lines
         )
         counts[write_image(frames[image_id], image_dir, image_id, fmt, max_pixels)] += 1
-    return dict(counts)
+        files.append(image_dir / f"{image_id}.{fmt}")
+    return files, {"written": dict(counts)}
 
 
-def export_yolo_seg(source: ExportSource, what: str, out: Path, client: Client, choice: str) -> dict[str, int]:
+def export_yolo_seg(source: ExportSource, what: str, folder: WorkFolder, client: Client, choice: str) -> dict[str, int]:
     """Ultralytics' instance-segmentation layout: `images/<split>/<id>.<fmt>`, `labels/<split>/<id>.txt`
     (polygons) and `data.yaml` with `names` 0..C-1 (labelgen's labels 1..C)."""
+    out = folder.path
     fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
-    labels, images = folder(out, LABELS), folder(out, IMAGES)
-    counts = write_with_images(source, labels, images, _yolo_seg_task, fmt, client)
+    labels, images = split_folder(out, LABELS), split_folder(out, IMAGES)
+    counts = write_with_images(source, folder, labels, images, _yolo_seg_task, fmt, client)
     for split, c in counts.items():
         log_written(what, split, labels(split), images(split), fmt, c)
         log.info(
