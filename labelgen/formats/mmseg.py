@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from distributed import Client
 
 from labelgen.data.masks import IGNORE_INDEX, voc_palette, write_mask
-from labelgen.formats.images import image_format, log_written, write_image, write_with_images
-from labelgen.formats.source import ExportSource, Frame
-from labelgen.pipeline.stage import UnitResult
-from labelgen.store.sharded import ImageArrays
+from labelgen.formats.images import masks_and_images, write_with_images
+from labelgen.formats.source import ExportSource
 from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
@@ -26,35 +23,17 @@ SEG_MAP_SUFFIX = ".png"
 MMSEG_CONFIG = "mmseg_dataset.py"
 
 
-def _mmseg_task(
-    store: Path, rows: range, frames: dict[str, Frame], mask_dir: Path, image_dir: Path, fmt: str, max_pixels: int
-) -> UnitResult:
-    """Write one shard's masks and images; return them and the counts of images copied and
-    re-encoded (by reason)."""
-    arrays = ImageArrays(store)
-    counts: Counter[str] = Counter()
-    files = []
-    for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
-        image_id = arrays.ids[i]
-        files.append(mask_dir / f"{image_id}{SEG_MAP_SUFFIX}")
-        write_mask(files[-1], mask)
-        why = write_image(frames[image_id], image_dir, image_id, fmt, max_pixels)
-        files.append(image_dir / f"{image_id}.{fmt}")
-        counts[why] += 1
-    return files, {"written": dict(counts)}
-
-
 def export_mmseg(source: ExportSource, what: str, folder: WorkFolder, client: Client, choice: str) -> dict[str, int]:
     """mmsegmentation's BaseSegDataset layout: `img_dir/<split>/<id>.<fmt>` (one suffix),
-    `ann_dir/<split>/<id>.png`, `splits/<split>.txt`, plus the dataset settings to use them."""
+    `ann_dir/<split>/<id>.png` (VOC palette), `splits/<split>.txt`, plus the dataset settings to use them."""
     out = folder.path
-    fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
     mask_dir, image_dir = (lambda split: out / "ann_dir" / split), (lambda split: out / "img_dir" / split)
-    counts = write_with_images(source, folder, mask_dir, image_dir, _mmseg_task, fmt, client)
+    fmt, counts = write_with_images(
+        source, what, folder, mask_dir, image_dir, choice, client, masks_and_images, write_mask
+    )
     (out / "splits").mkdir(exist_ok=True)
-    for split, written in counts.items():
+    for split in counts:
         (out / "splits" / f"{split}.txt").write_text("".join(f"{r.id}\n" for r in source.records(split)))
-        log_written(what, split, mask_dir(split), image_dir(split), fmt, written)
     settings = mmseg_settings(source, out, fmt)
     (out / "classes.json").write_text(json.dumps(settings["metainfo"] | _suffixes(fmt), indent=1))
     (out / MMSEG_CONFIG).write_text(mmseg_config_text(settings, out / MMSEG_CONFIG))

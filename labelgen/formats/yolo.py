@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,10 +23,8 @@ import numpy as np
 from distributed import Client
 from PIL import Image
 
-from labelgen.formats.images import image_format, log_written, write_image, write_with_images
-from labelgen.formats.source import ExportSource, Frame
-from labelgen.pipeline.stage import UnitResult
-from labelgen.store.sharded import ImageArrays
+from labelgen.formats.images import masks_and_images, write_with_images
+from labelgen.formats.source import ExportSource
 from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
@@ -37,21 +34,9 @@ IMAGES = "images"  # Ultralytics finds a label file by replacing the last `image
 MASKS = "masks"  # the semantic data set's `masks_dir`
 
 
-def _yolo_task(
-    store: Path, rows: range, frames: dict[str, Frame], mask_dir: Path, image_dir: Path, fmt: str, max_pixels: int
-) -> UnitResult:
-    """Write one shard's masks (8-bit grey PNG, mode L: grey level = label) and images; return them
-    and the counts of images copied and re-encoded (by reason)."""
-    arrays = ImageArrays(store)
-    counts: Counter[str] = Counter()
-    files = []
-    for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
-        image_id = arrays.ids[i]
-        files.append(mask_dir / f"{image_id}.png")
-        Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(files[-1])
-        counts[write_image(frames[image_id], image_dir, image_id, fmt, max_pixels)] += 1
-        files.append(image_dir / f"{image_id}.{fmt}")
-    return files, {"written": dict(counts)}
+def write_grey_png(path: Path, mask: np.ndarray) -> None:
+    """An H×W uint8 mask as an 8-bit grey PNG (mode L): grey level = label."""
+    Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(path)
 
 
 def yolo_roles(source: ExportSource) -> dict[str, str]:
@@ -87,11 +72,8 @@ def export_yolo(source: ExportSource, what: str, folder: WorkFolder, client: Cli
     (grey level = labelgen's label: 0 background, 1..C the classes, 255 ignore) and `data.yaml` with
     `masks_dir: masks` and `names` 0..C (0 = background, a class the model learns)."""
     out = folder.path
-    fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
     masks, images = split_folder(out, MASKS), split_folder(out, IMAGES)
-    counts = write_with_images(source, folder, masks, images, _yolo_task, fmt, client)
-    for split, c in counts.items():
-        log_written(what, split, masks(split), images(split), fmt, c)
+    _, counts = write_with_images(source, what, folder, masks, images, choice, client, masks_and_images, write_grey_png)
     header = [
         "Ultralytics semantic-segmentation data set, written by `labelgen export --format yolo`.",
         f"masks/<split>/<id>.png: grey level = class id below (0 = background), 255 = ignore. Train: yolo semantic "

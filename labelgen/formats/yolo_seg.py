@@ -28,7 +28,7 @@ import numpy as np
 from distributed import Client
 
 from labelgen.data.masks import IGNORE_INDEX
-from labelgen.formats.images import image_format, log_written, write_image, write_with_images
+from labelgen.formats.images import write_image, write_with_images
 from labelgen.formats.source import ExportSource, Frame
 from labelgen.formats.yolo import DATA_YAML, IMAGES, data_yaml_text, split_folder, yolo_roles
 from labelgen.pipeline.stage import UnitResult
@@ -130,11 +130,9 @@ def export_yolo_seg(source: ExportSource, what: str, folder: WorkFolder, client:
     """Ultralytics' instance-segmentation layout: `images/<split>/<id>.<fmt>`, `labels/<split>/<id>.txt`
     (polygons) and `data.yaml` with `names` 0..C-1 (labelgen's labels 1..C)."""
     out = folder.path
-    fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
     labels, images = split_folder(out, LABELS), split_folder(out, IMAGES)
-    counts = write_with_images(source, folder, labels, images, _yolo_seg_task, fmt, client)
+    _, counts = write_with_images(source, what, folder, labels, images, choice, client, _yolo_seg_task)
     for split, c in counts.items():
-        log_written(what, split, labels(split), images(split), fmt, c)
         log.info(
             "export: split %s: %d objects (%d holes joined by cuts), %d images without objects; %d specks "
             "under %d pixels dropped (%d pixels)",
