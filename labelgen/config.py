@@ -34,6 +34,9 @@ Precision = Literal["auto", "bf16", "fp32"]
 # "bilinear" the reference stage 2's (segm/model/utils.py:resize_pos_embed), "timm" timm's antialiased
 # bicubic to the target size (resample_abs_pos_embed; labelgen before)
 PosEmbedResample = Literal["dino", "bilinear", "timm"]
+CamKind = Literal["fine", "fused", "coarse"]  # AAF + patch affinity, no affinity step, conv head only
+Fusion = Literal["aaf", "mean"]  # adaptive attention fusion, or a plain mean of the attention maps (ablation)
+HeadInit = Literal["pytorch_default", "trunc_normal"]  # the CAM head's initial weights: see train_cam.head_init
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,13 @@ class TrainCamParams:
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; "" for none
     random_erasing: float = 0.25
     min_crop_scale: float = 0.08  # RandomResizedCrop lower scale bound
-    fusion: Literal["aaf", "mean"] = "aaf"  # adaptive attention fusion, or a plain mean (ablation)
+    fusion: Fusion = "aaf"  # adaptive attention fusion, or a plain mean (ablation)
     aaf_reduction: int = 8  # SE bottleneck over head-layers: K -> K // reduction
     aaf_feat_reduction: int = 8  # per-head feature squeeze: head_dim -> head_dim // reduction
     # the 3×3 conv CAM head's initial weights: "pytorch_default" (reference: models.py:WeakTr._init_weights
     # touches only Linear and LayerNorm, so nn.Conv2d's own init: weight std ≈ 0.014, a small non-zero
     # bias) or "trunc_normal" (std 0.02, zero bias)
-    head_init: Literal["pytorch_default", "trunc_normal"] = "pytorch_default"
+    head_init: HeadInit = "pytorch_default"
     # patch position resampling, in training (input_size ≠ 224) and in export_cams/evaluate, which use
     # the trained model's setting; reference "dino" (models.py:WeakTr.interpolate_pos_encoding)
     pos_embed_resample: PosEmbedResample = "dino"
@@ -114,7 +117,7 @@ class TrainCamParams:
 
 @dataclass(frozen=True)
 class ExportCamsParams:
-    cam: Literal["fine", "fused", "coarse"] = "fine"  # AAF + patch affinity, no affinity step, conv head only
+    cam: CamKind = "fine"  # AAF + patch affinity, no affinity step, conv head only
     scales: tuple[float, ...] = (1.0, 1.2)  # first must be 1.0 (weaktr-method.md §1.7)
     flip: bool = True
     stride: int = 1  # stored resolution = full size // stride (rounded up), long side capped at max_side
@@ -470,8 +473,14 @@ def recipe_errors(recipe: Recipe) -> list[SettingError]:
         ("predict.window",),
     )
     need(pred.depth_blend >= 0, "predict.depth_blend", "must be ≥ 0")
+    need(exp.attention_cache_mb >= 0, "export_cams.attention_cache_mb", "must be ≥ 0 MiB (0: keep no attention maps)")
     ev = recipe["evaluate"]
     need(all(0 <= t <= 1 for t in ev.sweep_thresholds), "evaluate.sweep_thresholds", "thresholds must be in 0..1")
+    need(ev.shard_size > 0, "evaluate.shard_size", "must be > 0")
+    need(ev.thumbnail >= 16, "evaluate.thumbnail", "must be ≥ 16 pixels (the gallery's pictures would be unreadable)")
+    need(ev.gallery_page > 0, "evaluate.gallery_page", "must be > 0 rows")
+    need(ev.gallery_inline >= 0, "evaluate.gallery_inline", "must be ≥ 0 images")
+    need(ev.overlays >= 0, "evaluate.overlays", "must be ≥ 0 images")
     return errors
 
 
