@@ -52,7 +52,8 @@ class DatasetParams:
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
     # images without tags: "keep" them as negatives (all-zero training targets; their pseudo-label and
     # prediction are all background, no CAM is computed for them), or "leave_out" (VOC/COCO reference:
-    # COCO images without annotations are not in its 82,081-image list). pipelines/folder.toml keeps them.
+    # COCO images without annotations are not in its 82,081-image list). A folder set keeps them
+    # (DATASET_DEFAULTS).
     untagged: Literal["keep", "leave_out"] = "leave_out"
     index_slice: int = _not_in_key(256, "images per index task")
     # demo only: a procedural data set generated from `demo_seed`
@@ -61,6 +62,21 @@ class DatasetParams:
     demo_image_size: int = 192  # pixels, square
     demo_seed: int = 0
 
+
+# A data set's own defaults, where they differ from the dataclass's: they belong to the data set, so
+# every recipe that names it gets them (the shipped one and a user's own `[dataset] name = "folder"`)
+# unless the recipe or a --set gives the key; the resolved recipe (--dry-run, <run>/recipe.json)
+# records the value. Settings a shipped recipe changes for its benchmark (VOC's train_aug split, COCO's
+# train2014/val2014, base_lr, bg_threshold and CRF weights) are recipe choices, not the layout's.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "folder": {
+        # untagged rows are the set's negatives: without them a single-class set gives the classifier
+        # nothing to contrast (a real single-class set: pseudo-label mIoU 84 with them, 70 without)
+        "untagged": "keep",
+        # a tags file's rows without a split are train; a val split exists only where the user names one
+        "val_split": "",
+    },
+}
 
 # dataset settings that only some layouts read. `--dry-run` leaves them out of its list of changed
 # settings for the others; they stay in the index's cache key all the same (taking them out would
@@ -246,6 +262,7 @@ class Recipe:
 
     sections: dict[str, Any]
     source: str
+    dataset_defaults: tuple[str, ...] = ()  # dataset keys set by the data set's own defaults, not the recipe
 
     def __getitem__(self, section: str) -> Any:
         return self.sections[section]
@@ -291,6 +308,7 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
             raise ConfigError(f"--set {override!r}: [{section}] is not a table in {path}")
         raw[section][key] = value
         origin[section, key] = f"--set {override}"
+    from_dataset = _apply_dataset_defaults(raw)
     wrong: list[str] = []  # every wrong setting, one line each, all reported at once
     for section in raw:
         if section not in STAGE_PARAMS:
@@ -313,7 +331,7 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
         sections[name] = build_params(cls, good, f"{path} [{name}]")
     # The rules between settings run on the settings that parsed (a wrong one at its default); a rule
     # about a setting already named wrong is left out, as it would only repeat it.
-    recipe = Recipe(sections=sections, source=str(path))
+    recipe = Recipe(sections=sections, source=str(path), dataset_defaults=from_dataset)
     rules = [e for e in recipe_errors(recipe) if e.key not in wrong_keys]
     bad = wrong_keys | {e.key for e in rules}
     # nor one that only follows from another wrong setting ("warmup_epochs 0 must be 0..epochs=-1")
@@ -322,6 +340,19 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
     if wrong:
         raise ConfigError("\n".join(wrong))
     return recipe
+
+
+def _apply_dataset_defaults(raw: dict[str, Any]) -> tuple[str, ...]:
+    """Fill in the named data set's own defaults (`DATASET_DEFAULTS`) that the recipe and the
+    overrides leave unset; returns the keys filled in."""
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, dict):
+        return ()
+    name = dataset.get("name", DatasetParams.name)
+    own = DATASET_DEFAULTS.get(name, {}) if isinstance(name, str) else {}  # a wrong name: the loader names it
+    filled = tuple(key for key in own if key not in dataset)
+    dataset.update({key: own[key] for key in filled})
+    return filled
 
 
 def _origin(origin: dict[tuple[str, str], str], key: str, path: Path) -> str:
