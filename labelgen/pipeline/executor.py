@@ -4,7 +4,8 @@ A unit (`labelgen.pipeline.stage.Unit`) writes files into a folder that keeps un
 (`labelgen.store.artifact.UnitRecords`: a stage's `Artifact`, an export's or index's `WorkFolder`).
 `run_units` gives every kind of work the same guarantees:
 
-- resume: a unit whose record exists and whose files still match their checksums is not run again;
+- resume: a unit whose record exists, is the same unit's (its label) and whose files still match
+  their checksums is not run again;
 - records: each finished unit writes its record (checksums of the files it vouches for, its info,
   where a model unit ran and at which precision) before it counts as done;
 - failure: the unit that failed is recorded (`_FAILED.json`, read by `labelgen status`), the units
@@ -47,7 +48,7 @@ def run_units(
     the progress bar ("train_cam", "export"). Raises the first failing unit's exception (an
     `ArtifactError` for a full disk) after recording it in `place`."""
     place.clear_failure()
-    missing = [u for u in units if not place.shard_is_valid(u.index)]
+    missing = [u for u in units if not _done(place, u)]
     done = len(units) - len(missing)
     log.info("%-13s running %d of %d unit(s) (%d already done) -> %s", name, len(missing), len(units), done, place.path)
     if missing:
@@ -59,6 +60,13 @@ def run_units(
     records = [place.shard_record(u.index) for u in units]
     assert all(r is not None for r in records), "every unit writes its record before returning"
     return records  # type: ignore[return-value]
+
+
+def _done(place: UnitRecords, unit: Unit) -> bool:
+    """The unit's record exists, its files match their checksums, and it is a record of this very
+    unit: the same label, i.e. the same images ("shard 3 (images 96-127)"); a record left by a cut
+    into other pieces (another `dataset.index_slice`, say) is redone, not trusted."""
+    return place.shard_is_valid(unit.index) and (place.shard_record(unit.index) or {}).get("label") == unit.label
 
 
 def _in_process(place: UnitRecords, units: list[Unit], name: str, bar: tqdm) -> None:
