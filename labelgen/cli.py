@@ -169,6 +169,10 @@ def _print_plan(recipe, run_path: Path, target: str, plan: list, forced: set[str
     click.echo("settings that differ from the shipped recipe:" if changed else "settings: the shipped recipe")
     for line in changed:
         click.echo(line)
+    if recipe.dataset_defaults:  # set by the data set, not by a recipe: say so, with the values
+        dataset = recipe["dataset"]
+        values = ", ".join(f"dataset.{k} = {getattr(dataset, k)!r}" for k in recipe.dataset_defaults)
+        click.echo(f"the {dataset.name} data set's own defaults (no recipe or --set gave them): {values}")
 
 
 def _dry_run_checks(recipe, run_path: Path, plan: list, todo: list) -> None:
