@@ -24,7 +24,7 @@ from _common import print_table, use_shared_weights, write_result
 
 from labelgen.config import load_recipe
 from labelgen.data.demo import generate_demo
-from labelgen.stages.index import index_dataset
+from labelgen.pipeline.indexing import index_dataset
 from labelgen.stages.train_cam import train_cam
 from labelgen.stages.train_decoder import train_decoder
 

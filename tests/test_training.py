@@ -35,7 +35,7 @@ STEPS_PER_EPOCH = 3  # the tiny demo: 24 train images, train_cam.batch_size 8
 def demo(tmp_path_factory) -> Path:
     """The tiny demo data set, indexed: <root>/index/manifest.json, masks in <root>/masks."""
     from labelgen.data.demo import generate_demo
-    from labelgen.stages.index import index_dataset
+    from labelgen.pipeline.indexing import index_dataset
 
     root = tmp_path_factory.mktemp("demo")
     params: DatasetParams = tiny_recipe()["dataset"]
