@@ -49,3 +49,15 @@ def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ArtifactError("device=cuda was asked for but no CUDA device is visible on this worker")
     return torch.device(requested)
+
+
+def rank_device(local_rank: int) -> torch.device:
+    """The device of a training rank: `pick_device("auto")`; on a worker that sees several GPUs (ranks
+    sharing one machine's GPUs), the `local_rank`-th of them, made the current CUDA device."""
+    import torch
+
+    device = pick_device("auto")
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device

@@ -1,0 +1,1 @@
+"""The one training loop both training stages configure (`loop`), and its data-parallel ranks (`ranks`)."""

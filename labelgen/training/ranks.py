@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from labelgen.devices import available_cores, pick_device, use_every_core
+from labelgen.devices import available_cores, rank_device, use_every_core
 from labelgen.errors import ConfigError, LabelgenError, RankLostError
 from labelgen.store.checkpoint import checkpoint_position
 
@@ -67,11 +67,7 @@ class Ranks:
         return self.rank == 0
 
     def device(self) -> torch.device:
-        device = pick_device("auto")
-        if device.type == "cuda" and torch.cuda.device_count() > 1:  # workers that see several GPUs
-            device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
-            torch.cuda.set_device(device)
-        return device
+        return rank_device(self.local_rank)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> None:
