@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distributed import Client, as_completed
+from distributed import Client, as_completed, get_worker
 from tqdm import tqdm
 
 from labelgen.config import Recipe, significant_params
@@ -314,12 +314,21 @@ def run_unit(art: Artifact, unit: Unit, log_level: int = logging.INFO) -> dict[s
     prepare_worker_process(log_level)
     started = time.perf_counter()
     files, info = unit.fn(*unit.args)
-    info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), **info}
+    info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), "worker": worker_name(), **info}
     compute = compute_record(unit.args[0] if unit.args else None)
     if compute:
         info["compute"] = compute
     art.write_shard_record(unit.index, files, info)
     return art.shard_record(unit.index)
+
+
+def worker_name() -> str | None:
+    """The name of the dask worker running this unit (its address unless named with `dask worker
+    --name`), kept in the shard record: which machine computed what; None outside a worker."""
+    try:
+        return str(get_worker().name)
+    except ValueError:
+        return None
 
 
 def compute_record(params: Any) -> dict[str, str] | None:
