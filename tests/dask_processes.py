@@ -63,9 +63,7 @@ def make_tls_files(folder: Path) -> TlsFiles:
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.ca.write_bytes(files.cert.read_bytes())
     files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return files
 
@@ -116,7 +114,9 @@ def _wait_for_workers(address: str, n: int, tls: TlsFiles | None, deadline: floa
     from distributed import Client
     from distributed.security import Security
 
-    security = Security(tls_ca_file=str(tls.ca), tls_client_cert=str(tls.cert), tls_client_key=str(tls.key)) if tls else None
+    security = None
+    if tls:
+        security = Security(tls_ca_file=str(tls.ca), tls_client_cert=str(tls.cert), tls_client_key=str(tls.key))
     with Client(address, security=security, timeout=max(1, deadline - time.time())) as c:
         try:
             c.wait_for_workers(n, timeout=max(1, deadline - time.time()))

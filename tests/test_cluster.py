@@ -80,9 +80,10 @@ def test_tls_scheduler_runs_with_certificates_and_refuses_without(tmp_path):
         plain = address.replace("tls://", "tcp://")  # the same port without TLS: no answer, one line
         refused = _run("index", tmp_path / "plain", plain, {})
         assert refused.returncode == 2
-        assert errors(refused) == [errors(refused)[0]] and f"--scheduler {plain}: no dask scheduler answered" in errors(
-            refused
-        )[0]
+        assert (
+            errors(refused) == [errors(refused)[0]]
+            and f"--scheduler {plain}: no dask scheduler answered" in errors(refused)[0]
+        )
         (tmp_path / "other").mkdir()
         other = make_tls_files(tmp_path / "other")  # a certificate the cluster's CA did not sign
         stranger = Security(tls_ca_file=str(tls.ca), tls_client_cert=str(other.cert), tls_client_key=str(other.key))
@@ -90,7 +91,7 @@ def test_tls_scheduler_runs_with_certificates_and_refuses_without(tmp_path):
             Client(address, security=stranger, timeout=5)
 
 
-@pytest.mark.parametrize("missing", ["DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"])
+@pytest.mark.parametrize("missing", [f"DASK_DISTRIBUTED__COMM__TLS__{k}" for k in ("CA_FILE", "CLIENT__KEY")])
 def test_tls_certificate_file_missing_is_one_line_before_any_work(tmp_path, missing):
     tls = make_tls_files(tmp_path)
     env = {**tls.env(), missing: str(tmp_path / "gone.pem")}
@@ -111,7 +112,8 @@ def test_tls_address_without_settings_is_one_line(tmp_path):
         env=clean,
     )
     assert result.returncode == 2
-    assert len(errors(result)) == 1 and "distributed.comm.tls.ca-file (DASK_DISTRIBUTED__COMM__TLS__CA_FILE)" in errors(
-        result
-    )[0]
+    assert (
+        len(errors(result)) == 1
+        and "distributed.comm.tls.ca-file (DASK_DISTRIBUTED__COMM__TLS__CA_FILE)" in errors(result)[0]
+    )
     assert not (tmp_path / "run").exists()
