@@ -30,7 +30,7 @@ from labelgen.config import DatasetParams, Recipe
 from labelgen.data.coco_gt import GT_SUFFIX
 from labelgen.data.demo import generate_demo
 from labelgen.data.fingerprint import data_fingerprint
-from labelgen.data.manifest import Manifest, write_manifest
+from labelgen.data.manifest import Manifest, manifest_classes, write_manifest
 from labelgen.data.problems import grouped, is_problem, problem
 from labelgen.data.slices import SliceWriter, read_slice
 from labelgen.data.sources import (
@@ -239,7 +239,7 @@ def known_classes(recipe: Recipe, run_dir: Path, index: Artifact) -> tuple[str, 
     before its index has run (the categories are in the JSON), and where the data root or the class
     file is missing (the data-root check and the index name those)."""
     if index.is_complete():
-        return load_manifest(index).classes
+        return manifest_classes(output_path(STAGE, index, "manifest"))  # the header only
     params: DatasetParams = recipe["dataset"]
     try:
         root = data_root(params, run_dir)
