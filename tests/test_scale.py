@@ -28,3 +28,27 @@ def test_a_manifest_without_the_layout_is_read_whole(tmp_path):
     path.write_text(json.dumps({"records": records, "schema": MANIFEST_SCHEMA, "dataset": "demo",
                                 "classes": list(CLASSES), "category_ids": None}))  # fmt: skip
     assert manifest_classes(path) == CLASSES
+
+
+def test_status_counts_finished_units_without_reading_their_files(tmp_path, monkeypatch):
+    """A half-done stage of a large run: status counts shard records whose files exist, and reads none
+    of those files (the run checksums them when it resumes)."""
+    import labelgen.store.artifact as artifact_module
+    from labelgen.pipeline.status import stage_status
+    from labelgen.store.artifact import PLAN_FILE, Artifact, write_json_atomic
+
+    art = Artifact(tmp_path, "export_cams", "k")
+    (art.path / "cams.zarr").mkdir(parents=True)
+    write_json_atomic(art.path / PLAN_FILE, {"units": 4, "labels": ["a", "b", "c", "d"]})
+    for i in range(3):
+        shard = art.path / "cams.zarr" / f"c{i}"
+        shard.write_bytes(b"x" * 1000)
+        art.write_shard_record(i, [shard], {"label": f"shard {i}"})
+    (art.path / "cams.zarr" / "c2").unlink()  # a finished shard whose file is gone is not done
+
+    def no_reading(path):
+        raise AssertionError(f"status read {path}")
+
+    monkeypatch.setattr(artifact_module, "file_digest", no_reading)
+    state = stage_status(art)
+    assert (state.state, state.detail) == ("partial", "2/4 units done")
