@@ -32,14 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, print_table, use_shared_weights, write_result
+from _common import REPO, RESULTS, print_table, use_shared_weights, write_result
 
 SHARD = 32  # images per unit: the shipped recipes' export_cams / pseudo_labels / predict / evaluate shard_size
 CLASSES = 80
 TRAIN_SHARE = 0.9
 
 
-def build_run(folder: Path, n: int) -> dict:
+def build_run(folder: Path, n: int, evaluate: bool) -> dict:
     """A run folder of the demo recipe whose index, export_cams (half) and evaluate parts are written
     directly; returns what was made (files per stage)."""
     sys.path.insert(0, str(REPO))
@@ -79,10 +79,11 @@ def build_run(folder: Path, n: int) -> dict:
     for u in range(units // 2):  # half done; a record per unit, as run_unit writes it (files: none, see docstring)
         export.write_shard_record(u, [], {"label": f"shard {u}", "seconds": 1.0, "images": SHARD})
 
-    evaluate = plan["evaluate"].artifact
-    parts = evaluate.path / "parts"
-    parts.mkdir(parents=True)
     jobs = 0
+    if not evaluate:
+        return {"run_dir": str(run_dir), "export_units": units, "export_records": units // 2, "evaluate_units": 0}
+    parts = plan["evaluate"].artifact.path / "parts"
+    parts.mkdir(parents=True)
     for split, first, stop in (("train", 0, n_train), ("val", n_train, n)):  # the units of evaluate's _jobs
         for start in range(first, stop, SHARD):
             jobs += write_part(parts / f"{jobs:06d}", split, range(start, min(start + SHARD, stop)))
@@ -128,7 +129,8 @@ started = time.perf_counter()
 {body}
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the parent's peak
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print("RESULT", json.dumps({{"seconds": time.perf_counter() - started, "peak_mb": hwm / 1024, **extra}}))
+print("RESULT", json.dumps({{"seconds": time.perf_counter() - started, "cpu_s": time.process_time(),
+                            "peak_mb": hwm / 1024, **extra}}))
 """
 
 CLI = """
@@ -147,7 +149,7 @@ from labelgen.data.manifest import Manifest
 from labelgen.pipeline.stage import shard_units
 from labelgen.store.sharded import StoreLayout
 manifest = Manifest.load(next(Path({run!r}).glob("index/*/manifest.json")))
-loaded = time.perf_counter() - started
+loaded = time.process_time()
 train = manifest.split("train")
 layout = StoreLayout(tuple(r.id for r in train), tuple((r.height, r.width) for r in train), {shard})
 units = shard_units(print, None, Path("/data"), train, layout, Path("/store"), 0)
@@ -169,13 +171,13 @@ for split in ("train", "val"):
         chunk = tuple(records[start:start + {shard}])
         jobs.append(ShardJob(split, chunk, start, {{"pseudo_labels": Path()}}, None, None, 0, manifest.classes,
                              (), 0.5, 64, {{}}, 0, parts / f"{{len(jobs):06d}}"))
-planned = time.perf_counter()
+planned = time.process_time()
 reduced = reduce_parts(jobs, manifest.num_labels)
-reduce_s = time.perf_counter() - planned
-paged = time.perf_counter()
+reduce_s = time.process_time() - planned
+paged = time.process_time()
 write_html(parts.parent / "report.html", run, [], manifest.classes, reduced.ranking, parts, 50, 500)
 gallery = list((parts.parent / "report_gallery").glob("*.js"))
-extra = {{"plan_s": planned - started, "reduce_s": reduce_s, "paging_s": time.perf_counter() - paged,
+extra = {{"plan_s": planned, "reduce_s": reduce_s, "paging_s": time.process_time() - paged,
           "gallery_files": len(gallery), "report_html_mb": (parts.parent / "report.html").stat().st_size / 1e6,
           "gallery_mb": sum(p.stat().st_size for p in gallery) / 1e6}}
 """
@@ -189,9 +191,9 @@ def measure(body: str) -> dict:
     return json.loads(out.stdout.split("RESULT", 1)[1])
 
 
-def one_size(n: int, folder: Path) -> list[dict]:
+def one_size(n: int, folder: Path, evaluate: bool) -> list[dict]:
     started = time.perf_counter()
-    made = build_run(folder, n)
+    made = build_run(folder, n, evaluate)
     build_s = time.perf_counter() - started
     run = made["run_dir"]
     manifest_mb = next(Path(run).glob("index/*/manifest.json")).stat().st_size / 1e6
@@ -199,40 +201,60 @@ def one_size(n: int, folder: Path) -> list[dict]:
     dry = measure(CLI.format(args=["run", "full", "--dataset", "demo", "--run-dir", run, "--dry-run"]))
     status = measure(CLI.format(args=["status", "--run-dir", run]))
     cut = measure(LOAD_AND_CUT.format(run=run, shard=SHARD))
-    reduce = measure(REDUCE.format(run=run, shard=SHARD))
     base = {"images": n}
-    return [
-        {**base, "what": "run full --dry-run", "seconds": dry["seconds"], "peak_mb": dry["peak_mb"]},
-        {**base, "what": "status (export_cams half done)", "seconds": status["seconds"], "peak_mb": status["peak_mb"],
-         "files": made["export_records"]},
-        {**base, "what": "Manifest.load", "seconds": cut["load_s"], "peak_mb": None, "files": 1,
-         "file_mb": round(manifest_mb, 1)},
-        {**base, "what": "load + cut export_cams into tasks", "seconds": cut["seconds"], "peak_mb": cut["peak_mb"],
-         "tasks": cut["tasks"], "pickled_mb": round(cut["pickled_mb"], 1)},
-        {**base, "what": "evaluate: load + jobs", "seconds": reduce["plan_s"], "peak_mb": None,
-         "tasks": made["evaluate_units"], "files": 3 * made["evaluate_units"]},
-        {**base, "what": "evaluate reduce", "seconds": reduce["reduce_s"], "peak_mb": None},
-        {**base, "what": "report paging (write_html)", "seconds": reduce["paging_s"], "peak_mb": reduce["peak_mb"],
-         "files": reduce["gallery_files"] + 1, "file_mb": round(reduce["report_html_mb"] + reduce["gallery_mb"], 1)},
+    rows = [
+        {**base, "what": "run full --dry-run", **timing(dry)},
+        {**base, "what": "status (export_cams half done)", **timing(status), "files": made["export_records"]},
+        {**base, "what": "Manifest.load", "cpu_s": cut["load_s"], "files": 1, "file_mb": round(manifest_mb, 1)},
+        {**base, "what": "load + cut export_cams into tasks", **timing(cut), "tasks": cut["tasks"],
+         "pickled_mb": round(cut["pickled_mb"], 1)},
     ]  # fmt: skip
+    if not evaluate:
+        return rows
+    reduce = measure(REDUCE.format(run=run, shard=SHARD))
+    return rows + [
+        {**base, "what": "evaluate: imports, load, jobs", "cpu_s": reduce["plan_s"], "tasks": made["evaluate_units"],
+         "files": 3 * made["evaluate_units"]},
+        {**base, "what": "evaluate reduce", "cpu_s": reduce["reduce_s"]},
+        {**base, "what": "report paging (write_html)", "cpu_s": reduce["paging_s"],
+         "files": reduce["gallery_files"] + 1, "file_mb": round(reduce["report_html_mb"] + reduce["gallery_mb"], 1)},
+        {**base, "what": "evaluate finalize process in all", **timing(reduce)},
+    ]  # fmt: skip
+
+
+def timing(m: dict) -> dict:
+    """A whole process's wall and CPU seconds and peak RSS (wall time on a shared machine says little)."""
+    return {"wall_s": round(m["seconds"], 2), "cpu_s": round(m["cpu_s"], 2), "peak_mb": round(m["peak_mb"])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--keep", type=Path, help="Build the run folders here and keep them.")
+    parser.add_argument(
+        "--evaluate-sizes", type=int, nargs="*", help="Sizes to simulate evaluate at [default: every size]"
+    )
     args = parser.parse_args()
+    evaluate_sizes = args.sizes if args.evaluate_sizes is None else args.evaluate_sizes
     use_shared_weights()  # the dry-run's pre-start checks look for the recipe's weights
     rows = []
     for n in args.sizes:
         folder = (args.keep / str(n)) if args.keep else Path(tempfile.mkdtemp(prefix=f"scale{n}-"))
         try:
-            rows += one_size(n, folder)
+            rows += one_size(n, folder, n in evaluate_sizes)
         finally:
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
         print_table(rows)
-    print(write_result("scale_simulation", rows, {"shard_size": SHARD, "classes": CLASSES}))
+        print(save(rows))
+
+
+def save(rows: list[dict]) -> Path:
+    """Write the rows, keeping the rows of other sizes from an earlier run of the script."""
+    path = RESULTS / "scale_simulation.json"
+    sizes = {r["images"] for r in rows}
+    kept = [r for r in json.loads(path.read_text())["rows"] if r["images"] not in sizes] if path.is_file() else []
+    return write_result("scale_simulation", kept + rows, {"shard_size": SHARD, "classes": CLASSES})
 
 
 if __name__ == "__main__":
