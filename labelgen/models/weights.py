@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -26,7 +27,9 @@ WEIGHTS_DIR_ENV = "LABELGEN_WEIGHTS_DIR"
 _EXTENSIONS = (".safetensors", ".pth", ".pt", ".npz")
 
 
-def create_vit(arch: str, weights: str | None, drop_path: float = 0.0, patch_size: int = 0) -> nn.Module:
+def create_vit(
+    arch: str, weights: str | None, drop_path: float = 0.0, patch_size: int = 0, **architecture: Any
+) -> nn.Module:
     """A timm model of a supported family (`labelgen.models.families`) without classifier, with
     pretrained weights loaded strictly (what was renamed or dropped is logged).
 
@@ -34,11 +37,12 @@ def create_vit(arch: str, weights: str | None, drop_path: float = 0.0, patch_siz
     recipes) builds the model with that patch, on an input size that keeps the pretrained position
     grid, and resizes the pretrained kernel to it (`resize_patch_kernel`, as the reference's
     checkpoint filter). `weights=None` builds the bare architecture for a caller that loads its own
-    checkpoint next. Raises `ConfigError` for an unsupported architecture or unloadable weights.
+    checkpoint next. `architecture`: timm model arguments (`depth=2`: a smaller model of the same
+    family, as tests build). Raises `ConfigError` for an unsupported architecture or unloadable weights.
     """
     family = family_of(arch)
-    native = family.create(arch, device="meta").patch_embed
-    kwargs = {"drop_path_rate": drop_path}
+    native = family.create(arch, device="meta", **architecture).patch_embed
+    kwargs = {"drop_path_rate": drop_path, **architecture}
     if patch_size and patch_size != native.patch_size[0]:
         kwargs.update(patch_size=patch_size, img_size=tuple(g * patch_size for g in native.grid_size))
     model = family.create(arch, **kwargs)
@@ -56,7 +60,7 @@ def create_vit(arch: str, weights: str | None, drop_path: float = 0.0, patch_siz
         source = _from_hub(arch, weights.removeprefix("hub:")).state_dict()
         where = weights
     elif path.suffix == ".npz":  # Google's big_vision/AugReg checkpoints: timm's reader, native patch size
-        native_model = family.create(arch)
+        native_model = family.create(arch, **architecture)
         native_model.load_pretrained(str(path))
         source, where = native_model.state_dict(), str(path)
     else:
