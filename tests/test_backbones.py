@@ -7,6 +7,7 @@ handling fails); weights in each source layout load strictly; unsupported famili
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from labelgen.cli import main
+from labelgen.config import load_recipe
 from labelgen.errors import ConfigError
 from labelgen.models import vit as vit_module
 from labelgen.models.families import FAMILIES, check_backbone, family_of
@@ -24,7 +26,8 @@ from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.vit import Backbone, block_with_attention
 from labelgen.models.weaktr import AdaptiveAttentionFusion, WeakTr, WeakTrConfig
 from labelgen.models.weights import create_vit, resize_patch_kernel
-from tests.conftest import TINY_RECIPE
+from labelgen.pipeline.runner import run_pipeline
+from tests.conftest import TINY_RECIPE, VOC_MINI, tiny_recipe
 
 # (architecture, patch size, family): one of each kind the issue names; DINOv2 and EVA-02 also at the
 # patch 16 of the paper's recipes (kernel resized from 14)
@@ -358,3 +361,79 @@ def test_eva02_block_matches_the_reference_block(grid):
         ours, _, _ = block_with_attention(block, x, bb.rotary((grid, grid)))
         want = reference_eva02_block(p, x, 6, grid)
     np.testing.assert_allclose(ours.numpy(), want.numpy(), atol=2e-5 * float(want.abs().max()), rtol=0)
+
+
+# ---- the paper's rows: recipes, and each family end to end ----------------------------------------
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+ROWS = {  # row -> the [train_decoder] settings that differ from the DeiT-S recipe of its data set
+    "vit_s": {
+        "backbone": "vit_small_patch16_384",
+        "weights": "hub:vit_small_patch16_384.augreg_in21k_ft_in1k",
+        "clip_start": 1.0,
+    },
+    "dinov2_s": {
+        "backbone": "vit_small_patch14_dinov2",
+        "weights": "hub:vit_small_patch14_dinov2.lvd142m",
+        "patch_size": 16,
+    },
+    "eva02_s": {
+        "backbone": "eva02_small_patch14_224",
+        "weights": "hub:eva02_small_patch14_224.mim_in22k",
+        "patch_size": 16,
+    },
+}
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+@pytest.mark.parametrize("row", sorted(ROWS))
+def test_row_recipes_differ_from_their_base_in_the_decoder_only(dataset, row):
+    """pipelines/<dataset>_<row>.toml is <dataset>.toml (the DeiT-S row) with the row's stage-2
+    encoder; each loads, and its normalisation is the weights' (ViT-S†: 0.5)."""
+    base = load_recipe(PIPELINES / f"{dataset}.toml").to_dict()
+    recipe = load_recipe(PIPELINES / f"{dataset}_{row}.toml")
+    got = recipe.to_dict()
+    assert {s: v for s, v in got.items() if s != "train_decoder"} == {
+        s: v for s, v in base.items() if s != "train_decoder"
+    }
+    changed = {k: v for k, v in got["train_decoder"].items() if base["train_decoder"][k] != v}
+    assert changed == ROWS[row]
+    dec = recipe["train_decoder"]
+    family_of(dec.backbone)
+    if row == "vit_s":
+        assert pixel_stats(dec.backbone, dec.weights, dec.normalisation) == ((0.5,) * 3, (0.5,) * 3)
+
+
+@pytest.mark.parametrize("row", sorted(ROWS))
+def test_row_recipes_dry_run(tmp_path, row):
+    """`labelgen run full --recipe pipelines/voc_<row>.toml --dry-run` shows the plan and the row's
+    settings (the weights set to none: no download in tests)."""
+    args = ["run", "train_decoder", "--dataset", "voc", "--recipe", str(PIPELINES / f"voc_{row}.toml")]
+    args += ["--data-root", str(VOC_MINI), "--run-dir", str(tmp_path / "r"), "--dry-run"]
+    args += ["--set", "train_cam.weights=none", "--set", "train_decoder.weights=none"]
+    args += ["--set", 'dataset.train_split="train"', "--set", 'dataset.val_split=""']
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "train_decoder" in result.output and ROWS[row]["backbone"] in result.output
+
+
+E2E = [  # (train_cam backbone, patch, train_decoder backbone, patch): a non-DeiT family in each stage
+    ("vit_tiny_patch16_384", 0, "eva02_tiny_patch14_224", 16),  # AugReg ViT-Ti CAMs, EVA-02 decoder
+    ("eva02_tiny_patch14_224", 16, "vit_small_patch14_reg4_dinov2", 0),  # EVA-02 CAMs, DINOv2+registers decoder
+    ("vit_small_patch14_dinov2", 16, "vit_base_patch16_clip_224", 0),  # DINOv2 CAMs, CLIP decoder
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cam", "cam_patch", "dec", "dec_patch"), E2E, ids=[f"{c}+{d}" for c, _, d, _ in E2E])
+def test_each_family_runs_the_tiny_demo_end_to_end(tmp_path, client, cam, cam_patch, dec, dec_patch):
+    """`run full` of the tiny demo with random weights (minutes each on 2 busy cores: slow suite)."""
+    overrides = [f"train_cam.backbone={cam}", "train_cam.weights=none", f"train_cam.patch_size={cam_patch}"]
+    overrides += [
+        f"train_decoder.backbone={dec}",
+        "train_decoder.weights=none",
+        f"train_decoder.patch_size={dec_patch}",
+    ]
+    outputs = run_pipeline(tiny_recipe(*overrides), tmp_path / "run", "full", client)
+    report = next((tmp_path / "run" / "evaluate").glob("*/report.md"))
+    assert "mIoU" in report.read_text() and outputs
