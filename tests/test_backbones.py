@@ -437,3 +437,43 @@ def test_each_family_runs_the_tiny_demo_end_to_end(tmp_path, client, cam, cam_pa
     outputs = run_pipeline(tiny_recipe(*overrides), tmp_path / "run", "full", client)
     report = next((tmp_path / "run" / "evaluate").glob("*/report.md"))
     assert "mIoU" in report.read_text() and outputs
+
+
+def _augreg_npz(model: torch.nn.Module, path: Path) -> None:
+    """A timm ViT written as Google's vision_transformer/AugReg `.npz` (the files of
+    `vit_small_patch16_384`'s 2021 release: Transformer/encoderblock_<i>/..., HWIO kernels)."""
+    s = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    d, heads = model.embed_dim, model.blocks[0].attn.num_heads
+    w = {
+        "embedding/kernel": s["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        "embedding/bias": s["patch_embed.proj.bias"],
+        "cls": s["cls_token"],
+        "Transformer/posembed_input/pos_embedding": s["pos_embed"],
+        "Transformer/encoder_norm/scale": s["norm.weight"],
+        "Transformer/encoder_norm/bias": s["norm.bias"],
+    }
+    for i in range(len(model.blocks)):
+        b, o = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        mha = o + "MultiHeadDotProductAttention_1/"
+        for j, name in enumerate(("query", "key", "value")):
+            w[mha + name + "/kernel"] = s[b + "attn.qkv.weight"][j * d : (j + 1) * d].T.reshape(d, heads, -1)
+            w[mha + name + "/bias"] = s[b + "attn.qkv.bias"][j * d : (j + 1) * d].reshape(heads, -1)
+        w[mha + "out/kernel"] = s[b + "attn.proj.weight"].reshape(d, heads, -1).transpose(1, 2, 0)
+        w[mha + "out/bias"] = s[b + "attn.proj.bias"]
+        for norm, ln in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
+            w[f"{o}{ln}/scale"], w[f"{o}{ln}/bias"] = s[b + norm + ".weight"], s[b + norm + ".bias"]
+        for r in range(2):
+            w[f"{o}MlpBlock_3/Dense_{r}/kernel"] = s[f"{b}mlp.fc{r + 1}.weight"].T
+            w[f"{o}MlpBlock_3/Dense_{r}/bias"] = s[f"{b}mlp.fc{r + 1}.bias"]
+    np.savez(path, **w)
+
+
+def test_augreg_npz_loads_through_timms_reader(tmp_path):
+    """ViT-S†'s weights come as an AugReg `.npz`: a random model written in that layout loads back
+    with every tensor equal."""
+    torch.manual_seed(0)
+    source = randomise(create_vit("vit_tiny_patch16_384", None, depth=DEPTH))
+    _augreg_npz(source, tmp_path / "augreg.npz")
+    loaded = create_vit("vit_tiny_patch16_384", str(tmp_path / "augreg.npz"), depth=DEPTH)
+    for k, v in source.state_dict().items():
+        assert torch.allclose(loaded.state_dict()[k], v, atol=1e-6), k
