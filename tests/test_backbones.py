@@ -425,6 +425,7 @@ E2E = [  # (train_cam backbone, patch, train_decoder backbone, patch): a non-Dei
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 4-7 min on 2 idle cores; far more on a shared machine
 @pytest.mark.parametrize(("cam", "cam_patch", "dec", "dec_patch"), E2E, ids=[f"{c}+{d}" for c, _, d, _ in E2E])
 def test_each_family_runs_the_tiny_demo_end_to_end(tmp_path, client, cam, cam_patch, dec, dec_patch):
     """`run full` of the tiny demo with random weights (minutes each on 2 busy cores: slow suite)."""

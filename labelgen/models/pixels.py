@@ -19,12 +19,9 @@ NAMED_STATS: dict[str, Stats] = {
     "inception": (tuple(timm.data.IMAGENET_INCEPTION_MEAN), tuple(timm.data.IMAGENET_INCEPTION_STD)),  # AugReg: 0.5
     "clip": (tuple(timm.data.OPENAI_CLIP_MEAN), tuple(timm.data.OPENAI_CLIP_STD)),  # CLIP, EVA-02
 }
-NORMALISATIONS = ("from_weights", *NAMED_STATS)
 
 
-def pixel_stats(
-    arch: str, weights: str | None, choice: str = "from_weights"
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def pixel_stats(arch: str, weights: str | None, choice: str = "from_weights") -> Stats:
     """(mean, std) of the pixels the weights were trained on. `choice` names a set of `NAMED_STATS`,
     or "from_weights": the pretrained config of a hub tag ("hub:vit_small_patch16_384.augreg_in21k_ft_in1k"
     -> 0.5), else (a file, none) of the architecture's default tag; ImageNet's when timm knows neither."""
