@@ -79,7 +79,12 @@ def main(verbose: bool) -> None:
 @click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting; repeatable."
 )
-@click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler, e.g. tcp://host:8786.")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Use a running dask scheduler, e.g. tcp://host:8786, or tls://host:8786 with dask's TLS settings "
+    "(DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT, ..._CLIENT__KEY).",
+)
 @click.option(
     "--workers", type=int, help="Worker processes of the local cluster [default: one per core this process may use]."
 )
@@ -105,9 +110,11 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
       labelgen run full --dataset demo
       labelgen run pseudo_labels --dataset coco --data-root data/coco --set pseudo_labels.bg_threshold=0.42
     """
-    from labelgen.pipeline.cluster import open_client
+    from labelgen.pipeline.cluster import open_client, scheduler_security
     from labelgen.pipeline.runner import execute_run, prepare_run
 
+    if scheduler:
+        scheduler_security(scheduler)  # a tls:// address's certificate files: checked before any work
     resolved = _recipe(dataset, recipe, data_root, overrides)
     for warning in recipe_warnings(resolved):
         log.warning("%s", warning)
@@ -351,8 +358,10 @@ def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
       labelgen export --run-dir runs/demo --what pseudo_labels --format coco --out exported/
     """
     from labelgen.formats.write import export_folder, write_export
-    from labelgen.pipeline.cluster import open_client
+    from labelgen.pipeline.cluster import open_client, scheduler_security
 
+    if scheduler:
+        scheduler_security(scheduler)  # a tls:// address's certificate files: checked before any work
     # another export into the folder, a wrong format and a missing output are refused before a cluster starts
     with (
         export_folder(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), image_format) as (source, folder),

@@ -49,6 +49,10 @@ Precision = Literal["auto", "bf16", "fp32"]
 # "bilinear" the reference stage 2's (segm/model/utils.py:resize_pos_embed), "timm" timm's antialiased
 # bicubic to the target size (resample_abs_pos_embed; labelgen before)
 PosEmbedResample = Literal["dino", "bilinear", "timm"]
+# the pixel statistics a backbone normalises with (labelgen/models/pixels.py): "from_weights" is the
+# pretrained config of the weights named (a hub tag's; a file's or "none": the architecture's default
+# tag), or a named set: "imagenet" (DeiT, DINOv2), "inception" (0.5/0.5: AugReg ViT), "clip" (CLIP, EVA-02)
+Normalisation = Literal["from_weights", "imagenet", "inception", "clip"]
 CamKind = Literal["fine", "fused", "coarse"]  # AAF + patch affinity, no affinity step, conv head only
 Fusion = Literal["aaf", "mean"]  # adaptive attention fusion, or a plain mean of the attention maps (ablation)
 HeadInit = Literal["pytorch_default", "trunc_normal"]  # the CAM head's initial weights: see train_cam.head_init
@@ -115,8 +119,17 @@ def read_by_layout(params: DatasetParams, key: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainCamParams:
-    backbone: str = "deit_small_patch16_224"  # timm model name (weaktr-method.md §1.1)
-    weights: str = "hub:deit_small_patch16_224.fb_in1k"  # "hub:<timm name>", a file path, or "none"
+    # timm model name of a supported family (vit: DeiT/AugReg/CLIP/ViT, dinov2, eva02; README
+    # "Backbones"); weaktr-method.md §1.1
+    backbone: str = "deit_small_patch16_224"
+    # "hub:<timm name[.tag]>", a file path (.safetensors/.pth/.pt timm, DINOv2 or original EVA-02
+    # layout; .npz AugReg), or "none" (random)
+    weights: str = "hub:deit_small_patch16_224.fb_in1k"
+    # pixels; 0 keeps the architecture's own patch (16 DeiT/ViT, 14 DINOv2/EVA-02); another size
+    # resizes the pretrained kernel bicubically, as the reference does 14 -> 16 for DINOv2 and EVA-02
+    # (OnlineRetraining/segm/model/utils.py:checkpoint_filter_fn)
+    patch_size: int = 0
+    normalisation: Normalisation = "from_weights"
     input_size: int = 224  # training crop, pixels
     epochs: int = 60
     batch_size: int = 64
@@ -193,8 +206,10 @@ class PseudoLabelsParams:
 
 @dataclass(frozen=True)
 class TrainDecoderParams:
-    backbone: str = "deit_small_patch16_224"
-    weights: str = "hub:deit_small_patch16_224.fb_in1k"
+    backbone: str = "deit_small_patch16_224"  # as train_cam.backbone (weaktr-method.md §3.1)
+    weights: str = "hub:deit_small_patch16_224.fb_in1k"  # as train_cam.weights
+    patch_size: int = 0  # as train_cam.patch_size; the reference's DINOv2-S/EVA-02-S recipes: 16
+    normalisation: Normalisation = "from_weights"  # as train_cam.normalisation
     masks: str = "pseudo_labels"  # "pseudo_labels" artifact, or a folder of PNG masks named <id>.png
     crop_size: int = 480
     epochs: int = 100
@@ -495,6 +510,9 @@ def recipe_errors(recipe: Recipe) -> list[SettingError]:
         f"must be 0..train_cam.epochs={cam.epochs}",
         ("train_cam.epochs",),
     )
+    for key in ("train_cam.patch_size", "train_decoder.patch_size"):
+        section, _, name = key.partition(".")
+        need(getattr(recipe[section], name) >= 0, key, "must be ≥ 0 pixels (0: the architecture's own)")
     need(0 < cam.min_crop_scale <= 1, "train_cam.min_crop_scale", "must be in (0, 1]")
     need(0 <= cam.random_erasing <= 1, "train_cam.random_erasing", "is a probability: 0..1")
     for key in ("train_cam.num_workers", "train_decoder.num_workers"):

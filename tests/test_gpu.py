@@ -46,16 +46,16 @@ def test_loader_batches_reach_the_device_normalised(device):
     assert images.is_pinned() == (device == "cuda")  # pinned host memory makes the copy asynchronous
     model = PixelNormalised()
     model.set_normalisation(MEAN, STD)
-    on_device = model.to(device).preprocess(images.to(device, non_blocking=True))
+    on_device = model.to(device).normalise(images.to(device, non_blocking=True))
     assert on_device.device.type == device
-    assert torch.allclose(on_device.cpu(), model.cpu().preprocess(images))
+    assert torch.allclose(on_device.cpu(), model.cpu().normalise(images))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_training_steps_run(device):
     torch.manual_seed(0)
     weaktr = WeakTr(WeakTrConfig("deit_tiny_patch16_224", 4), None).to(device).train()
-    x = torch.randn(2, 3, 64, 64, device=device)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, device=device)  # models take pixels
     y = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]], device=device)
     cam = SimpleNamespace(params=TrainCamParams(precision="bf16"))
     adamw = torch.optim.AdamW(weaktr.parameters(), lr=1e-4)

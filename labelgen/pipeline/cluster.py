@@ -7,11 +7,13 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import threading
 from collections.abc import Iterator
 
 import dask
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
 from labelgen.devices import available_cores, local_gpu_count
 from labelgen.errors import ConfigError
@@ -43,11 +45,58 @@ def open_client(scheduler: str | None, workers: int | None, cluster: str = "loca
         yield client
 
 
+# dask's own settings for a client's TLS (`distributed.security.Security` reads them from the dask
+# config: a YAML file under ~/.config/dask/ or these environment variables). A tls:// scheduler
+# requires a client certificate signed by its CA (mutual TLS).
+TLS_SETTINGS = {
+    "distributed.comm.tls.ca-file": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+    "distributed.comm.tls.client.cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+    "distributed.comm.tls.client.key": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+}
+
+
+def scheduler_security(scheduler: str) -> Security | None:
+    """The TLS settings to attach to `scheduler` with: dask's own (`distributed.comm.tls.*`) for a
+    tls:// address, checked before any work; None for any other address.
+
+    Raises `ConfigError` (one line naming the setting and its file) when a tls:// address lacks the
+    CA file or the client certificate, or when one of the files is missing or not a usable PEM
+    certificate/key."""
+    if not scheduler.startswith("tls://"):
+        return None
+    names = {key: dask.config.get(key, default=None) for key in TLS_SETTINGS}
+    unset = [key for key in ("distributed.comm.tls.ca-file", "distributed.comm.tls.client.cert") if not names[key]]
+    if unset:
+        how = " and ".join(f"{key} ({TLS_SETTINGS[key]})" for key in unset)
+        raise ConfigError(
+            f"--scheduler {scheduler}: a tls:// scheduler needs dask's TLS settings; {how} not set: point them "
+            "at the CA certificate and this client's certificate (and its key: distributed.comm.tls.client.key)"
+        )
+    for key, value in names.items():
+        if value and not os.path.isfile(value):
+            raise ConfigError(f"{key} = {value} ({TLS_SETTINGS[key]}): no such file; give the PEM file's path")
+    security = Security(require_encryption=True)
+    try:
+        security.get_connection_args("client")  # loads the CA, the certificate and its key now
+    except (OSError, ssl.SSLError) as e:
+        files = ", ".join(f"{key} = {value}" for key, value in names.items() if value)
+        raise ConfigError(f"dask's TLS settings ({files}) do not load: {e}; give PEM files of a matching pair") from e
+    return security
+
+
 @contextlib.contextmanager
 def _client(scheduler: str | None, workers: int | None, cluster: str) -> Iterator[Client]:
     if scheduler:
-        log.info("attaching to the dask scheduler at %s", scheduler)
-        with Client(scheduler) as client:
+        security = scheduler_security(scheduler)
+        log.info("attaching to the dask scheduler at %s%s", scheduler, " over TLS" if security else "")
+        try:
+            client = Client(scheduler, security=security)
+        except OSError as e:  # dask's "Timed out trying to connect ..." after distributed.comm.timeouts.connect
+            raise ConfigError(
+                f"--scheduler {scheduler}: no dask scheduler answered ({e}); check that it runs and that the address "
+                "has its protocol (a scheduler started with TLS certificates answers only tls:// with certificates)"
+            ) from e
+        with client:
             yield client
         return
     if cluster == "local-cuda":

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from distributed import Client, as_completed
+from distributed import Client, as_completed, get_worker
 from tqdm import tqdm
 
 from labelgen.errors import ArtifactError
@@ -141,11 +141,20 @@ def run_unit(place: UnitRecords, unit: Unit, log_level: int = logging.INFO) -> d
     return _run_and_record(place, unit)
 
 
+def worker_name() -> str | None:
+    """The name of the dask worker running this unit (its address unless named with `dask worker
+    --name`), kept in the shard record: which machine computed what; None in the driver's process."""
+    try:
+        return str(get_worker().name)
+    except ValueError:
+        return None
+
+
 def _run_and_record(place: UnitRecords, unit: Unit) -> dict[str, Any]:
     """Do the unit's work, then record its completion with checksums; returns the record."""
     started = time.perf_counter()
     files, info = unit.fn(*unit.args)
-    info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), **info}
+    info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), "worker": worker_name(), **info}
     compute = compute_record(unit.args[0] if unit.args else None)
     if compute:
         info["compute"] = compute

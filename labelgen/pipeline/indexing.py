@@ -11,7 +11,7 @@ from pathlib import Path
 from labelgen.config import DatasetParams, Recipe
 from labelgen.data.fingerprint import data_fingerprint
 from labelgen.data.index import MANIFEST, assemble_index, declared_run_classes, index_slice, list_into_slices
-from labelgen.data.manifest import Manifest
+from labelgen.data.manifest import Manifest, manifest_classes
 from labelgen.data.sources import Listing
 from labelgen.pipeline.dag import STAGES
 from labelgen.pipeline.executor import run_units
@@ -69,5 +69,5 @@ def known_classes(recipe: Recipe, run_dir: Path, index: Artifact) -> tuple[str, 
     """The run's class list (background first) before its later stages run: the finished index's,
     else where the layout declares it (`declared_run_classes`)."""
     if index.is_complete():
-        return load_manifest(index).classes
+        return manifest_classes(output_path(STAGES["index"], index, "manifest"))  # the header only
     return declared_run_classes(recipe, run_dir)

@@ -86,7 +86,7 @@ def stage_status(art: Artifact) -> StageStatus:
 
 def _units_done(art: Artifact) -> str:
     n = json.loads((art.path / PLAN_FILE).read_text())["units"]
-    return f"{sum(art.shard_is_valid(i) for i in range(n))}/{n} units done"
+    return f"{sum(art.shard_is_recorded(i) for i in range(n))}/{n} units done"  # records, not checksums
 
 
 def run_status(run_dir: Path) -> list[StageStatus]:

@@ -62,6 +62,15 @@ def sliding_logits(model: Segmenter, x: torch.Tensor, window: int, stride: int, 
     return total / count
 
 
+def resize_pixels(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 B, 3, H, W resized bilinearly (align_corners False) to size (h, w), rounded back to uint8
+    as the reference's mmseg resize of the uint8 photo does before normalising."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    out = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _pass_scale(h: int, w: int, ratio: float, p: PredictParams) -> float:
     return max(p.resize_short * ratio, p.window) / min(h, w)
 
@@ -101,10 +110,10 @@ def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams) -> np.n
     device = next(model.parameters()).device
     h, w = image.shape[:2]
     size = working_size(h, w, p.max_side)
-    x = model.preprocess(torch.from_numpy(image).to(device).permute(2, 0, 1)[None])
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
     total = None
     for ratio in p.scales:
-        scaled = F.interpolate(x, size=pass_size(h, w, ratio, p), mode="bilinear", align_corners=False)
+        scaled = resize_pixels(x, pass_size(h, w, ratio, p))
         for flip in (False, True) if p.flip else (False,):
             inp = scaled.flip(-1) if flip else scaled
             with autocast(device, p.precision):

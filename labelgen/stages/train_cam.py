@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import timm.data
 import torch
+import torchvision
 from timm.scheduler import CosineLRScheduler
 
 from labelgen.config import DatasetParams, TrainCamParams
@@ -24,6 +25,7 @@ from labelgen.data.masks import gt_mask
 from labelgen.data.training import TaggedImages
 from labelgen.errors import DataError
 from labelgen.models.cam_inference import multiscale_cams, save_cam_model
+from labelgen.models.pixels import ToPixels
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
@@ -59,6 +61,8 @@ class CamTraining:
             p.drop_path,
             head_init=p.head_init,
             pos_embed_resample=p.pos_embed_resample,
+            patch_size=p.patch_size,
+            normalisation=p.normalisation,
         )
         model = WeakTr(config, p.weights).to(device)
         # the reference's linear scaling rule, with labelgen's global batch (README "Training on many GPUs")
@@ -151,8 +155,9 @@ def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, pre
 
 
 def training_transform(params: TrainCamParams, mean, std):
-    """The reference's DeiT training augmentation (weaktr-method.md §1.6) with the recipe's settings."""
-    return timm.data.create_transform(
+    """The reference's DeiT training augmentation (weaktr-method.md §1.6) with the recipe's settings,
+    ending in uint8 pixels (`ToPixels`: the model normalises its input itself)."""
+    timm_transform = timm.data.create_transform(
         params.input_size,
         is_training=True,
         scale=(params.min_crop_scale, 1.0),
@@ -165,6 +170,7 @@ def training_transform(params: TrainCamParams, mean, std):
         mean=mean,
         std=std,
     )
+    return torchvision.transforms.Compose([timm_transform, ToPixels(mean, std)])
 
 
 def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:

@@ -47,7 +47,7 @@ def poly_lr(step: int, total: int, base: float, floor: float, power: float) -> f
 
 class PseudoMaskImages(Dataset):
     """(uint8 3×crop×crop image, uint8 crop×crop mask) pairs with the reference's augmentation. Both
-    stay uint8 until they are on the training device (`Segmenter.preprocess`, `.long()`): a quarter of
+    stay uint8 until they are on the training device (the model normalises, `.long()`): a quarter of
     the image bytes and an eighth of the mask bytes through the loader processes' shared memory and
     the host-to-device copy."""
 
@@ -109,7 +109,8 @@ class DecoderTraining:
         """A fresh training: the Segmenter and SGD (Nesterov) with the encoder's smaller learning rate;
         the learning rate itself is set every step (`set_lr`)."""
         p = self.p
-        shared = ("backbone", "decoder_layers", "decoder_dropout", "drop_path", "layer_norm_eps", "pos_embed_resample")
+        shared = ("backbone", "decoder_layers", "decoder_dropout", "drop_path", "layer_norm_eps", "pos_embed_resample",
+                  "patch_size", "normalisation")  # fmt: skip
         config = SegmenterConfig(
             num_labels=self.manifest.num_labels, image_size=p.crop_size, **{k: getattr(p, k) for k in shared}
         )
@@ -132,7 +133,7 @@ class DecoderTraining:
         """Forward under `precision`, the clamp loss in float32 (clipping statistics per micro-batch,
         as the reference's per GPU)."""
         images, targets = batch
-        images = model.preprocess(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)  # uint8: the model normalises them
         targets = targets.to(device, non_blocking=True).long()
         with autocast(images.device, self.p.precision):
             logits = model(images)[0]

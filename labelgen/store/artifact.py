@@ -162,6 +162,13 @@ class UnitRecords:
                 return False
         return True
 
+    def shard_is_recorded(self, index: int) -> bool:
+        """A shard has its record and every file the record names exists; unlike `shard_is_valid` no
+        file is read. `labelgen status` counts with this: checksumming a half-done COCO export_cams
+        (464 kB of CAMs per image) would read tens of GB; the run checksums when it resumes."""
+        record = self.shard_record(index)
+        return record is not None and all((self.path / rel).is_file() for rel in record.get("files", {}))
+
     def write_shard_record(self, index: int, files: list[Path], info: dict[str, Any]) -> None:
         record = {"shard": index, "files": tree_digest(files, self.path), **info}
         write_json_atomic(self.shard_record_path(index), record)
