@@ -2,7 +2,8 @@
 loss (weaktr-method.md §3). Output: `model.pt`, `last.pt` (resume state), `log.jsonl`.
 
 Masks come from the `pseudo_labels` artifact, or from any folder of `<image id>.png` masks the user
-points `train_decoder.masks` at (retraining on one's own pseudo-labels).
+points `train_decoder.masks` at (retraining on one's own pseudo-labels); an image people corrected
+(the `corrections` input, where the run has one) trains on its correction instead.
 
 Built from the same pieces as train_cam: `build_state`, `resume_training`, `train_epoch`,
 `save_training_state`; a run killed at any point and resumed from `last.pt` ends with exactly the
@@ -39,6 +40,7 @@ from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
+from labelgen.stages.corrections import corrected_masks
 from labelgen.store.checkpoint import TrainingState, resume_training, save_training_state
 from labelgen.store.sharded import ImageArrays
 
@@ -60,14 +62,25 @@ class PseudoMaskImages(Dataset):
     the image bytes and an eighth of the mask bytes through the loader processes' shared memory and
     the host-to-device copy."""
 
-    def __init__(self, records: list[ImageRecord], masks: str, p: TrainDecoderParams, max_pixels: int):
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        masks: str,
+        p: TrainDecoderParams,
+        max_pixels: int,
+        corrected: dict[str, str] | None = None,
+    ):
         self.records, self.masks, self.p, self.max_pixels = records, masks, p, max_pixels
+        self.corrected = corrected or {}  # image id -> a person's corrected mask (PNG), used instead
         self._store: ImageArrays | None = None  # opened lazily, once per loader process
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _mask(self, i: int) -> np.ndarray:
+        """The H×W uint8 mask image i trains on: its correction where a person made one."""
+        if self.records[i].id in self.corrected:
+            return read_mask(self.corrected[self.records[i].id])
         if Path(self.masks).suffix == ".zarr":
             if self._store is None:
                 self._store = ImageArrays(Path(self.masks))
@@ -179,7 +192,12 @@ def train_epoch(
 
 
 def train_decoder(
-    p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
+    p: TrainDecoderParams,
+    dataset: DatasetParams,
+    manifest_path: Path,
+    masks: str,
+    out: Path,
+    corrected: dict[str, str] | None = None,
 ) -> UnitResult:
     """The dask task: train (or resume) the Segmenter and write model.pt."""
     use_every_core()
@@ -190,7 +208,7 @@ def train_decoder(
     device = pick_device("auto")
     state = build_state(p, manifest.num_labels, device)
     criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
-    data = PseudoMaskImages(records, masks, p, dataset.max_image_pixels)
+    data = PseudoMaskImages(records, masks, p, dataset.max_image_pixels, corrected)
     resume_training(state, out / LAST, "train_decoder")
     loader = training_loader(data, p.batch_size, p.num_workers, p.seed, device)
     for epoch in range(state.next_epoch, p.epochs):
@@ -219,11 +237,15 @@ def _plan(ctx: StageContext) -> list[Unit]:
     manifest_path = ctx.input_path("index", "manifest")
     records = Manifest.load(manifest_path).split(dataset.train_split)
     masks = _mask_source(ctx.params, ctx, records)
+    train_ids = {r.id for r in records}
+    corrected = {i: str(path) for i, path in corrected_masks(ctx).items() if i in train_ids}
+    if corrected:
+        log.info("train_decoder: %d of %d train images train on a person's correction", len(corrected), len(records))
     return [
         Unit(
             0,
             train_decoder,
-            (ctx.params, dataset, manifest_path, masks, ctx.artifact.path),
+            (ctx.params, dataset, manifest_path, masks, ctx.artifact.path, corrected),
             f"{ctx.params.epochs} epochs",
         )
     ]
@@ -240,8 +262,10 @@ def _key_extra(recipe, run_dir: Path) -> dict[str, Any]:
 
 
 def _used_inputs(recipe) -> tuple[str, ...]:
-    """Retraining on a user's own mask folder needs no CAM stages at all."""
-    return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
+    """Retraining on a user's own mask folder needs no CAM stages at all; corrections, where the run
+    has them, replace either's masks."""
+    own = recipe["train_decoder"].masks != "pseudo_labels"
+    return ("index", "corrections") if own else ("index", "pseudo_labels", "corrections")
 
 
 def _check_weights(recipe, run_dir: Path) -> None:
@@ -260,7 +284,7 @@ STAGE = Stage(
     name="train_decoder",
     version=2,
     section="train_decoder",
-    inputs=("index", "pseudo_labels"),
+    inputs=("index", "pseudo_labels", "corrections"),
     gpu=True,
     plan=_plan,
     finalize=_finalize,
