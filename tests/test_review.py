@@ -313,3 +313,121 @@ def test_review_queue_takes_the_worst_of_each_class_and_painted_negatives():
     assert [r["id"] for r in review_queue(rows, "train", 3)] == ["a", "e", "d"]
     assert [r["id"] for r in review_queue(rows, "train", 5)] == ["a", "e", "d", "b", "c"]
     assert [r["id"] for r in review_queue(rows, "train", 9)] == ["a", "e", "d", "b", "c"]
+
+
+# ------------------------------------------------------------------ a real Label Studio, end to end
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """A real label-studio server (its own venv; see tests/labelstudio_server.py), stopped by pid
+    when the module's tests end, passed or failed."""
+    from tests.labelstudio_server import start_server
+
+    server = start_server(tmp_path_factory.mktemp("label-studio"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_push_edit_in_label_studio_pull_retrain(tiny_full_run, label_studio, tmp_path, client):
+    """push -> a person's edit saved through Label Studio's API -> pull -> rerun: the corrected
+    pixels are what train_decoder trains that image on, and the report scores it against them."""
+    import csv
+    import shutil
+
+    import requests
+
+    from labelgen.numerics.metrics import confusion_matrix, image_miou
+    from labelgen.pipeline.dag import STAGES
+    from labelgen.pipeline.stage import StageContext
+    from labelgen.pipeline.status import last_recipe
+    from labelgen.review.brush import results_to_mask
+    from labelgen.review.commands import pull, push
+    from labelgen.review.labelstudio import LabelStudio
+    from labelgen.stages.train_decoder import PseudoMaskImages
+    from labelgen.store.sharded import ImageArrays
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_full_run, run_dir)
+    recipe, _ = last_recipe(run_dir)
+    before = {p.stage.name: p.artifact for p in plan_run(recipe, run_dir, "full")}
+    manifest = Manifest.load(before["index"].path / "manifest.json")
+    server = LabelStudio(label_studio.url, label_studio.token)
+    api = {"Authorization": f"Token {label_studio.token}"}
+
+    sent = push(run_dir, 3, server, "review e2e")
+
+    # the three worst train images by GT-free score, one of each class first
+    with (before["evaluate"].path / "per_image.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sent["sent"] == [r["id"] for r in review_queue(rows, "train", 3)]
+    tasks = server.export(sent["project"])
+    assert len(tasks) == 3
+    mapping = json.loads((run_dir / "review" / "pushed" / f"{sent['project']}.json").read_text())["tasks"]
+    predicted = ImageArrays(before["predict"].path / "masks_train.zarr")
+    records = {r.id: r for r in manifest.records}
+    for task in tasks:  # each task's pre-annotation is the image's current mask (the train prediction)
+        image_id = mapping[str(task["id"])]
+        r = records[image_id]
+        sent_mask = results_to_mask(task["predictions"][0]["result"], manifest.classes, (r.height, r.width), "test")
+        np.testing.assert_array_equal(sent_mask, predicted.mask(predicted.ids.index(image_id)))
+
+    # a person repaints a block of the first image as another class and submits
+    task = tasks[0]
+    image_id = mapping[str(task["id"])]
+    r = records[image_id]
+    corrected = predicted.mask(predicted.ids.index(image_id)).copy()
+    corrected[corrected == 255] = 0
+    corrected[: r.height // 2, : r.width // 2] = 2
+    response = requests.post(
+        f"{label_studio.url}/api/tasks/{task['id']}/annotations/",
+        headers=api,
+        json={"result": _brush(corrected, manifest.classes), "lead_time": 12.5},
+        timeout=60,
+    )
+    assert response.status_code == 201, response.text
+
+    pulled = pull(run_dir, server, "review e2e")
+    assert pulled["corrections"] == 1
+    assert pull(run_dir, server, "review e2e")["set"] is None  # nothing new: nothing reruns
+
+    after = run_pipeline(recipe, run_dir, "full", client)
+    for same in ("index", "train_cam", "export_cams", "pseudo_labels"):
+        assert after[same].key == before[same].key
+    for rerun in ("train_decoder", "predict", "evaluate"):
+        assert after[rerun].key != before[rerun].key
+    provenance = json.loads((after["corrections"].path / "provenance.json").read_text())
+    assert provenance[image_id]["who"] == label_studio.user
+    assert f"task={task['id']}" in provenance[image_id]["source"]
+
+    # what train_decoder trained on: its plan's unit, read as its loader reads it
+    plan = {p.stage.name: p for p in plan_run(recipe, run_dir, "full")}
+    p = plan["train_decoder"]
+    unit = STAGES["train_decoder"].plan(StageContext(p.params, recipe, p.artifact, p.inputs))[0]
+    params, dataset, _, masks, _, corrected_files = unit.args
+    assert set(corrected_files) == {image_id}
+    train = manifest.split(dataset.train_split)
+    data = PseudoMaskImages(train, masks, params, dataset.max_image_pixels, corrected_files)
+    i = [t.id for t in train].index(image_id)
+    np.testing.assert_array_equal(data._mask(i), corrected)
+    pseudo = ImageArrays(before["pseudo_labels"].path / "masks.zarr")
+    j = next(n for n, t in enumerate(train) if t.id != image_id)
+    np.testing.assert_array_equal(data._mask(j), pseudo.mask(j))  # the others keep their pseudo-labels
+    assert after["train_decoder"].success()["corrected_images"] == 1
+
+    # the report: marked corrected and scored against the correction, not the image's GT mask
+    with (after["evaluate"].path / "per_image.csv").open() as f:
+        row = next(x for x in csv.DictReader(f) if x["id"] == image_id and x["split"] == "train")
+    assert row["gt"] == "corrected"
+    final = ImageArrays(after["predict"].path / "masks_train.zarr")
+    prediction = final.mask(final.ids.index(image_id))
+    num = len(manifest.classes)
+    against_correction = image_miou(confusion_matrix(corrected, prediction, num))
+    against_gt = image_miou(confusion_matrix(gt_mask(r), prediction, num))
+    assert float(row["gt_iou"]) == pytest.approx(against_correction, abs=1e-4)
+    assert abs(against_correction - against_gt) > 1e-3
+    html = (after["evaluate"].path / "report.html").read_text()
+    assert f'data-id="{image_id}" data-split="train"' in html and 'data-corrected="1"' in html
+    assert html.count('data-corrected="1"') == 1
+    metrics = json.loads((after["evaluate"].path / "metrics.json").read_text())
+    assert metrics["gt"]["corrected"] == {"train": 1, "val": 0}

@@ -115,7 +115,9 @@ class LabelStudio:
 
     def export(self, project: int) -> list[dict[str, Any]]:
         """Every task of the project with its annotations, in Label Studio's JSON export format."""
-        return self._call("GET", f"/api/projects/{project}/export", params={"exportType": "JSON"})
+        return self._call(
+            "GET", f"/api/projects/{project}/export", params={"exportType": "JSON", "download_all_tasks": "true"}
+        )
 
     def user_emails(self) -> dict[int, str]:
         """{user id: e-mail}; empty where the token may not list users."""

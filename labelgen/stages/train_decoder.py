@@ -229,7 +229,8 @@ def train_decoder(
         )
     save_segmenter(out / MODEL, state.model, epoch=p.epochs - 1)
     last = state.history[-1]
-    return [out / MODEL], {"final_loss": last["loss"], "images_per_s": last["images_per_s"]}
+    info = {"final_loss": last["loss"], "images_per_s": last["images_per_s"], "corrected_images": len(data.corrected)}
+    return [out / MODEL], info
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
@@ -252,7 +253,7 @@ def _plan(ctx: StageContext) -> list[Unit]:
 
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {k: records[0][k] for k in ("final_loss", "images_per_s")}
+    return {k: records[0][k] for k in ("final_loss", "images_per_s", "corrected_images") if k in records[0]}
 
 
 def _key_extra(recipe, run_dir: Path) -> dict[str, Any]:
