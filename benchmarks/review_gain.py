@@ -3,7 +3,7 @@ picks (lowest GT-free score, spread over classes; `labelgen review push` sends t
 images drawn at random from the train split, retrain the decoder on each, and report its mIoU gain
 per corrected image.
 
-    python benchmarks/review_gain.py                      # the demo, K = 10 and 20 (~1 h on 2 busy cores)
+    python benchmarks/review_gain.py     # the demo (benchmarks/recipes/review_gain_cpu.toml), K = 10 and 20
 
 Every variant lives in one run folder: the base run (`labelgen run full`), then per variant one
 pulled set of GT masks (`labelgen.review.pulled.save_pulled`, what `review pull` writes) and
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from _common import REPO, print_table, use_shared_weights, write_result
 
-from labelgen.config import load_recipe, recipe_path
+from labelgen.config import load_recipe
 from labelgen.data.manifest import Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.pipeline.cluster import open_client
@@ -42,19 +42,20 @@ def decoder_miou(evaluate: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="demo", choices=["demo"])
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--seed", type=int, default=0, help="of the random choice")
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "review_gain")
+    parser.add_argument("--recipe", type=Path, default=REPO / "benchmarks" / "recipes" / "review_gain_cpu.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     use_shared_weights()
-    recipe = load_recipe(recipe_path(args.dataset), [f'dataset.name="{args.dataset}"', *args.overrides])
+    recipe = load_recipe(args.recipe, args.overrides)
     run_dir = args.run_dir.resolve()
     shutil.rmtree(run_dir / PULLED, ignore_errors=True)  # the base run has no corrections
     rows = []
+    extra = {"recipe": recipe.source, "overrides": args.overrides, "seed": args.seed}
     with open_client(None, args.workers) as client:
         base = run_pipeline(recipe, run_dir, "full", client)
         manifest = Manifest.load(base["index"].path / "manifest.json")
@@ -63,8 +64,7 @@ def main() -> None:
         base_row = {"choice": "none (base run)", "K": 0, "val mIoU": base_miou["val"], "train mIoU": base_miou["train"]}
         rows.append(base_row)
         with (base["evaluate"].path / "per_image.csv").open(newline="") as f:
-            # the demo has GT for every image: here the GT is the person, so the queue must not skip them
-            per_image = [{**r, "gt": ""} for r in csv.DictReader(f)]
+            per_image = list(csv.DictReader(f))
         rng = np.random.default_rng(args.seed)
         for k in args.ks:
             choices = {
@@ -90,10 +90,9 @@ def main() -> None:
                     }
                 )
                 print_table([{k2: v for k2, v in r.items() if k2 != "images"} for r in rows])
+                write_result("review_gain", rows, extra)  # after each variant: a stopped run keeps what it measured
         shutil.rmtree(run_dir / PULLED, ignore_errors=True)
-    path = write_result(
-        "review_gain", rows, {"dataset": args.dataset, "recipe": recipe.source, "overrides": args.overrides}
-    )
+    path = write_result("review_gain", rows, extra)
     print_table([{k: v for k, v in r.items() if k != "images"} for r in rows])
     print(f"-> {path}")
 

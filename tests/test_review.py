@@ -308,11 +308,18 @@ def test_review_queue_takes_the_worst_of_each_class_and_painted_negatives():
         {"id": "e", "split": "train", "tags": "", "gt_free_score": "0.40", "gt": ""},  # painted negative
         {"id": "f", "split": "train", "tags": "", "gt_free_score": "1.0000", "gt": ""},  # clean negative
         {"id": "g", "split": "train", "tags": "cat", "gt_free_score": "0.01", "gt": "corrected"},  # done
+        {
+            "id": "i",
+            "split": "train",
+            "tags": "dog",
+            "gt_free_score": "0.95",
+            "gt": "mask",
+        },  # trains on its pseudo-label
         {"id": "h", "split": "val", "tags": "cat", "gt_free_score": "0.00", "gt": ""},  # not trained on
     ]
     assert [r["id"] for r in review_queue(rows, "train", 3)] == ["a", "e", "d"]
-    assert [r["id"] for r in review_queue(rows, "train", 5)] == ["a", "e", "d", "b", "c"]
-    assert [r["id"] for r in review_queue(rows, "train", 9)] == ["a", "e", "d", "b", "c"]
+    assert [r["id"] for r in review_queue(rows, "train", 5)] == ["a", "e", "d", "b", "i"]
+    assert [r["id"] for r in review_queue(rows, "train", 9)] == ["a", "e", "d", "b", "i", "c"]
 
 
 # ------------------------------------------------------------------ a real Label Studio, end to end
@@ -369,7 +376,10 @@ def test_push_edit_in_label_studio_pull_retrain(tiny_full_run, label_studio, tmp
     for task in tasks:  # each task's pre-annotation is the image's current mask (the train prediction)
         image_id = mapping[str(task["id"])]
         r = records[image_id]
-        sent_mask = results_to_mask(task["predictions"][0]["result"], manifest.classes, (r.height, r.width), "test")
+        (prediction,) = requests.get(
+            f"{label_studio.url}/api/predictions", params={"task": task["id"]}, headers=api, timeout=60
+        ).json()
+        sent_mask = results_to_mask(prediction["result"], manifest.classes, (r.height, r.width), "test")
         np.testing.assert_array_equal(sent_mask, predicted.mask(predicted.ids.index(image_id)))
 
     # a person repaints a block of the first image as another class and submits

@@ -7,14 +7,14 @@ NEGATIVE = ""  # the group of untagged images (negatives)
 
 def review_queue(rows: list[dict[str, str]], split: str, k: int) -> list[dict[str, str]]:
     """The `k` rows of per_image.csv (evaluate) that most need a person: lowest GT-free score first,
-    spread over classes. Rows of `split` without GT (neither a GT mask nor a correction) are grouped
-    by tag (an image with several tags is in each of its groups); negatives form one more group, and
-    only those the decoder painted objects on (score < 1: background share of their mask) are in
+    spread over classes. Rows of `split` not corrected yet (an image with a GT mask is one of them:
+    train_decoder trains on its pseudo-label, not on its GT) are grouped by tag (an image with
+    several tags is in each of its groups); negatives form one more group, and only those the decoder painted objects on (score < 1: background share of their mask) are in
     it. Rounds take, from each group in turn (the group with the worst image first), its worst
     image not yet taken, until `k` are taken or none are left."""
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
-        if row["split"] != split or row.get("gt"):
+        if row["split"] != split or row.get("gt") == "corrected":
             continue
         score = float(row["gt_free_score"])
         tags = row["tags"].split(";") if row["tags"] else [NEGATIVE]
