@@ -11,7 +11,8 @@ cell on that side, instead of none).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+import typing
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,10 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-# How a patch position grid is resampled to another grid (weaktr-method.md §1.2, §3.1):
+from labelgen.config import PosEmbedResample
+
+# How a patch position grid is resampled to another grid (labelgen.config.PosEmbedResample;
+# weaktr-method.md §1.2, §3.1):
 # "dino": the reference stage 1 (models.py:WeakTr.interpolate_pos_encoding, from DINO): bicubic
 #   (A = -0.75, align_corners False, no antialias) by scale_factor (g + 0.1) / g0 per side, so output
 #   cell o samples input coordinate (o + 0.5)·g0/(g + 0.1) − 0.5; kept as is only when the grid is the
@@ -28,8 +32,7 @@ from torch import Tensor, nn
 #   to the target size, align_corners False, no antialias.
 # "timm": timm.layers.resample_abs_pos_embed: bicubic to the target size, antialiased (labelgen before
 #   the parity work; it maps the grids exactly, without DINO's 0.1 offset).
-PosEmbedResample = Literal["dino", "bilinear", "timm"]
-POS_EMBED_RESAMPLES = ("dino", "bilinear", "timm")
+POS_EMBED_RESAMPLES = typing.get_args(PosEmbedResample)  # labelgen.config.PosEmbedResample, spelled there once
 
 
 def resample_patch_pos(

@@ -7,6 +7,7 @@ fused CAM, the fine CAM through patch affinity, and three multilabel soft-margin
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -16,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelgen.config import Fusion, HeadInit
 from labelgen.models.pixels import PixelNormalised, normalisation
 from labelgen.models.vit import ViTBackbone, attention_weights, block_with_attention
 from labelgen.models.weights import create_vit
 
-FUSIONS = ("aaf", "mean")
-CAM_KINDS = ("fine", "fused", "coarse")
-HEAD_INITS = ("pytorch_default", "trunc_normal")
+FUSIONS = typing.get_args(Fusion)  # the config's allowed values, spelled there once
+HEAD_INITS = typing.get_args(HeadInit)
 
 
 @dataclass(frozen=True)

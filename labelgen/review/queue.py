@@ -9,9 +9,10 @@ def review_queue(rows: list[dict[str, str]], split: str, k: int) -> list[dict[st
     """The `k` rows of per_image.csv (evaluate) that most need a person: lowest GT-free score first,
     spread over classes. Rows of `split` not corrected yet (an image with a GT mask is one of them:
     train_decoder trains on its pseudo-label, not on its GT) are grouped by tag (an image with
-    several tags is in each of its groups); negatives form one more group, and only those the decoder painted objects on (score < 1: background share of their mask) are in
-    it. Rounds take, from each group in turn (the group with the worst image first), its worst
-    image not yet taken, until `k` are taken or none are left."""
+    several tags is in each of its groups); negatives form one more group, and only those the
+    decoder painted objects on (score < 1: background share of their mask) are in it. Rounds take,
+    from each group in turn (the group with the worst image first), its worst image not yet taken,
+    until `k` are taken or none are left."""
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         if row["split"] != split or row.get("gt") == "corrected":

@@ -34,7 +34,6 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import gt_mask, read_mask
 from labelgen.data.problems import NOT_SCORED
-from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.models.weaktr import WeakTr
 from labelgen.numerics.maps_to_labels import cam_to_labels, resize_maps
@@ -127,11 +126,6 @@ def gt_not_scored(problems: Path, manifest: Manifest) -> tuple[dict[str, str], l
 def _jobs(ctx: StageContext) -> list[ShardJob]:
     """Every task of this evaluation, in unit order; `finalize` rebuilds the same list to find the parts."""
     p: EvaluateParams = ctx.params
-    if p.shard_size < 1 or p.thumbnail < 16 or p.gallery_page < 1:
-        raise ConfigError(
-            f"evaluate.shard_size={p.shard_size}, thumbnail={p.thumbnail}, gallery_page={p.gallery_page}: "
-            "need shard_size >= 1, thumbnail >= 16 (pixels), gallery_page >= 1"
-        )
     manifest = Manifest.load(ctx.input_path("index", "manifest"))
     not_scored, _ = gt_not_scored(ctx.input_path("index", "problems"), manifest)
     corrected = corrected_masks(ctx)

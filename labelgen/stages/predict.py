@@ -17,15 +17,14 @@ import torch.nn.functional as F
 
 from labelgen.config import PredictParams
 from labelgen.data.images import read_image
+from labelgen.data.index import dataset_splits
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.devices import pick_device
-from labelgen.errors import ConfigError
-from labelgen.models.precision import autocast, check_precision
+from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, load_segmenter
 from labelgen.numerics.crf import CrfParams, crf_on_probs
 from labelgen.numerics.maps_to_labels import resize_maps, resized_argmax
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
-from labelgen.stages.index import dataset_splits
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 
 log = logging.getLogger(__name__)
@@ -174,11 +173,6 @@ def predict_shard(
 
 def _plan(ctx: StageContext) -> list[Unit]:
     p: PredictParams = ctx.params
-    check_precision(p.precision, "predict.precision")
-    if p.max_side < 1:
-        raise ConfigError(
-            f"predict.max_side={p.max_side}: set a positive number of pixels (default {PredictParams.max_side})"
-        )
     manifest = Manifest.load(ctx.input_path("index", "manifest"))
     model = ctx.input_path("train_decoder", "model")
     max_pixels = ctx.recipe["dataset"].max_image_pixels
