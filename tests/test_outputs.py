@@ -40,7 +40,7 @@ EXPECTED = {
 }
 # a stage only runs where people's corrections were pulled: checked on such a run in tests/test_review.py
 OPTIONAL_EXPECTED = {
-    ("corrections", "masks", ()): "masks",
+    ("corrections", "masks", ()): "corrected_masks",
     ("corrections", "provenance", ()): "provenance.json",
 }
 

@@ -95,7 +95,7 @@ def _corrections_after_run(run_dir: Path, client) -> tuple[Path, dict]:
     recipe, _ = last_recipe(run_dir)
     arts = run_pipeline(recipe, run_dir, "corrections", client)
     art = arts["corrections"].path
-    return art / "masks", json.loads((art / "provenance.json").read_text())
+    return art / "corrected_masks", json.loads((art / "provenance.json").read_text())
 
 
 def test_labelstudio_json_export_becomes_corrections(coco_run, tmp_path, client):

@@ -8,8 +8,8 @@ is the names of the pulled sets (each names its content), so a new pull reruns t
 depends on it (train_decoder, predict, evaluate), nothing upstream. Where two sets correct the same
 image, the later one wins.
 
-Outputs: `masks/<image id>.png` (VOC-palette class-index PNGs in labelgen's frame of the image) and
-`provenance.json` ({image id: {who, when, source, set}} of the correction used).
+Outputs: `corrected_masks/<image id>.png` (VOC-palette class-index PNGs in labelgen's frame of the
+image) and `provenance.json` ({image id: {who, when, source, set}} of the correction used).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResul
 from labelgen.review.pulled import PROVENANCE, pulled_sets
 from labelgen.store.artifact import write_json_atomic
 
-MASKS = "masks"
+MASKS = "corrected_masks"  # the folder of masks
 
 
 def merge_pulled(sets: list[Path], out: Path) -> UnitResult:
-    """The dask task: copy each image's latest correction into `out/masks/` and write provenance.json."""
+    """The dask task: copy each image's latest correction into `out/corrected_masks/` and write provenance.json."""
     latest: dict[str, dict[str, Any]] = {}
     for folder in sets:  # oldest first: a later set's mask of an image replaces an earlier one's
         for entry in json.loads((folder / PROVENANCE).read_text())["corrections"]:
@@ -88,7 +88,7 @@ STAGE = Stage(
     plan=_plan,
     finalize=_finalize,
     outputs=(
-        Output(MASKS, MASKS, "<image id>.png: the latest correction of each corrected image"),
+        Output("masks", MASKS, "<image id>.png: the latest correction of each corrected image"),
         Output("provenance", PROVENANCE, "who corrected each image, when, and where it came from"),
     ),
     key_extra=_key_extra,
