@@ -441,3 +441,18 @@ def test_push_edit_in_label_studio_pull_retrain(tiny_full_run, label_studio, tmp
     assert html.count('data-corrected="1"') == 1
     metrics = json.loads((after["evaluate"].path / "metrics.json").read_text())
     assert metrics["gt"]["corrected"] == {"train": 1, "val": 0}
+
+
+def test_cli_import_of_a_wrong_file_is_one_line_and_exit_2(coco_run, tmp_path):
+    from click.testing import CliRunner
+
+    from labelgen.cli import main
+
+    run_dir = _fresh_run(coco_run, tmp_path)
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps({"not": "a list"}))
+    result = CliRunner().invoke(
+        main, ["review", "import", "--run-dir", str(run_dir), str(export), "--format", "labelstudio-json"]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {export}: a Label Studio JSON export is a list of tasks, this holds a dict"
