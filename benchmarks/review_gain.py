@@ -5,6 +5,8 @@ per corrected image.
 
     python benchmarks/review_gain.py     # the demo (benchmarks/recipes/review_gain_cpu.toml), K = 10 and 20
 
+See the README (Review, "Does review pay?") for what ran and what it measured.
+
 Every variant lives in one run folder: the base run (`labelgen run full`), then per variant one
 pulled set of GT masks (`labelgen.review.pulled.save_pulled`, what `review pull` writes) and
 `labelgen run full` again, which reruns only corrections, train_decoder, predict and evaluate. The
