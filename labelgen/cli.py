@@ -371,5 +371,96 @@ def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
     click.echo(f"exported {counts} -> {Path(out).resolve()}")
 
 
+@main.group()
+def review() -> None:
+    """Have people correct the masks that most need it, in Label Studio or CVAT, and retrain on them.
+
+    \b
+    Example:
+      labelgen review push --run-dir runs/demo --k 20 --url http://127.0.0.1:8080 --token TOKEN
+      labelgen review pull --run-dir runs/demo --url http://127.0.0.1:8080 --token TOKEN
+      labelgen review import --run-dir runs/demo export.zip --format cvat-mask
+      labelgen run full --dataset demo --run-dir runs/demo    # retrains on the corrections
+    """
+
+
+def _server_options(fn):
+    fn = click.option("--project", help="Label Studio project title [default: 'labelgen <run folder name>'].")(fn)
+    fn = click.option(
+        "--token", envvar="LABEL_STUDIO_TOKEN", required=True, help="API token (or env LABEL_STUDIO_TOKEN)."
+    )(fn)
+    fn = click.option("--url", required=True, help="Label Studio server, e.g. http://127.0.0.1:8080.")(fn)
+    run_dir = click.option("--run-dir", type=click.Path(file_okay=False, exists=True), required=True, help="A run.")
+    return run_dir(fn)
+
+
+@review.command("push")
+@_server_options
+@click.option("--k", "k", type=click.IntRange(min=1), required=True, help="How many images to send.")
+@_user_errors
+def review_push(run_dir, url, token, project, k) -> None:
+    """Send the K train images with the lowest GT-free score (spread over classes; negatives the
+    decoder painted on included) with their current masks as pre-annotations to Label Studio.
+
+    \b
+    Example:
+      labelgen review push --run-dir runs/demo --k 20 --url http://127.0.0.1:8080 --token TOKEN
+    """
+    from labelgen.review.commands import push
+    from labelgen.review.labelstudio import LabelStudio
+
+    out = push(Path(run_dir).resolve(), k, LabelStudio(url, token), project)
+    where = f"{url.rstrip('/')}/projects/{out['project']}"
+    click.echo(f"sent {len(out['sent'])} images to project {out['project']} ({out['title']}): {where}")
+
+
+@review.command("pull")
+@_server_options
+@_user_errors
+def review_pull(run_dir, url, token, project) -> None:
+    """Read the people's corrections from Label Studio into the run; `labelgen run` then retrains on them.
+
+    \b
+    Example:
+      labelgen review pull --run-dir runs/demo --url http://127.0.0.1:8080 --token TOKEN
+    """
+    from labelgen.review.commands import pull
+    from labelgen.review.labelstudio import LabelStudio
+
+    out = pull(Path(run_dir).resolve(), LabelStudio(url, token), project)
+    _said_pulled(out["set"], out["corrections"])
+
+
+@review.command("import")
+@click.option("--run-dir", type=click.Path(file_okay=False, exists=True), required=True, help="A run folder.")
+@click.argument("path", type=click.Path(exists=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["labelstudio-json", "cvat-mask", "coco"]),
+    required=True,
+    help="Label Studio JSON export, CVAT 'Segmentation mask 1.1' (.zip or folder), or COCO 1.0 instances JSON.",
+)
+@_user_errors
+def review_import(run_dir, path, fmt) -> None:
+    """Read corrections from a file exported by your own Label Studio or CVAT server into the run.
+
+    \b
+    Example:
+      labelgen review import --run-dir runs/demo task_export.zip --format cvat-mask
+    """
+    from labelgen.review.commands import import_files
+
+    out = import_files(Path(run_dir).resolve(), Path(path).resolve(), fmt)
+    _said_pulled(out["set"], out["corrections"])
+
+
+def _said_pulled(folder: str | None, count: int) -> None:
+    if folder is None:
+        click.echo("no new corrections: nothing changed")
+    else:
+        click.echo(f"kept {count} corrected masks -> {folder}; `labelgen run` retrains and rescores on them")
+
+
 if __name__ == "__main__":
     main()

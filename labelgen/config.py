@@ -283,11 +283,21 @@ class EvaluateParams:
     gallery_inline: int = 500  # images whose rows are inside report.html; later pages go to report_gallery/
 
 
+@dataclass(frozen=True)
+class CorrectionsParams:
+    # Use the masks people corrected (`labelgen review pull` / `review import`, kept in
+    # <run>/review/pulled/): they replace those images' pseudo-labels in train_decoder and are scored
+    # as GT by evaluate. false: train and score as if none had been pulled (the run's keys are then
+    # those of a run without corrections).
+    use: bool = True
+
+
 STAGE_PARAMS: dict[str, type] = {
     "dataset": DatasetParams,
     "train_cam": TrainCamParams,
     "export_cams": ExportCamsParams,
     "pseudo_labels": PseudoLabelsParams,
+    "corrections": CorrectionsParams,
     "train_decoder": TrainDecoderParams,
     "predict": PredictParams,
     "evaluate": EvaluateParams,

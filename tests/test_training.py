@@ -156,7 +156,7 @@ def test_two_ranks_on_two_workers_equal_one_process_at_the_same_global_batch(tmp
 def initial_weights(recipe, demo: Path) -> dict[str, torch.Tensor]:
     """The decoder's weights before training (the same seeded build)."""
     manifest = Manifest.load(demo / "index" / "manifest.json")
-    stage = DecoderTraining(recipe["train_decoder"], recipe["dataset"], manifest, "")
+    stage = DecoderTraining(recipe["train_decoder"], recipe["dataset"], manifest, "", {})
     return stage.build(torch.device("cpu")).model.state_dict()
 
 

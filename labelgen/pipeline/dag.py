@@ -2,6 +2,7 @@
 
 index -> train_cam -> export_cams -> pseudo_labels -> train_decoder -> predict
                            \\______________\\___________________________\\__-> evaluate
+corrections (optional: where people's corrections were pulled) -> train_decoder, evaluate
 """
 
 from __future__ import annotations
@@ -9,12 +10,23 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from labelgen.config import Recipe
 from labelgen.errors import ConfigError
 from labelgen.pipeline.stage import Stage
 
-ORDER: tuple[str, ...] = ("index", "train_cam", "export_cams", "pseudo_labels", "train_decoder", "predict", "evaluate")
+ORDER: tuple[str, ...] = (
+    "index",
+    "train_cam",
+    "export_cams",
+    "pseudo_labels",
+    "corrections",
+    "train_decoder",
+    "predict",
+    "evaluate",
+)
+OPTIONAL = ("corrections",)  # stages with `present`: in a run only where their input is there
 
 
 @functools.cache
@@ -49,11 +61,12 @@ STAGES: Mapping[str, Stage] = _Stages()
 MASK_STAGES = ("export_cams", "pseudo_labels", "predict")  # what `evaluate` scores, where present
 
 
-def stages_for(target: str, recipe: Recipe) -> list[str]:
+def stages_for(target: str, recipe: Recipe, run_dir: Path | None = None) -> list[str]:
     """The stages a `labelgen run TARGET` brings up to date, in DAG order.
 
     A mask-producing target is followed by `evaluate` over whatever masks the run holds;
-    `full` (or `evaluate`) means every stage.
+    `full` (or `evaluate`) means every stage. An optional stage (`OPTIONAL`) other than the target
+    is part of it only where `run_dir` is given and the stage's `present` says so.
     """
     producers = [n for n in ORDER if n != "evaluate"]
     if target in ("full", "evaluate"):
@@ -67,7 +80,9 @@ def stages_for(target: str, recipe: Recipe) -> list[str]:
     names = [n for n in producers if n in needed]
     if any(n in MASK_STAGES for n in names):
         names.append("evaluate")
-    return names
+        needed.update(i for i in STAGES["evaluate"].inputs_for(recipe) if i in OPTIONAL)  # its corrections
+    absent = {n for n in OPTIONAL if n != target and not (run_dir and STAGES[n].present(recipe, run_dir))}
+    return [n for n in ORDER if (n in needed or n in names) and n not in absent]
 
 
 def stage_inputs(name: str, names: list[str], recipe: Recipe) -> list[str]:

@@ -41,7 +41,7 @@ class PlannedStage:
 
 def plan_run(recipe: Recipe, run_dir: Path, target: str) -> list[PlannedStage]:
     """Resolve the key of every stage the target needs, upstream first. Pure: touches no files."""
-    names = stages_for(target, recipe)
+    names = stages_for(target, recipe, run_dir)
     planned: dict[str, PlannedStage] = {}
     for name in names:
         stage = STAGES[name]

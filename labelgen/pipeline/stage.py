@@ -158,6 +158,9 @@ class Stage:
     # list is known before any work (VOC, demo, a folder's class file, a finished index), else right
     # after the index has read it (COCO's, from its JSON); each raises a LabelgenError
     class_checks: tuple[Callable[[Recipe, tuple[str, ...]], None], ...] = ()
+    # an optional stage: part of a run only where present(recipe, run_dir) says its input is there
+    # (corrections: only where people's corrections were pulled), so runs without it keep their keys
+    present: Callable[[Recipe, Path], bool] | None = None
 
     def inputs_for(self, recipe: Recipe) -> tuple[str, ...]:
         return self.used_inputs(recipe) if self.used_inputs else self.inputs

@@ -61,7 +61,9 @@ def _info(row: GalleryRow, classes: tuple[str, ...]) -> str:
     tags = " ".join(_swatch(_rgb(t), classes[t]) for t in rec["tags"]) or "no tags (a negative)"
     lines = [f"<b>{html.escape(rec['id'])}</b> · {html.escape(rec['split'])}", tags]
     iou = rec["iou"].get(rec["final"]) if rec["gt"] else None
-    if rec["gt"]:
+    if rec.get("corrected"):
+        lines.append(f"corrected: GT mIoU {pct(iou)} against the correction, {html.escape(source_title(rec['final']))}")
+    elif rec["gt"]:
         lines.append(f"GT mIoU {pct(iou)}, {html.escape(source_title(rec['final']))}")
     elif row.not_scored:
         lines.append("GT not scored")
@@ -80,7 +82,8 @@ def gallery_row(row: GalleryRow, classes: tuple[str, ...]) -> str:
     image_id, split = html.escape(rec["id"], quote=True), html.escape(rec["split"], quote=True)
     parts = [
         f'<div class="row" data-id="{image_id}" data-split="{split}" data-rank="{rec["rank"]:.6f}"'
-        f' data-score="{rec["score"]:.6f}" data-gt="{int(rec["gt"])}" data-tags="{names}">',
+        f' data-score="{rec["score"]:.6f}" data-gt="{int(rec["gt"])}" data-tags="{names}"'
+        f' data-corrected="{int(rec.get("corrected", False))}">',
         _info(row, classes),
         _figure("photo", row.photo, "image"),
     ]
@@ -89,7 +92,8 @@ def gallery_row(row: GalleryRow, classes: tuple[str, ...]) -> str:
         attrs = f' data-class="{html.escape(classes[label], quote=True)}"'
         parts.append(_figure("cam", uri, f"CAM {classes[label]}{score}", attrs))
     for source, uri in row.masks.items():
-        parts.append(_figure("mask", uri, source_title(source), f' data-source="{source}"'))
+        title = "GT (corrected)" if source == "gt" and rec.get("corrected") else source_title(source)
+        parts.append(_figure("mask", uri, title, f' data-source="{source}"'))
     if "gt" not in row.masks and row.not_scored:
         reason = html.escape(row.not_scored)
         parts.append(f'<figure class="nogt" data-source="gt"><div>GT not scored: {reason}</div></figure>')

@@ -75,6 +75,12 @@ def coverage_paragraphs(metrics: dict[str, Any]) -> list[str]:
     total = sum(gt["scored"].values())
     if total:
         lines = [f"Scored against GT: {total} of {sum(gt['images'].values())} images ({per_split})."]
+        corrected = sum(gt.get("corrected", {}).values())
+        if corrected:
+            lines.append(
+                f"Of these, {corrected} were corrected by people (labelgen review): their corrections are their GT, "
+                'and the gallery and per_image.csv mark them "corrected".'
+            )
     else:
         lines = [f"No image of this run has a GT mask ({per_split}): nothing is scored against GT."]
     refused = gt["not_scored_by_index"]
@@ -244,7 +250,18 @@ def write_markdown(path: Path, run_dir: Path, sections: list[Section], overlays:
     path.write_text("\n".join(lines))
 
 
-PER_IMAGE_FIELDS = ["rank", "id", "split", "tags", "gt_iou", "gt_free_score", "agreement", "confidence", "tags_found"]
+PER_IMAGE_FIELDS = [
+    "rank",
+    "id",
+    "split",
+    "tags",
+    "gt_iou",
+    "gt",  # "corrected" (scored against a person's correction), "mask" (its own GT mask) or ""
+    "gt_free_score",
+    "agreement",
+    "confidence",
+    "tags_found",
+]
 
 
 def per_image_row(position: int, record: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -258,6 +275,7 @@ def per_image_row(position: int, record: dict[str, Any], classes: list[str]) -> 
         "split": record["split"],
         "tags": ";".join(classes[t] for t in record["tags"]),
         "gt_iou": "" if iou is None else f"{iou:.4f}",
+        "gt": "corrected" if record.get("corrected") else ("mask" if record["gt"] else ""),
         "gt_free_score": f"{record['score']:.4f}",
         "agreement": "" if record["agreement"] is None else f"{record['agreement']:.4f}",
         "confidence": "" if conf is None else ";".join(f"{v:.3f}" for v in conf),

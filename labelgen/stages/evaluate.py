@@ -8,6 +8,9 @@ images' gallery rows (.html, with thumbnails). The reduce sums the matrices, str
 and copies the gallery rows into report.html in rank order: nothing holds more than a shard of
 images, and the reduce keeps one short ranking entry per image.
 
+GT of an image: a person's correction where the run has one (the `corrections` input: that image
+counts as GT, is scored against it and marked "corrected"), else its GT mask where it has one.
+
 Sources scored against GT: `cams` (argmax after a background threshold, no CRF; swept over
 thresholds), `pseudo_labels` (CRF labels) and `predict_<split>`. Without GT (`labelgen.numerics.quality`):
 tagged classes found, foreground share, pseudo-label/prediction agreement, classifier confidence.
@@ -29,7 +32,7 @@ from PIL import Image
 from labelgen.config import EvaluateParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
-from labelgen.data.masks import gt_mask
+from labelgen.data.masks import gt_mask, read_mask
 from labelgen.data.problems import NOT_SCORED
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.models.weaktr import WeakTr
@@ -49,6 +52,7 @@ from labelgen.report.markdown import (
     write_per_image_csv,
 )
 from labelgen.report.pictures import data_uri, heatmap, overlay, overlay_grid, shrink_image, shrink_mask, thumbnail_size
+from labelgen.stages.corrections import corrected_masks
 from labelgen.store.artifact import standard_json
 from labelgen.store.sharded import ImageArrays
 
@@ -77,6 +81,7 @@ class ShardJob:
     bg_threshold: float  # the recipe's threshold: CAM label maps of the per-image numbers
     thumbnail: int  # pixels, longer side of a gallery picture
     not_scored: dict[str, str]  # image id -> why the index did not score its GT mask
+    corrected: dict[str, Path]  # image id -> a person's corrected mask (PNG): its GT from now on
     max_pixels: int
     out: Path  # parts/<unit>: the task writes <out>.npz, <out>.json and <out>.html
 
@@ -124,6 +129,7 @@ def _jobs(ctx: StageContext, manifest: Manifest | None = None) -> list[ShardJob]
     p: EvaluateParams = ctx.params
     manifest = manifest or Manifest.load(ctx.input_path("index", "manifest"))
     not_scored, _ = gt_not_scored(ctx.input_path("index", "problems"), manifest)
+    corrected = corrected_masks(ctx)
     train = ctx.recipe["dataset"].train_split
     cam_model = ctx.input_path("train_cam", "model") if "train_cam" in ctx.inputs else None
     template = ShardJob(
@@ -139,6 +145,7 @@ def _jobs(ctx: StageContext, manifest: Manifest | None = None) -> list[ShardJob]
         bg_threshold=ctx.recipe["pseudo_labels"].bg_threshold,
         thumbnail=p.thumbnail,
         not_scored={},
+        corrected={},
         max_pixels=ctx.recipe["dataset"].max_image_pixels,
         out=Path(),
     )
@@ -160,7 +167,8 @@ def _jobs(ctx: StageContext, manifest: Manifest | None = None) -> list[ShardJob]
                     start=start,
                     stores=stores,
                     pair=pair,
-                    not_scored={r.id: not_scored[r.id] for r in chunk if r.id in not_scored},
+                    not_scored={r.id: not_scored[r.id] for r in chunk if r.id in not_scored and r.id not in corrected},
+                    corrected={r.id: corrected[r.id] for r in chunk if r.id in corrected},
                     out=ctx.artifact.path / PARTS / f"{len(jobs):06d}",
                 )
             )
@@ -246,6 +254,13 @@ class ShardTotals:
     scored: int = 0  # images with GT
 
 
+def image_gt(job: ShardJob, r: ImageRecord) -> np.ndarray | None:
+    """The H×W uint8 GT an image is scored against: its correction, else its GT mask, else None."""
+    if r.id in job.corrected:
+        return read_mask(job.corrected[r.id])
+    return gt_mask(r) if r.mask else None
+
+
 def evaluate_image(
     job: ShardJob, r: ImageRecord, stored: dict[str, Any], cam_net: WeakTr | None, totals: ShardTotals
 ) -> tuple[dict[str, Any], str]:
@@ -253,13 +268,14 @@ def evaluate_image(
     num = len(job.classes)
     image = read_image(r.image, job.max_pixels, r.orientation)
     labels = label_maps(stored, image.shape[:2], job.bg_threshold)
-    gt = gt_mask(r) if r.mask else None
+    gt = image_gt(job, r)
     ious = score_against_gt(gt, stored, labels, job, totals.cms) if gt is not None else {}
     totals.scored += gt is not None
     confidence = None
     if cam_net is not None:
         confidence = tag_confidence(cam_net, image, r.tags, job.confidence_size)
     record = image_quality(r, job.split, labels, num, confidence, ious)
+    record["corrected"] = r.id in job.corrected
     if job.pair:
         pair_cm = confusion_matrix(labels[job.pair[0]], labels[job.pair[1]], num)
         totals.agreement += pair_cm
@@ -308,6 +324,7 @@ class Reduced:
     agreement: dict[str, np.ndarray] = field(default_factory=dict)  # split -> L, L
     tallies: dict[str, SplitTally] = field(default_factory=dict)
     scored: dict[str, int] = field(default_factory=dict)  # split -> images with GT
+    corrected: dict[str, int] = field(default_factory=dict)  # split -> of those, corrected by people
     ranking: list[RankEntry] = field(default_factory=list)
 
 
@@ -324,6 +341,7 @@ def reduce_parts(jobs: list[ShardJob], num_labels: int) -> Reduced:
         for rec in json.loads(job.out.with_suffix(".json").read_text()):
             tally.add(rec)
             out.scored[job.split] = out.scored.get(job.split, 0) + rec["gt"]
+            out.corrected[job.split] = out.corrected.get(job.split, 0) + rec["corrected"]
             conf = mean_confidence(rec)
             conf = 1.0 if conf is None else conf
             out.ranking.append(RankEntry(rec["rank"], conf, rec["split"], rec["id"], k, rec["offset"], rec["length"]))
@@ -350,6 +368,7 @@ def build_metrics(
     metrics["gt"] = {
         "images": sizes,
         "scored": {split: reduced.scored.get(split, 0) for split in sizes},
+        "corrected": {split: reduced.corrected.get(split, 0) for split in sizes},
         "not_scored_by_index": len(not_scored),
         "not_scored": [{"file": e["file"], "reason": e["reason"]} for e in not_scored[:100]],
     }
@@ -376,7 +395,8 @@ def worst_overlays(jobs: list[ShardJob], ranking: list[RankEntry], count: int, p
         image = read_image(r.image, job.max_pixels, r.orientation)
         stored = {n: ImageArrays(p).rows(job.start + j, job.start + j + 1)[0] for n, p in job.stores.items()}
         labels = label_maps(stored, image.shape[:2], job.bg_threshold)
-        gt = overlay(image, gt_mask(r)) if r.mask else None
+        gt = image_gt(job, r)
+        gt = overlay(image, gt) if gt is not None else None
         rows.append([image, gt, *(overlay(image, labels[s]) if s in labels else None for s in sources)])
     overlay_grid(rows, ["image (worst first)", "GT", *(source_title(s) for s in sources)], path)
     return True
@@ -430,9 +450,9 @@ def _key_extra(recipe, run_dir: Path) -> dict[str, Any]:
 
 STAGE = Stage(
     name="evaluate",
-    version=2,  # 2: GT-free quality, per-image records, report.html gallery, solid overlays
+    version=3,  # 2: GT-free quality, per-image records, report.html gallery, solid overlays; 3: corrections
     section="evaluate",
-    inputs=("index", "train_cam", "export_cams", "pseudo_labels", "predict"),
+    inputs=("index", "train_cam", "export_cams", "pseudo_labels", "corrections", "predict"),
     gpu=False,
     plan=_plan,
     finalize=_finalize,

@@ -2,7 +2,8 @@
 loss (weaktr-method.md §3). Output: `model.pt`, `last.pt` (resume state), `log.jsonl`.
 
 Masks come from the `pseudo_labels` artifact, or from any folder of `<image id>.png` masks the user
-points `train_decoder.masks` at (retraining on one's own pseudo-labels).
+points `train_decoder.masks` at (retraining on one's own pseudo-labels); an image people corrected
+(the `corrections` input, where the run has one) trains on its correction instead.
 
 The training itself is `labelgen.training.loop` configured with `DecoderTraining`, as train_cam's; a
 run killed at any point and resumed from `last.pt` ends with exactly the weights of an uninterrupted
@@ -30,6 +31,7 @@ from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
+from labelgen.stages.corrections import corrected_masks
 from labelgen.store.checkpoint import TrainingState
 from labelgen.store.sharded import ImageArrays
 from labelgen.training.loop import LAST, LOG, LoopSettings, train
@@ -51,14 +53,25 @@ class PseudoMaskImages(Dataset):
     the image bytes and an eighth of the mask bytes through the loader processes' shared memory and
     the host-to-device copy."""
 
-    def __init__(self, records: list[ImageRecord], masks: str, p: TrainDecoderParams, max_pixels: int):
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        masks: str,
+        p: TrainDecoderParams,
+        max_pixels: int,
+        corrected: dict[str, str] | None = None,
+    ):
         self.records, self.masks, self.p, self.max_pixels = records, masks, p, max_pixels
+        self.corrected = corrected or {}  # image id -> a person's corrected mask (PNG), used instead
         self._store: ImageArrays | None = None  # opened lazily, once per loader process
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _mask(self, i: int) -> np.ndarray:
+        """The H×W uint8 mask image i trains on: its correction where a person made one."""
+        if self.records[i].id in self.corrected:
+            return read_mask(self.corrected[self.records[i].id])
         if Path(self.masks).suffix == ".zarr":
             if self._store is None:
                 self._store = ImageArrays(Path(self.masks))
@@ -101,8 +114,11 @@ def _mask_source(p: TrainDecoderParams, ctx: StageContext, records: list[ImageRe
 class DecoderTraining:
     """train_decoder's pieces of the training loop (`labelgen.training.loop.StageTraining`)."""
 
-    def __init__(self, p: TrainDecoderParams, dataset: DatasetParams, manifest: Manifest, masks: str):
+    def __init__(
+        self, p: TrainDecoderParams, dataset: DatasetParams, manifest: Manifest, masks: str, corrected: dict[str, str]
+    ):
         self.p, self.dataset, self.manifest, self.masks = p, dataset, manifest, masks
+        self.corrected = corrected  # image id -> a person's corrected mask (PNG), trained on instead
         self.criterion = GradientClippingLoss(p.clip_window, p.clip_start, enabled=p.gradient_clipping)
 
     def build(self, device: torch.device) -> TrainingState:
@@ -127,7 +143,7 @@ class DecoderTraining:
 
     def data(self, state: TrainingState) -> PseudoMaskImages:
         records = self.manifest.split(self.dataset.train_split)
-        return PseudoMaskImages(records, self.masks, self.p, self.dataset.max_image_pixels)
+        return PseudoMaskImages(records, self.masks, self.p, self.dataset.max_image_pixels, self.corrected)
 
     def loss(self, model: Segmenter, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         """Forward under `precision`, the clamp loss in float32 (clipping statistics per micro-batch,
@@ -164,27 +180,39 @@ class DecoderTraining:
 
 
 def train_decoder(
-    p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path
+    p: TrainDecoderParams,
+    dataset: DatasetParams,
+    manifest_path: Path,
+    masks: str,
+    out: Path,
+    corrected: dict[str, str] | None = None,
 ) -> UnitResult:
     """The dask task: train (or resume) the Segmenter on `p.devices` ranks and write model.pt."""
     records = Manifest.load(manifest_path).split(dataset.train_split)
     if len(records) < p.batch_size:
         raise DataError(f"{len(records)} train images, fewer than train_decoder.batch_size={p.batch_size}")
-    args = (p, dataset, manifest_path, masks, out)
+    args = (p, dataset, manifest_path, masks, out, corrected or {})
     return run_ranks("train_decoder", _train_rank, args, p.devices, p.batch_size, p.collective_timeout_s, out / LAST)
 
 
 def _train_rank(
-    p: TrainDecoderParams, dataset: DatasetParams, manifest_path: Path, masks: str, out: Path, ranks: Ranks
+    p: TrainDecoderParams,
+    dataset: DatasetParams,
+    manifest_path: Path,
+    masks: str,
+    out: Path,
+    corrected: dict[str, str],
+    ranks: Ranks,
 ) -> UnitResult | None:
     """One rank of the training; rank 0 writes model.pt and returns the unit's result."""
-    stage = DecoderTraining(p, dataset, Manifest.load(manifest_path), masks)
+    stage = DecoderTraining(p, dataset, Manifest.load(manifest_path), masks, corrected)
     state = train(stage, LoopSettings.of("train_decoder", p), out, ranks)
     if not ranks.writer:
         return None
     save_segmenter(out / MODEL, state.model, epoch=p.epochs - 1)
     last = state.history[-1]
-    return [out / MODEL], {"final_loss": last["loss"], "images_per_s": last["images_per_s"]}
+    info = {"final_loss": last["loss"], "images_per_s": last["images_per_s"], "corrected_images": len(corrected)}
+    return [out / MODEL], info
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
@@ -192,18 +220,22 @@ def _plan(ctx: StageContext) -> list[Unit]:
     manifest_path = ctx.input_path("index", "manifest")
     records = Manifest.load(manifest_path).split(dataset.train_split)
     masks = _mask_source(ctx.params, ctx, records)
+    train_ids = {r.id for r in records}
+    corrected = {i: str(path) for i, path in corrected_masks(ctx).items() if i in train_ids}
+    if corrected:
+        log.info("train_decoder: %d of %d train images train on a person's correction", len(corrected), len(records))
     return [
         Unit(
             0,
             train_decoder,
-            (ctx.params, dataset, manifest_path, masks, ctx.artifact.path),
+            (ctx.params, dataset, manifest_path, masks, ctx.artifact.path, corrected),
             f"{ctx.params.epochs} epochs",
         )
     ]
 
 
 def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {k: records[0][k] for k in ("final_loss", "images_per_s")}
+    return {k: records[0][k] for k in ("final_loss", "images_per_s", "corrected_images") if k in records[0]}
 
 
 def _key_extra(recipe, run_dir: Path) -> dict[str, Any]:
@@ -213,8 +245,10 @@ def _key_extra(recipe, run_dir: Path) -> dict[str, Any]:
 
 
 def _used_inputs(recipe) -> tuple[str, ...]:
-    """Retraining on a user's own mask folder needs no CAM stages at all."""
-    return ("index", "pseudo_labels") if recipe["train_decoder"].masks == "pseudo_labels" else ("index",)
+    """Retraining on a user's own mask folder needs no CAM stages at all; corrections, where the run
+    has them, replace either's masks."""
+    own = recipe["train_decoder"].masks != "pseudo_labels"
+    return ("index", "corrections") if own else ("index", "pseudo_labels", "corrections")
 
 
 def _check_weights(recipe, run_dir: Path) -> None:
@@ -233,7 +267,7 @@ STAGE = Stage(
     name="train_decoder",
     version=2,
     section="train_decoder",
-    inputs=("index", "pseudo_labels"),
+    inputs=("index", "pseudo_labels", "corrections"),
     gpu=True,
     plan=_plan,
     finalize=_finalize,
