@@ -241,7 +241,7 @@ def test_coco_format_with_its_own_categories(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="labelgen"):
         manifest = index_dataset(COCO, root, tmp_path / "out")
     assert manifest.classes == ("background", "dog", "giraffe")
-    assert manifest.category_ids == (0, 1, 2)
+    assert manifest.category_ids == (None, 1, 2)
     by_id = {r.source_id: r for r in manifest.records}
     assert by_id[74].tags == (1, 2) and by_id[73].tags == (2,)
     assert "the JSON's own 2 categories" in caplog.text

@@ -10,6 +10,7 @@ nothing is decided silently.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,17 @@ def _names(labels: list[int], classes: tuple[str, ...]) -> str:
 
 
 def index_items(
-    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_file: Path, keep_untagged: bool = False
+    items: list[SourceItem],
+    classes: tuple[str, ...],
+    max_pixels: int,
+    gt_file: Path,
+    keep_untagged: bool = False,
+    unannotated: set[str] = frozenset(),
 ) -> tuple[list[ImageRecord], list[dict[str, str]]]:
     """Validate each item; return manifest rows for the good ones and a problem for each bad one
     (and a note for each image kept with a decision: conversion, orientation, GT not scored).
+    Items of the `unannotated` splits (a COCO JSON without annotations, named once by the lister)
+    get no line of their own for having no tags; they are kept or left out as the others.
     The usable COCO shapes of the rows with complete COCO GT go into `gt_file` (written only if
     there are any); their `mask` refers to their entry there."""
     records, problems, shapes = [], [], {}
@@ -113,9 +121,12 @@ def index_items(
             continue
         problems += [problem(item.image, reason, action, item.where) for reason, action in notes]
         if not record.tags and not keep_untagged:
-            why = "no image-level tags; set dataset.untagged=keep to train on untagged images as negatives"
-            problems.append(problem(item.image, why, where=item.where))
+            if item.split not in unannotated:
+                why = "no image-level tags; set dataset.untagged=keep to train on untagged images as negatives"
+                problems.append(problem(item.image, why, where=item.where))
             continue
+        if item.split in unannotated:  # no annotations is no GT, not an all-background GT
+            record, coco = replace(record, mask=None), None
         records.append(record)
         if coco is not None:
             shapes[n] = (record.height, record.width, coco)

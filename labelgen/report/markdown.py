@@ -77,6 +77,9 @@ def coverage_paragraphs(metrics: dict[str, Any]) -> list[str]:
         lines = [f"Scored against GT: {total} of {sum(gt['images'].values())} images ({per_split})."]
     else:
         lines = [f"No image of this run has a GT mask ({per_split}): nothing is scored against GT."]
+    for source in gt_sources(metrics):
+        if metrics[source].get("not_scored"):
+            lines.append(f"{source_title(source)}: {metrics[source]['not_scored']}.")
     refused = gt["not_scored_by_index"]
     if refused:
         lines.append(

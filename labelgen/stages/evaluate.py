@@ -336,6 +336,24 @@ def reduce_parts(jobs: list[ShardJob], num_labels: int) -> Reduced:
     return out
 
 
+# Why a source gets no mIoU although images were scored: a GT with no object pixel at all (every
+# image untagged, e.g. a COCO export whose "annotations" list is empty, kept as negatives) gives
+# background IoU alone, which reads 100 % for an all-background prediction.
+NO_OBJECTS = (
+    "not scored: no scored image has a tagged object (every GT mask is all background), so an mIoU "
+    "would measure background alone; check the tags and the index's problems.json"
+)
+
+
+def gt_scores(cm: np.ndarray) -> dict[str, Any]:
+    """`scores` of an L×L confusion matrix (rows = GT), with `miou` None and `not_scored` saying
+    why when no GT pixel holds a foreground label."""
+    result = scores(cm)
+    if not cm[1:].sum():
+        result.update(miou=None, not_scored=NO_OBJECTS)
+    return result
+
+
 def build_metrics(
     manifest: Manifest, jobs: list[ShardJob], reduced: Reduced, not_scored: list[dict[str, str]], ctx: StageContext
 ) -> dict[str, Any]:
@@ -348,10 +366,12 @@ def build_metrics(
     for name, cm in reduced.cms.items():
         counts = {"images": reduced.scored.get(split_of[name], 0), "of": sizes[split_of[name]]}
         if name == "cams":
-            sweep = [{"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(thresholds, cm, strict=True)]
-            metrics[name] = {**scores(cm[thresholds.index(bg)]), "threshold": bg, "sweep": sweep, **counts}
+            sweep = [
+                {"threshold": float(t), "miou": gt_scores(c)["miou"]} for t, c in zip(thresholds, cm, strict=True)
+            ]
+            metrics[name] = {**gt_scores(cm[thresholds.index(bg)]), "threshold": bg, "sweep": sweep, **counts}
         else:
-            metrics[name] = {**scores(cm[0]), **counts}
+            metrics[name] = {**gt_scores(cm[0]), **counts}
     metrics["gt"] = {
         "images": sizes,
         "scored": {split: reduced.scored.get(split, 0) for split in sizes},
@@ -419,10 +439,17 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         ctx.params.gallery_page,
         ctx.params.gallery_inline,
     )
-    summary = {k: round(metrics[k]["miou"], 4) for k in gt_sources(metrics) if metrics[k]["images"]}
+    summary = {
+        k: round(metrics[k]["miou"], 4)
+        for k in gt_sources(metrics)
+        if metrics[k]["images"] and metrics[k]["miou"] is not None
+    }
+    unscored = [k for k in gt_sources(metrics) if metrics[k].get("not_scored")]
+    if unscored:
+        log.warning("evaluate: %s %s", ", ".join(unscored), NO_OBJECTS)
     if summary:
         log.info("evaluate: mIoU %s -> %s", summary, out / REPORT_HTML)
-    else:  # a user's own set without masks: say so rather than log an mIoU of nan
+    elif not unscored:  # a user's own set without masks: say so rather than log an mIoU of nan
         log.info("evaluate: no image has GT, so no mIoU; the GT-free report -> %s", out / REPORT_HTML)
     return {"miou": summary, "images": len(reduced.ranking)}
 
