@@ -269,7 +269,7 @@ def check_coco(annotations: tuple[dict, ...], height: int, width: int) -> CocoGt
             if in_image:  # the annotator said the object is here: it trains, but the GT would miss it
                 tags.add(ann["label"])
                 shapeless.append(str(ann.get("id", "?")))
-                faults.append("no usable shape left: tag kept; fix or re-export this annotation to score the image")
+                faults.append("no usable shape left: tag kept; re-export it to score the image")
             else:
                 faults.append(f"no usable shape and its bbox {ann.get('bbox')} is outside the image: skipped")
         # a bbox in the image keeps the annotation whatever its pixels: only without one are they counted

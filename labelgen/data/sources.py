@@ -218,11 +218,8 @@ def _list_coco(params: DatasetParams, root: Path, splits: list[str], sink: Slice
         supercategories.update(state.supercategories)
         if not state.annotations:
             listing.unannotated.append(split)
-            kept = "kept as negatives (dataset.untagged=keep)" if params.untagged == "keep" else "left out"
-            why = (
-                'the JSON has no annotations ("annotations": []), so no image has a tag or GT; every image is '
-                f"{kept}; export the file again with its annotations"
-            )
+            kept = "kept as a negative" if params.untagged == "keep" else "left out"
+            why = f"the JSON has no annotations: no image has a tag or GT, each is {kept}; export it with its labels"
             listing.problems.append(problem(ann_file, why, LEFT_OUT if params.untagged != "keep" else NOT_SCORED))
         if split == splits[0]:
             categories = found
@@ -422,9 +419,12 @@ def _categories(entries: Any, ann_file: Path) -> dict[int, str]:
 
 
 def _unknown_category(where: str, category_id: Any, categories: dict[int, str], image_id: Any) -> dict[str, str]:
+    ids = sorted(categories)
+    declared = ", ".join(map(str, ids)) if len(ids) <= 8 else f"ids {ids[0]}..{ids[-1]}"
     return problem(
         where,
-        f"category_id {category_id!r} is not among the file's categories {sorted(categories)} (image {image_id})",
+        f"category_id {category_id!r} is not among the file's {len(ids)} categories ({declared}) (image "
+        f"{image_id}); fix its category_id or declare the category",
         ANNOTATION_SKIPPED,
     )
 
