@@ -146,7 +146,7 @@ def test_a_fault_repeated_in_one_annotation_is_one_short_line(tmp_path):
     lines = [p for p in problems if f"annotation {DOG} " in p["reason"]]
     assert len(lines) == 1
     reason = lines[0]["reason"]
-    assert "polygons 0, 1, 2, 3, 4 and 35 more: each has 2 point(s)" in reason
+    assert "polygons 0, 1, 2 and 37 more: each has 2 point(s) (< 3)" in reason
     assert "polygons 40, 41, 42: each has an odd count" in reason
     assert reason.count("point(s)") == 1
     assert all(_short(p) for p in problems), max(problems, key=lambda p: len(describe(p)))

@@ -81,14 +81,18 @@ def _polygons(seg: list, faults: list[str]) -> list[list[float]]:
         else:
             usable.append(list(map(float, poly)))
     for why, ks in broken.items():
-        faults.append(f"polygon {ks[0]} {why}" if len(ks) == 1 else f"polygons {_few(ks)}: each {why}")
+        faults.append(f"polygon {ks[0]} {why}" if len(ks) == 1 else f"polygons {_few(ks)}: each {_shorter(why)}")
     if not seg:
         faults.append("empty segmentation")
     return usable
 
 
-def _few(numbers: list[int], shown: int = 5) -> str:
-    """`0, 3, 7` or `0, 3, 7, 9, 12 and 45 more`: a list of indices kept short in one problem line."""
+def _shorter(why: str) -> str:
+    return why.replace(", a polygon needs 3", " (< 3)")
+
+
+def _few(numbers: list, shown: int = 3) -> str:
+    """`0, 3` or `0, 3, 7 and 45 more`: a list of indices (or ids) kept short in one problem line."""
     head = ", ".join(map(str, numbers[:shown]))
     return head + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
