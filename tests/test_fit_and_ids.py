@@ -4,12 +4,14 @@ of coco128's real photos and instances JSON (or voc2012-mini), written into tmp_
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -17,22 +19,24 @@ from pycocotools.cocoeval import COCOeval
 from labelgen.cli import main
 from labelgen.config import DatasetParams
 from labelgen.data.coco_gt import rle_run_total
-from labelgen.data.masks import read_mask
+from labelgen.data.masks import gt_mask, read_mask, voc_palette
 from labelgen.data.problems import describe
 from labelgen.formats.write import export_masks
 from labelgen.stages.index import NoUsableImages, index_dataset
 from tests.conftest import SHARED
-from tests.realdata import coco_json, write_coco_root
+from tests.realdata import coco_json, coco_photo, write_coco_root
 from tests.test_export import GT_IMAGES, gt_run
 
 COCO_SET = DatasetParams(name="coco", train_split="train2017", val_split="")
 DOG = 1774  # the one dog of photo 74 (640×426; also a bicycle and six people)
-SHORT = 260  # characters: a problem line without its path (the user's: any length) stays under this
+SHORT = 260  # characters: a problem line without its folders (the user's: any length) stays under this
+FOLDER_SET = DatasetParams(name="folder", val_split="")
 DOG_LABEL = 17  # COCO category 18 in the contiguous label space
 
 
 def _short(entry: dict) -> bool:
-    return len(describe(entry)) - len(entry["file"]) < SHORT
+    """Whether a problem's line (`data check` prints it) is short, its folders left out: they are the user's."""
+    return len(re.sub(r"(/[^\s/:]+)+/", "", describe(entry))) < SHORT
 
 
 def _problems(out: Path) -> list[dict]:
@@ -146,8 +150,8 @@ def test_a_fault_repeated_in_one_annotation_is_one_short_line(tmp_path):
     lines = [p for p in problems if f"annotation {DOG} " in p["reason"]]
     assert len(lines) == 1
     reason = lines[0]["reason"]
-    assert "polygons 0, 1, 2 and 37 more: each has 2 point(s) (< 3)" in reason
-    assert "polygons 40, 41, 42: each has an odd count" in reason
+    assert "polygons 0, 1, 2 and 37 more: each has 2 point(s)" in reason
+    assert "polygons 40, 41, 42: each has an odd coordinate count" in reason
     assert reason.count("point(s)") == 1
     assert all(_short(p) for p in problems), max(problems, key=lambda p: len(describe(p)))
 
@@ -191,9 +195,12 @@ def _roboflow_root(data: dict) -> None:
     of the classes, which keep ids 1..K."""
     used = sorted({a["category_id"] for a in data["annotations"]})
     new = {old: k for k, old in enumerate(used, 1)}
-    data["categories"] = [{"id": 0, "name": "objects", "supercategory": "none"}] + [
-        {"id": new[c["id"]], "name": c["name"], "supercategory": "objects"} for c in data["categories"] if c["id"] in new
+    classes = [
+        {"id": new[c["id"]], "name": c["name"], "supercategory": "objects"}
+        for c in data["categories"]
+        if c["id"] in new
     ]
+    data["categories"] = [{"id": 0, "name": "objects", "supercategory": "none"}, *classes]
     for a in data["annotations"]:
         a["category_id"] = new[a["category_id"]]
 
@@ -297,3 +304,90 @@ def test_deeplab_two_column_list_is_read(tmp_path):
     assert not [p for p in problems if ".xml" in p["file"]]
     (bad,) = problems
     assert bad["where"].endswith(f"train_aug.txt:{len(ids) + 1}") and "a VOC list holds an id a line" in bad["reason"]
+
+
+# ------------------------------------------------------------------------- 3. mask files as people save
+def _voc_rgb(mask: np.ndarray) -> Image.Image:
+    """A class-index mask as a colour PNG in VOC colours (how people re-save palette masks)."""
+    img = Image.fromarray(mask)
+    img.putpalette(voc_palette())
+    return img.convert("RGB")
+
+
+@pytest.fixture
+def saved_masks(tmp_path):
+    """A folder set (classes cat, dog; tags from tags.csv) on coco128 photos, one mask per way people
+    save them, plus two files in masks/ that no image reads. Returns the root and the dog region."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    masks = root / "masks"
+    masks.mkdir()
+    dog = np.zeros((120, 160), np.uint8)
+    dog[30:90, 40:120] = 2  # 'dog' is label 2
+    dog[30, 40:120] = 255  # an ignore border, as VOC draws one
+    rows = ["image,tags"]
+    names = ("colour", "colour_unknown", "palette_order", "jpeg", "rgba", "plain")
+    for n, name in enumerate(names):
+        photo = Image.open(coco_photo((73, 472, 636, 74)[n % 4])).convert("RGB").resize((160, 120))
+        photo.save(root / "images" / f"{name}.jpg")
+        rows.append(f"images/{name}.jpg,dog")
+    _voc_rgb(dog).save(masks / "colour.png")  # RGB, every colour a class's VOC colour
+    _voc_rgb(dog).convert("RGBA").save(masks / "rgba.png")
+    unknown = np.array(_voc_rgb(dog))
+    unknown[60, 60] = (200, 10, 10)  # an anti-aliased / hand-picked colour of no class
+    Image.fromarray(unknown).save(masks / "colour_unknown.png")
+    # another tool's class order: dog is index 1, drawn in the VOC colour of label 2 (dog here)
+    other = Image.fromarray(np.where(dog == 2, 1, dog).astype(np.uint8))
+    swapped = list(voc_palette())
+    swapped[3:6], swapped[6:9] = swapped[6:9], swapped[3:6]
+    other.putpalette(swapped)
+    other.save(masks / "palette_order.png")
+    Image.fromarray(dog).save(masks / "jpeg.png", format="JPEG", quality=95)  # JPEG bytes, .png name
+    Image.fromarray(dog).save(masks / "plain.png")
+    Image.fromarray(dog).save(masks / "plain.jpg")  # another extension of a listed image's mask
+    Image.fromarray(dog).save(masks / "orphan.png")  # no such image
+    (root / "classes.txt").write_text("cat\ndog\n")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    return root, dog
+
+
+def test_masks_as_people_save_them(tmp_path, saved_masks):
+    root, dog = saved_masks
+    manifest = index_dataset(FOLDER_SET, root, tmp_path / "out")
+    by_id = {r.id: r for r in manifest.records}
+    assert set(by_id) == {"colour", "colour_unknown", "palette_order", "jpeg", "rgba", "plain"}  # none lost
+    assert all(r.tags == (2,) for r in by_id.values())
+    for name in ("colour", "rgba", "plain"):  # decoded (VOC colours, ignore colour included) or read as is
+        assert np.array_equal(gt_mask(by_id[name]), dog), name
+    problems = _problems(tmp_path / "out")
+    by_file = {Path(p["file"]).name: p for p in problems if p["action"] != "converted when read"}
+    for name in ("colour_unknown", "palette_order", "jpeg"):
+        assert by_id[name].mask is None, name
+        entry = next(p for p in problems if Path(p["file"]).stem == name and p["action"] == "kept; GT not scored")
+        assert f"masks/{name}.png" in entry["reason"] and _short(entry), entry
+    reason = {n: next(p["reason"] for p in problems if Path(p["file"]).stem == n) for n in by_id}
+    assert "(200,10,10)" in reason["colour_unknown"] and "no class's VOC palette colour" in reason["colour_unknown"]
+    assert "index 1 is drawn in the VOC colour of label 2" in reason["palette_order"]
+    assert "holds JPEG bytes" in reason["jpeg"] and "save it as a PNG" in reason["jpeg"]
+    decoded = next(p for p in problems if p["action"] == "converted when read" and "colour.png" in p["reason"])
+    assert "decoded with the VOC palette" in decoded["reason"]
+    assert by_file["plain.jpg"]["action"] == "file not read"
+    assert "masks/<image stem>.png" in by_file["plain.jpg"]["reason"]
+    assert "no image 'orphan' in the tags file" in by_file["orphan.png"]["reason"]
+    check = CliRunner().invoke(main, ["data", "check", "--dataset", "folder", "--data-root", str(root)])
+    for name in ("colour_unknown.png", "palette_order.png", "jpeg.png", "plain.jpg", "orphan.png"):
+        assert sum(name in line for line in check.output.splitlines()) == 1, (name, check.output)
+
+
+def test_voc_colour_mask_keeps_its_image(tmp_path):
+    """VOC, tags from the masks: a SegmentationClass mask re-saved as RGB is decoded, not a lost image."""
+    voc = tmp_path / "voc"
+    shutil.copytree(SHARED / "data" / "voc2012-mini", voc)
+    seg = voc / "VOC2012" / "SegmentationClass"
+    first = sorted(seg.glob("*.png"))[0]
+    index = read_mask(first)
+    _voc_rgb(index).save(first)
+    params = DatasetParams(name="voc", train_split="train", val_split="val")
+    manifest = index_dataset(params, voc, tmp_path / "out")
+    record = next(r for r in manifest.records if r.id == first.stem)
+    assert np.array_equal(gt_mask(record), index) and record.tags

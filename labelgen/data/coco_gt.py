@@ -88,7 +88,8 @@ def _polygons(seg: list, faults: list[str]) -> list[list[float]]:
 
 
 def _shorter(why: str) -> str:
-    return why.replace(", a polygon needs 3", " (< 3)")
+    """A fault's words where several polygons share it (the line names them all, so it is kept short)."""
+    return why.replace(", a polygon needs 3", "").replace("an odd count of coordinates", "an odd coordinate count")
 
 
 def _few(numbers: list, shown: int = 3) -> str:
@@ -294,9 +295,7 @@ def check_coco(annotations: tuple[dict, ...], height: int, width: int) -> CocoGt
             {"label": ann["label"], "crowd": bool(ann.get("iscrowd")), "area": area if _number(area) else None, **shape}
         )
     if shapeless:
-        notes.append(
-            (f"GT mask misses objects that have no usable shape (annotations {_few(shapeless)})", NOT_SCORED)
-        )
+        notes.append((f"GT mask misses objects that have no usable shape (annotations {_few(shapeless)})", NOT_SCORED))
     return CocoGt(tuple(sorted(tags)), not shapeless, shapes, notes)
 
 

@@ -28,6 +28,7 @@ from labelgen.data.json_stream import JsonObjectStream
 from labelgen.data.problems import (
     ANNOTATION_SKIPPED,
     CATEGORY_NOT_A_CLASS,
+    FILE_NOT_READ,
     LEFT_OUT,
     NOT_INDEXED,
     NOT_SCORED,
@@ -471,6 +472,7 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: Sli
     listing = Listing(classes=declared_classes(params, root))
     names = {n: i for i, n in enumerate(listing.classes) if i > 0}
     tags_path = root / params.tags_file
+    stems: set[str] = set()  # of every image the tags file names: their masks are accounted for
     for line_no, entry in _read_tags_file(tags_path):
         where = f"{tags_path}:{line_no}"
         if "error" in entry:
@@ -479,6 +481,7 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: Sli
         image = _inside(root, entry["image"], where, listing)
         if image is None:
             continue
+        stems.add(image.stem)
         tags_raw = entry["tags"]
         unknown = sorted({t for t in tags_raw if t not in names})
         if unknown:
@@ -498,7 +501,25 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: Sli
         mask = root / "masks" / f"{image.stem}.png"
         tags = tuple(sorted({names[t] for t in tags_raw}))
         sink.add(SourceItem(image.stem, image, split, tags, mask if mask.is_file() else None, where=where))
+    listing.problems += _unread_masks(root / "masks", stems)
     return listing
+
+
+def _unread_masks(folder: Path, stems: set[str]) -> list[dict[str, str]]:
+    """A problem for each file in the masks folder that no image reads (`masks/<image stem>.png`):
+    another extension, or no image of that name in the tags file. Never ignored silently."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if path.suffix != ".png" and path.stem in stems:
+            why = f"mask {path.name} is not read: masks are read as masks/<image stem>.png; save it so"
+        elif path.suffix != ".png" or path.stem not in stems:
+            why = f"mask {path.name} is not read: no image {path.stem!r} in the tags file; add its row or move it"
+        else:
+            continue
+        found.append(problem(path, why, FILE_NOT_READ))
+    return found
 
 
 def _tag_hint(unknown: list[str], names: dict[str, int]) -> str:

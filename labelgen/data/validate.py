@@ -20,7 +20,7 @@ from labelgen.data.coco_gt import check_coco, gt_reference, write_gt_file
 from labelgen.data.fingerprint import file_digest
 from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.masks import IGNORE_INDEX, read_mask, tags_from_mask, value_counts
+from labelgen.data.masks import IGNORE_INDEX, read_user_mask, tags_from_mask, value_counts
 from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, problem
 from labelgen.data.sources import SourceItem
 from labelgen.errors import DataError
@@ -151,18 +151,27 @@ def _index_one(
         notes += gt.notes
         tags = gt.tags
         coco = gt.shapes if gt.complete else None
-    elif mask_path is not None:
-        mask = read_mask(mask_path)
+    else:
+        if mask_path is not None:
+            try:
+                mask, decoded = read_user_mask(mask_path, len(classes))
+            except DataError as e:
+                if tags is None:  # the mask was the only source of tags
+                    raise
+                notes.append((f"{e}; the image is used without GT", NOT_SCORED))
+                mask_path = None
+            else:
+                if decoded:
+                    notes.append((decoded, CONVERTED))
         try:
-            orientation, note = choose_orientation(info, (mask.shape[1], mask.shape[0]), f"its mask {mask_path}")
+            annotated = None if mask is None else (mask.shape[1], mask.shape[0])
+            orientation, note = choose_orientation(info, annotated, f"its mask {mask_path}")
         except DataError as e:
             if tags is None:  # the mask was the only source of tags
                 raise
             orientation, note = choose_orientation(info, None, "")
             notes.append((f"{e}; the image is used without GT", NOT_SCORED))
             mask, mask_path = None, None
-    else:
-        orientation, note = choose_orientation(info, None, "")
     if note:
         notes.append((note, ORIENTED if orientation != 1 else NOT_ORIENTED))
     if mask is not None:

@@ -366,9 +366,7 @@ def build_metrics(
     for name, cm in reduced.cms.items():
         counts = {"images": reduced.scored.get(split_of[name], 0), "of": sizes[split_of[name]]}
         if name == "cams":
-            sweep = [
-                {"threshold": float(t), "miou": gt_scores(c)["miou"]} for t, c in zip(thresholds, cm, strict=True)
-            ]
+            sweep = [{"threshold": float(t), "miou": gt_scores(c)["miou"]} for t, c in zip(thresholds, cm, strict=True)]
             metrics[name] = {**gt_scores(cm[thresholds.index(bg)]), "threshold": bg, "sweep": sweep, **counts}
         else:
             metrics[name] = {**gt_scores(cm[0]), **counts}
