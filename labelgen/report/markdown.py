@@ -13,11 +13,16 @@ from typing import Any, NamedTuple
 from labelgen.report.pictures import bar_chart
 
 SOURCE_TITLES = {"cams": "CAM labels", "pseudo_labels": "pseudo-label", "gt": "GT"}
+# a split's raw predictions, where predict.restrict_to_tags kept its masks within the tags
+UNRESTRICTED_SUFFIX = "_unrestricted"
 
 
 def source_title(name: str) -> str:
-    """What the gallery calls a source: `predict_val` -> `prediction (val)` (tables use the
+    """What the gallery calls a source: `predict_val` -> `prediction (val)`,
+    `predict_train_unrestricted` -> `prediction (train, not restricted to tags)` (tables use the
     metrics.json names)."""
+    if name.startswith("predict_") and name.endswith(UNRESTRICTED_SUFFIX):
+        return f"prediction ({name.removeprefix('predict_').removesuffix(UNRESTRICTED_SUFFIX)}, not restricted to tags)"
     if name.startswith("predict_"):
         return f"prediction ({name.removeprefix('predict_')})"
     return SOURCE_TITLES.get(name, name)
@@ -129,6 +134,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
                 f"{src['all_tags_found']} of {m['tagged_images']}"
                 + (f" ({pct(src['all_tags_found'] / m['tagged_images'])}%)" if m["tagged_images"] else ""),
                 pct(src["foreground"]),
+                pct(src.get("negative_foreground")),
                 pct(m["mean_confidence"]),
                 "–" if m["mean_confidence"] is None else str(m["low_confidence_images"]),
                 pct(agreement["miou"]) if agreement else "–",
@@ -141,6 +147,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
         "final mask",
         "tagged images with every tag found",
         "foreground %",
+        "negatives painted %",
         "confidence on tags",
         "images with a tag below 0.5",
         "agreement mIoU",

@@ -40,6 +40,7 @@ from labelgen.numerics.quality import SplitTally, image_quality, mean_confidence
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
 from labelgen.report.html import GalleryRow, gallery_row, write_html
 from labelgen.report.markdown import (
+    UNRESTRICTED_SUFFIX,
     RankEntry,
     gt_sources,
     per_image_row,
@@ -82,26 +83,23 @@ class ShardJob:
     out: Path  # parts/<unit>: the task writes <out>.npz, <out>.json and <out>.html
 
 
-def mask_sources(ctx: StageContext) -> dict[str, Path]:
-    """Every zarr store this run has to score, by source name."""
-    sources = {}
-    if "export_cams" in ctx.inputs:
-        sources["cams"] = ctx.input_path("export_cams", "cams")
-    if "pseudo_labels" in ctx.inputs:
-        sources["pseudo_labels"] = ctx.input_path("pseudo_labels", "masks")
-    if "predict" in ctx.inputs:
-        for split, store in ctx.input_paths("predict", "masks").items():
-            sources[f"predict_{split}"] = store
-    return sources
-
-
 def split_sources(ctx: StageContext) -> dict[str, dict[str, Path]]:
-    """{split: {source: store}}: CAMs and pseudo-labels hold the train split, `predict_<s>` split s."""
+    """{split: {source: store}}, every zarr store this run has to score, in pipeline order: `cams`
+    and `pseudo_labels` hold the train split; `predict_<s>` split s, preceded by
+    `predict_<s>_unrestricted` where predict.restrict_to_tags kept split s within its tags (so that
+    `predict_<s>`, the masks people export, is each image's final mask)."""
     train = ctx.recipe["dataset"].train_split
     out: dict[str, dict[str, Path]] = {}
-    for name, store in mask_sources(ctx).items():
-        split = name.removeprefix("predict_") if name.startswith("predict_") else train
-        out.setdefault(split, {})[name] = store
+    if "export_cams" in ctx.inputs:
+        out.setdefault(train, {})["cams"] = ctx.input_path("export_cams", "cams")
+    if "pseudo_labels" in ctx.inputs:
+        out.setdefault(train, {})["pseudo_labels"] = ctx.input_path("pseudo_labels", "masks")
+    if "predict" in ctx.inputs:
+        raw = ctx.input_paths("predict", "unrestricted")
+        for split, store in ctx.input_paths("predict", "masks").items():
+            if split in raw:
+                out.setdefault(split, {})[f"predict_{split}{UNRESTRICTED_SUFFIX}"] = raw[split]
+            out.setdefault(split, {})[f"predict_{split}"] = store
     return out
 
 
