@@ -29,7 +29,7 @@ from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.dag import STAGES
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.pipeline.stage import output_path
-from labelgen.stages.index import load_manifest
+from labelgen.pipeline.indexing import load_manifest
 from labelgen.store.sharded import ImageArrays
 
 

@@ -30,10 +30,10 @@ from labelgen.data.masks import gt_mask, write_mask
 from labelgen.numerics.metrics import confusion_matrix, scores
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.dag import STAGES
+from labelgen.pipeline.indexing import load_manifest
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.pipeline.stage import output_path
 from labelgen.stages.evaluate import label_maps as evaluate_label_maps
-from labelgen.stages.index import load_manifest
 from labelgen.store.sharded import ImageArrays
 
 COCO128 = SHARED / "data" / "coco128"

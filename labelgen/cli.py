@@ -269,7 +269,8 @@ def data_index(dataset, data_root, splits, overrides, workers, out) -> None:
     Example:
       labelgen data index --dataset voc --data-root data/VOCdevkit --split train --out voc_train.json
     """
-    from labelgen.stages.index import MANIFEST, PROBLEMS, index_dataset
+    from labelgen.data.index import MANIFEST, PROBLEMS
+    from labelgen.pipeline.indexing import index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
     out_path = Path(out).resolve()
@@ -293,11 +294,12 @@ def data_check(dataset, data_root, splits, overrides, workers) -> None:
     """
     import tempfile
 
+    from labelgen.data.index import PROBLEMS, NoUsableImages
     from labelgen.data.problems import describe, is_problem, summary
-    from labelgen.stages.index import PROBLEMS, NoUsableImages, index_dataset
+    from labelgen.pipeline.indexing import index_dataset
 
     params = _dataset_params(dataset, data_root, splits, overrides)
-    index_log = logging.getLogger("labelgen.stages.index")
+    index_log = logging.getLogger("labelgen.data.index")
     level = index_log.level
     index_log.setLevel(logging.ERROR)  # its per-kind summary: the list below says it all, line by line
     with tempfile.TemporaryDirectory() as tmp:
@@ -342,12 +344,15 @@ def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
     Example:
       labelgen export --run-dir runs/demo --what pseudo_labels --format coco --out exported/
     """
-    from labelgen.formats.write import export_source, write_export
+    from labelgen.formats.write import export_folder, write_export
     from labelgen.pipeline.cluster import open_client
 
-    source = export_source(Path(run_dir).resolve(), what)  # a missing output is refused before a cluster starts
-    with open_client(scheduler, workers) as client:
-        counts = write_export(source, what, fmt, Path(out).resolve(), client, image_format)
+    # another export into the folder, a wrong format and a missing output are refused before a cluster starts
+    with (
+        export_folder(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), image_format) as (source, folder),
+        open_client(scheduler, workers) as client,
+    ):
+        counts = write_export(source, what, fmt, folder, client, image_format)
     click.echo(f"exported {counts} -> {Path(out).resolve()}")
 
 

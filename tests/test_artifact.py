@@ -6,7 +6,7 @@ import time
 import pytest
 
 from labelgen.errors import LockHeldError
-from labelgen.store.artifact import Artifact, ArtifactLock, stage_key, write_json_atomic
+from labelgen.store.artifact import Artifact, ArtifactLock, stage_key
 
 
 def test_key_depends_on_params_inputs_and_version():
@@ -30,30 +30,56 @@ def test_shard_record_detects_damage(tmp_path):
     assert not art.shard_is_valid(1)
 
 
-def test_success_written_atomically(tmp_path):
-    art = Artifact(tmp_path, "stage", "k")
-    assert not art.is_complete()
-    art.path.mkdir(parents=True)
-    art.write_success({"p": 1}, {}, {"n": 2})
-    assert art.is_complete() and art.success()["n"] == 2
-    assert not list(art.path.glob(".*.tmp"))
-
-
-def test_a_write_that_dies_midway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+def _fail_mid_dump(monkeypatch):
     import json
 
-    target = tmp_path / "x.json"
-    write_json_atomic(target, {"a": 1})
-
     def dump_half(data, f, **kw):
-        f.write('{"a": ')  # the process dies here, half-way through the new content
-        raise OSError("disk full")
+        f.write('{"stage": ')  # the write dies here, half-way through the new content
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(json, "dump", dump_half)
-    with pytest.raises(OSError, match="disk full"):
-        write_json_atomic(target, {"a": 2})
+
+
+def _fail_at_rename(monkeypatch):
+    def no_replace(src, dst):
+        raise OSError(28, "No space left on device")  # the new file is whole, but never put in place
+
+    monkeypatch.setattr(os, "replace", no_replace)
+
+
+@pytest.mark.parametrize("fail", [_fail_mid_dump, _fail_at_rename], ids=["mid_dump", "at_rename"])
+def test_success_written_atomically(tmp_path, monkeypatch, fail):
+    """A `_SUCCESS.json` rewrite that fails part-way (a full disk while dumping, or at the rename)
+    leaves the old record whole, readable and in place, and no temp file behind."""
+    art = Artifact(tmp_path, "stage", "k")
+    art.path.mkdir(parents=True)
+    art.write_success({"p": 1}, {}, {"n": 1})
+    old = art.success_path.read_bytes()
+    fail(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        art.write_success({"p": 2}, {}, {"n": 2})
     monkeypatch.undo()
-    assert json.loads(target.read_text()) == {"a": 1}  # readers see the old file, never a torn one
+    assert art.success_path.read_bytes() == old and art.success()["n"] == 1
+    assert sorted(p.name for p in art.path.iterdir()) == ["_SUCCESS.json"]  # no .tmp left behind
+
+
+def test_a_checkpoint_save_that_fails_leaves_the_old_one_and_no_temp_file(tmp_path, monkeypatch):
+    import torch
+
+    from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {}, "epoch": 1})
+
+    def save_half(state, f):
+        f.write(b"PK")  # torch.save dies part-way
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"model": {}, "epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def _hold(path, ready):

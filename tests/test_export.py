@@ -27,12 +27,13 @@ from pycocotools.cocoeval import COCOeval
 
 from labelgen.data.classes import coco_label_space, official_coco_categories
 from labelgen.data.coco_gt import check_coco, rasterise
+from labelgen.data.index import MANIFEST
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask, write_mask
 from labelgen.formats.coco import coco_image_ids
 from labelgen.formats.write import export_masks
+from labelgen.pipeline.indexing import load_manifest
 from labelgen.pipeline.runner import plan_run, run_pipeline
-from labelgen.stages.index import MANIFEST, load_manifest
 from labelgen.stages.pseudo_labels import MASKS
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 from tests.conftest import COCO128, tiny_recipe

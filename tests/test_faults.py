@@ -94,7 +94,7 @@ def test_damaged_resume_checkpoint_is_never_read_as_valid(tmp_path):
 
     manifest = tmp_path / "demo"
     from labelgen.data.demo import generate_demo
-    from labelgen.stages.index import index_dataset
+    from labelgen.pipeline.indexing import index_dataset
 
     params = tiny_recipe()["dataset"]
     generate_demo(manifest, params)
@@ -218,7 +218,7 @@ def test_recipe_with_a_wrong_type(tmp_path):
 
 def test_duplicate_ids_and_absolute_paths_outside_the_root(tmp_path):
     from labelgen.config import DatasetParams
-    from labelgen.stages.index import index_dataset
+    from labelgen.pipeline.indexing import index_dataset
     from tests.badfiles import write_corpus
 
     root = tmp_path / "data"
@@ -238,7 +238,7 @@ def test_mask_size_and_values_are_checked_at_index_time(tmp_path):
     from PIL import Image
 
     from labelgen.config import DatasetParams
-    from labelgen.stages.index import index_dataset
+    from labelgen.pipeline.indexing import index_dataset
 
     root = tmp_path / "data"
     (root / "masks").mkdir(parents=True)

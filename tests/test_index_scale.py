@@ -11,8 +11,9 @@ from pycocotools.coco import COCO
 
 from labelgen.config import DatasetParams, load_recipe, recipe_path
 from labelgen.data.masks import gt_mask, read_mask
+from labelgen.pipeline.indexing import index_dataset
 from labelgen.pipeline.stage import StageContext
-from labelgen.stages.index import STAGE, index_dataset
+from labelgen.stages.index import STAGE
 from labelgen.store.artifact import Artifact
 from tests.conftest import COCO128
 from tests.realdata import coco_json, write_coco_root

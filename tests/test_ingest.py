@@ -14,7 +14,7 @@ from labelgen.cli import main
 from labelgen.config import DatasetParams
 from labelgen.data.images import read_image
 from labelgen.data.masks import read_mask, write_mask
-from labelgen.stages.index import index_dataset
+from labelgen.pipeline.indexing import index_dataset
 from tests.realdata import coco_json, coco_photo, save_exif_rotated, write_coco_root
 
 COCO = DatasetParams(name="coco", train_split="train2017", val_split="")
@@ -113,8 +113,8 @@ def test_degenerate_coco_through_the_cli(tmp_path, broken_coco):
 
 def test_degenerate_coco_through_run_index(tmp_path, broken_coco, client):
     from labelgen.config import load_recipe, recipe_path
+    from labelgen.pipeline.indexing import load_manifest
     from labelgen.pipeline.runner import run_pipeline
-    from labelgen.stages.index import load_manifest
 
     root = write_coco_root(tmp_path / "coco", broken_coco)
     recipe = load_recipe(
@@ -351,7 +351,7 @@ def test_index_logs_one_line_per_kind_of_problem(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="labelgen"):
         assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "m.json")]).exit_code == 0
     problems = _problems(tmp_path / "m_files")
-    lines = [r.message for r in caplog.records if r.name == "labelgen.stages.index"]
+    lines = [r.message for r in caplog.records if r.name == "labelgen.data.index"]
     assert len(problems) == 16 and len(lines) == 2  # grouped, not one line per image or annotation
     broken = next(ln for ln in lines if "a polygon needs" in ln)
     assert broken.startswith(f"index: {len(data['annotations'])} × annotation: polygon N has N point(s)")
@@ -368,5 +368,5 @@ def test_a_problem_of_its_own_kind_is_logged_in_its_own_words(tmp_path, caplog):
     args = ["data", "index", "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "m.json")]
     with caplog.at_level(logging.INFO, logger="labelgen"):
         assert CliRunner().invoke(main, args).exit_code == 0
-    lines = [r.message for r in caplog.records if r.name == "labelgen.stages.index" and " × " in r.message]
+    lines = [r.message for r in caplog.records if r.name == "labelgen.data.index" and " × " in r.message]
     assert len(lines) == 1 and lines[0].startswith("index: 1 × 3 fields but the header names 2"), lines

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from labelgen.data.demo import generate_demo
+from labelgen.pipeline.indexing import load_manifest
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.pipeline.status import run_status
-from labelgen.stages.index import load_manifest
 from labelgen.store.sharded import ImageArrays
 from tests.conftest import TINY_RECIPE, tiny_recipe
 from tests.realdata import coco_json, coco_photo, write_coco_root

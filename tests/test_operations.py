@@ -255,8 +255,8 @@ def test_an_edited_data_set_makes_a_new_index(tmp_path, client, caplog):
     import logging
 
     from labelgen.config import load_recipe, recipe_path
+    from labelgen.pipeline.indexing import load_manifest
     from labelgen.pipeline.runner import plan_run, run_pipeline
-    from labelgen.stages.index import load_manifest
     from tests.realdata import coco_photo
 
     root = tmp_path / "data"

@@ -6,7 +6,7 @@ import numpy as np
 
 from labelgen.config import DatasetParams
 from labelgen.data.masks import read_mask
-from labelgen.stages.index import index_dataset
+from labelgen.pipeline.indexing import index_dataset
 from tests.badfiles import write_corpus
 from tests.conftest import COCO128, VOC_MINI
 

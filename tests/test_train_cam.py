@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from labelgen.config import DatasetParams
-from labelgen.stages.index import index_dataset
+from labelgen.pipeline.indexing import index_dataset
 from labelgen.stages.train_cam import LAST, MODEL, train_cam
 from labelgen.store.checkpoint import load_checkpoint
 from tests.conftest import tiny_recipe

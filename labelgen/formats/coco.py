@@ -18,8 +18,10 @@ from pycocotools import mask as coco_mask
 
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import IGNORE_INDEX
-from labelgen.formats.source import ExportSource, Frame, frames_of, other_frame_count, shards, warn_other_frame
+from labelgen.formats.source import ExportSource, Frame, export_units, other_frame_count, warn_other_frame
+from labelgen.pipeline.executor import run_units
 from labelgen.store.sharded import ImageArrays
+from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,11 @@ def coco_categories(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def _coco_task(
-    store: Path, rows: range, image_ids: dict[str, int], category_ids: list[int], frames: dict[str, Frame]
-) -> tuple[list[dict[str, Any]], int]:
-    """One compressed RLE per (image, foreground category present), ignore (255) left out; and how many
-    of the shard's images EXIF-applying readers decode in another frame."""
+    store: Path, rows: range, frames: dict[str, Frame], image_ids: dict[str, int], category_ids: list[int], part: Path
+) -> tuple[list[Path], dict[str, int]]:
+    """One compressed RLE per (image, foreground category present), ignore (255) left out, written to
+    the JSON list `part`; returns it, with how many of the shard's images EXIF-applying readers
+    decode in another frame."""
     arrays = ImageArrays(store)
     regions = []
     for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
@@ -71,7 +74,8 @@ def _coco_task(
                     "bbox": [float(v) for v in coco_mask.toBbox(rle)],
                 }
             )
-    return regions, other_frame_count(frames)
+    part.write_text(json.dumps(regions))
+    return [part], {"other_frame": other_frame_count(frames)}
 
 
 def coco_results(regions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,22 +108,24 @@ def coco_dataset(
     return {"images": images, "categories": coco_categories(manifest), "annotations": annotations}
 
 
-def export_coco(source: ExportSource, what: str, out: Path, client: Client) -> dict[str, int]:
-    """Per split `<what>_<split>.json` (dataset) and `<what>_<split>_results.json` (results list)."""
-    manifest = source.manifest
+def export_coco(source: ExportSource, what: str, folder: WorkFolder, client: Client) -> dict[str, int]:
+    """Per split `<what>_<split>.json` (dataset) and `<what>_<split>_results.json` (results list). Each
+    shard's regions go to a part file under the folder's `.labelgen/`, joined once all are done."""
+    out, manifest = folder.path, source.manifest
     category_ids = [manifest.category_id(k) for k in range(manifest.num_labels)]
-    counts, other = {}, 0
-    for split, store in source.stores.items():
-        records = source.records(split)
-        image_ids, rule = coco_image_ids(records)
-        futures = []
-        for rows in shards(len(records)):
-            frames = frames_of(records, rows)
-            shard_ids = {i: image_ids[i] for i in frames}
-            futures.append(client.submit(_coco_task, store, rows, shard_ids, category_ids, frames, pure=False))
-        parts = client.gather(futures)
-        regions = [a for part, _ in parts for a in part]
-        other += sum(n for _, n in parts)
+    records_of = {split: source.records(split) for split in source.stores}
+    ids = {split: coco_image_ids(records) for split, records in records_of.items()}
+
+    def extra(split: str, shard: int, rows: range) -> tuple:
+        shard_ids = {r.id: ids[split][0][r.id] for r in records_of[split][rows.start : rows.stop]}
+        return shard_ids, category_ids, folder.scratch / f"coco_{split}_{shard:06d}.json"
+
+    units = export_units(source, _coco_task, extra)
+    done = run_units(folder, [u for _, u in units], client, "export")
+    counts, other = {}, sum(r["other_frame"] for r in done)
+    for split, records in records_of.items():
+        image_ids, rule = ids[split]
+        regions = [a for s, u in units if s == split for a in json.loads(u.args[-1].read_text())]
         dataset_file, results_file = out / f"{what}_{split}.json", out / f"{what}_{split}_results.json"
         dataset_file.write_text(json.dumps(coco_dataset(records, image_ids, manifest, regions, source.image_root)))
         results_file.write_text(json.dumps(coco_results(regions)))

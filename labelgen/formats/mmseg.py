@@ -15,8 +15,10 @@ from distributed import Client
 
 from labelgen.data.masks import IGNORE_INDEX, voc_palette, write_mask
 from labelgen.formats.images import export_image, image_format
-from labelgen.formats.source import ExportSource, Frame, frames_of, shards
+from labelgen.formats.source import ExportSource, Frame, export_units
+from labelgen.pipeline.executor import run_units
 from labelgen.store.sharded import ImageArrays
+from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -25,37 +27,42 @@ MMSEG_CONFIG = "mmseg_dataset.py"
 
 
 def _mmseg_task(
-    store: Path, rows: range, mask_dir: Path, image_dir: Path, frames: dict[str, Frame], fmt: str, max_pixels: int
-) -> dict[str, int]:
-    """Write one shard's masks and images; return counts of images copied and re-encoded (by reason)."""
+    store: Path, rows: range, frames: dict[str, Frame], mask_dir: Path, image_dir: Path, fmt: str, max_pixels: int
+) -> tuple[list[Path], dict[str, dict[str, int]]]:
+    """Write one shard's masks and images; return them and the counts of images copied and
+    re-encoded (by reason)."""
     arrays = ImageArrays(store)
     counts: Counter[str] = Counter()
+    files = []
     for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
         image_id = arrays.ids[i]
         path, orientation = frames[image_id]
-        write_mask(mask_dir / f"{image_id}{SEG_MAP_SUFFIX}", mask)
-        why = export_image(Path(path), orientation, image_dir / f"{image_id}.{fmt}", fmt, max_pixels)
+        files += [mask_dir / f"{image_id}{SEG_MAP_SUFFIX}", image_dir / f"{image_id}.{fmt}"]
+        write_mask(files[-2], mask)
+        why = export_image(Path(path), orientation, files[-1], fmt, max_pixels)
         counts[why or "copied"] += 1
-    return dict(counts)
+    return files, {"written": dict(counts)}
 
 
-def export_mmseg(source: ExportSource, what: str, out: Path, client: Client, choice: str) -> dict[str, int]:
+def export_mmseg(source: ExportSource, what: str, folder: WorkFolder, client: Client, choice: str) -> dict[str, int]:
     """mmsegmentation's BaseSegDataset layout: `img_dir/<split>/<id>.<fmt>` (one suffix),
     `ann_dir/<split>/<id>.png`, `splits/<split>.txt`, plus the dataset settings to use them."""
+    out = folder.path
     fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
+    for split in source.stores:
+        (out / "ann_dir" / split).mkdir(parents=True, exist_ok=True)
+        (out / "img_dir" / split).mkdir(parents=True, exist_ok=True)
+    units = export_units(
+        source,
+        _mmseg_task,
+        lambda split, shard, rows: (out / "ann_dir" / split, out / "img_dir" / split, fmt, source.max_pixels),
+    )
+    done = run_units(folder, [u for _, u in units], client, "export")
     counts = {}
-    for split, store in source.stores.items():
+    for split in source.stores:
         records = source.records(split)
         mask_dir, image_dir = out / "ann_dir" / split, out / "img_dir" / split
-        mask_dir.mkdir(parents=True, exist_ok=True)
-        image_dir.mkdir(parents=True, exist_ok=True)
-        futures = [
-            client.submit(
-                _mmseg_task, store, r, mask_dir, image_dir, frames_of(records, r), fmt, source.max_pixels, pure=False
-            )
-            for r in shards(len(records))
-        ]
-        written = sum((Counter(c) for c in client.gather(futures)), Counter())
+        written = sum((Counter(r["written"]) for (s, _), r in zip(units, done, strict=True) if s == split), Counter())
         (out / "splits").mkdir(exist_ok=True)
         (out / "splits" / f"{split}.txt").write_text("".join(f"{r.id}\n" for r in records))
         counts[split] = len(records)

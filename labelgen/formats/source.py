@@ -8,18 +8,19 @@ Frame: every mask is in labelgen's frame of its image, the stored pixels with th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from labelgen.data.images import exif_orientation
+from labelgen.data.index import data_root, dataset_splits
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.errors import ArtifactError, ConfigError
 from labelgen.pipeline.runner import plan_run
-from labelgen.pipeline.stage import output_path
+from labelgen.pipeline.stage import Unit, UnitResult, output_path
 from labelgen.pipeline.status import last_recipe
-from labelgen.stages.index import data_root, dataset_splits
 from labelgen.store.sharded import ImageArrays
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,22 @@ def export_source(run_dir: Path, what: str) -> ExportSource:
 
 def shards(n: int) -> list[range]:
     return [range(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
+
+
+def export_units(
+    source: ExportSource, fn: Callable[..., UnitResult], extra: Callable[[str, int, range], tuple]
+) -> list[tuple[str, Unit]]:
+    """One unit per shard of `SHARD` images of every split, numbered across splits, with its split:
+    `fn(store, rows, frames, *extra(split, shard, rows))` writes the shard's files and returns them with
+    a small info dict, which its completion record keeps (a resumed export reads it from there)."""
+    units: list[tuple[str, Unit]] = []
+    for split, store in source.stores.items():
+        records = source.records(split)
+        for shard, rows in enumerate(shards(len(records))):
+            label = f"{split} shard {shard} (images {rows.start}-{rows.stop - 1})"
+            args = (store, rows, frames_of(records, rows), *extra(split, shard, rows))
+            units.append((split, Unit(len(units), fn, args, label)))
+    return units
 
 
 def frames_of(records: list[ImageRecord], rows: range) -> dict[str, Frame]:

@@ -7,26 +7,23 @@ parallel across workers. (A stage's shard count comes from the manifest, which i
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distributed import Client, as_completed
-from tqdm import tqdm
+from distributed import Client
 
 from labelgen.config import Recipe, significant_params
 from labelgen.errors import ArtifactError, ConfigError, LabelgenError
 from labelgen.pipeline.cluster import workers_have_gpus
 from labelgen.pipeline.dag import STAGES, stage_inputs, stages_for
-from labelgen.pipeline.stage import Stage, StageContext, Unit, written_outputs
-from labelgen.pipeline.worker_process import prepare_worker_process
-from labelgen.stages.index import known_classes
+from labelgen.pipeline.executor import run_units
+from labelgen.pipeline.indexing import known_classes
+from labelgen.pipeline.stage import Stage, StageContext, written_outputs
 from labelgen.store.artifact import PLAN_FILE, Artifact, ArtifactLock, stage_key, write_json_atomic
 from labelgen.store.runs import RUN_RECORD, remember_last_run
 
@@ -238,24 +235,13 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
         shutil.move(art.path, kept)
         log.info("stage %-13s forced: previous output moved to %s", p.stage.name, kept)
     art.path.mkdir(parents=True, exist_ok=True)
-    art.clear_failure()
     write_json_atomic(art.path / "recipe.json", recipe.to_dict())
     ctx = StageContext(params=p.params, recipe=recipe, artifact=art, inputs=p.inputs)
     started = time.perf_counter()
     units = p.stage.plan(ctx)
     write_json_atomic(art.path / PLAN_FILE, {"units": len(units), "labels": [u.label for u in units]})
-    missing = [u for u in units if not art.shard_is_valid(u.index)]
-    log.info(
-        "stage %-13s running %d of %d unit(s) (%d already done) -> %s",
-        p.stage.name,
-        len(missing),
-        len(units),
-        len(units) - len(missing),
-        art.path,
-    )
-    _execute(client, p.stage, art, missing)
-    records = [art.shard_record(u.index) for u in units]
-    assert all(r is not None for r in records), "every unit writes its record before returning"
+    resources = {"GPU": 1} if p.stage.gpu and workers_have_gpus(client) else None
+    records = run_units(art, units, client, p.stage.name, resources)
     compute = _one_precision(p.stage.name, art, records)
     info = p.stage.finalize(ctx, records)
     outputs = written_outputs(p.stage, art)
@@ -263,76 +249,6 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
     info = {"seconds": round(elapsed, 2), **info, **({"compute": compute} if compute else {}), "outputs": outputs}
     art.write_success(p.key_params, {k: a.key for k, a in p.inputs.items()}, info)
     log.info("stage %-13s done in %.1fs -> %s", p.stage.name, elapsed, art.path)
-
-
-def _execute(client: Client, stage: Stage, art: Artifact, units: list[Unit]) -> None:
-    if not units:
-        return
-    resources = {"GPU": 1} if stage.gpu and workers_have_gpus(client) else None
-    attempt = uuid.uuid4().hex[:8]  # fresh keys: a retry must not get an earlier attempt's (erred) result
-    futures = {
-        client.submit(
-            run_unit,
-            art,
-            u,
-            logging.getLogger("labelgen").getEffectiveLevel(),
-            key=f"{stage.name}-{u.index}-{attempt}",
-            pure=False,
-            resources=resources,
-        ): u
-        for u in units
-    }
-    try:
-        with tqdm(total=len(units), desc=stage.name, unit="unit", disable=len(units) < 2) as bar:
-            for future in as_completed(futures):
-                unit = futures[future]
-                try:
-                    record = _result(future, stage, art, unit)
-                except Exception as e:
-                    art.record_failure(unit.label, e)
-                    raise
-                log.info("stage %-13s %s done in %.1fs", stage.name, unit.label, record["seconds"])
-                bar.update()
-    finally:
-        client.cancel(list(futures))  # after a failure, stop the rest rather than let it write on
-
-
-def _result(future: Any, stage: Stage, art: Artifact, unit: Unit) -> dict[str, Any]:
-    try:
-        return future.result()  # re-raises the task's exception with its traceback
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise ArtifactError(
-            f"disk full while {stage.name} wrote {unit.label} under {art.path} ({e}); free space and "
-            "rerun the same command: finished shards and stages are kept"
-        ) from e
-
-
-def run_unit(art: Artifact, unit: Unit, log_level: int = logging.INFO) -> dict[str, Any]:
-    """Executed on a worker: do the unit's work, then record its completion with checksums."""
-    prepare_worker_process(log_level)
-    started = time.perf_counter()
-    files, info = unit.fn(*unit.args)
-    info = {"label": unit.label, "seconds": round(time.perf_counter() - started, 3), **info}
-    compute = compute_record(unit.args[0] if unit.args else None)
-    if compute:
-        info["compute"] = compute
-    art.write_shard_record(unit.index, files, info)
-    return art.shard_record(unit.index)
-
-
-def compute_record(params: Any) -> dict[str, str] | None:
-    """Where a model unit ran and at what precision `precision = "auto"` resolved to there, so one
-    cache key never silently names results of two precisions; None for a unit without a model."""
-    precision = getattr(params, "precision", None)
-    if precision is None:
-        return None
-    from labelgen.devices import pick_device
-    from labelgen.models.precision import resolve_precision
-
-    device = pick_device(getattr(params, "device", "auto"))
-    return {"device": device.type, "precision": resolve_precision(device, precision)}
 
 
 def _one_precision(stage: str, art: Artifact, records: list[dict[str, Any]]) -> dict[str, str] | None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from labelgen.config import PredictParams
 from labelgen.data.images import read_image
+from labelgen.data.index import dataset_splits
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.devices import pick_device
 from labelgen.errors import ConfigError
@@ -25,7 +26,6 @@ from labelgen.models.segmenter import Segmenter, load_segmenter
 from labelgen.numerics.crf import CrfParams, crf_on_probs
 from labelgen.numerics.maps_to_labels import resize_maps, resized_argmax
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
-from labelgen.stages.index import dataset_splits
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 
 log = logging.getLogger(__name__)

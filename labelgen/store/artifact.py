@@ -17,10 +17,11 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Self
+from typing import IO, Any, Self
 
 from labelgen.data.fingerprint import file_digest
 from labelgen.errors import ArtifactError, LockHeldError
@@ -58,16 +59,29 @@ def standard_json(data: Any) -> Any:
     return data
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a torn one."""
+def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "w") -> None:
+    """Write `path` through `write(file)` (temp file, fsync, rename) so that readers see the old file
+    or the whole new one, never a torn one; a write that fails (a full disk, data that cannot be
+    written) leaves the old file as it was and no temp file. `mode`: "w" (text) or "wb"."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(standard_json(data), f, indent=1, sort_keys=True, default=str, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """`data` as JSON (NaN/inf as null), written atomically (`write_atomic`)."""
+    write_atomic(
+        path, lambda f: json.dump(standard_json(data), f, indent=1, sort_keys=True, default=str, allow_nan=False)
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,36 +108,39 @@ def environment_record() -> dict[str, Any]:
     return {"packages": versions, "host": socket.gethostname(), "python": platform.python_version()}
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """One stage output folder. Pure path logic plus the completion protocol."""
-
-    run_dir: Path
-    stage: str
-    key: str
+class UnitRecords:
+    """A folder that units of work write into, with one completion record per unit (checksums of
+    the files it vouches for), the last failure, and a lock: what `labelgen.pipeline.executor` needs
+    to resume, refuse a second writer and report. Subclasses say where each lives: `Artifact` (a
+    stage's output folder) and `labelgen.store.workfolder.WorkFolder` (an export or index folder)."""
 
     @property
     def path(self) -> Path:
-        return self.run_dir / self.stage / self.key
+        """The folder the units write into; records name files relative to it."""
+        raise NotImplementedError
 
     @property
-    def success_path(self) -> Path:
-        return self.path / SUCCESS
+    def records_dir(self) -> Path:
+        raise NotImplementedError
 
-    def is_complete(self) -> bool:
-        return self.success_path.is_file()
+    @property
+    def failure_path(self) -> Path:
+        raise NotImplementedError
 
-    def success(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.success_path.read_text())
-        except FileNotFoundError as e:
-            raise ArtifactError(
-                f"{self.stage} artifact {self.path} is not complete (no {SUCCESS}); "
-                f"run `labelgen run {self.stage}` first"
-            ) from e
+    @property
+    def lock_path(self) -> Path:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What a message calls it, e.g. "train_cam artifact <path>"."""
+        raise NotImplementedError
+
+    def lock_advice(self) -> str:
+        """What to do when another process holds its lock."""
+        raise NotImplementedError
 
     def shard_record_path(self, index: int) -> Path:
-        return self.path / SHARDS / f"{index:06d}.json"
+        return self.records_dir / f"{index:06d}.json"
 
     def shard_record(self, index: int) -> dict[str, Any] | None:
         path = self.shard_record_path(index)
@@ -154,7 +171,64 @@ class Artifact:
         line = (str(error).strip().splitlines() or [""])[0]
         record = {"unit": unit, "error": f"{type(error).__name__}: {line}", "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with contextlib.suppress(OSError):  # a full disk (say) must not hide the error being reported
-            write_json_atomic(self.path / FAILED, record)
+            write_json_atomic(self.failure_path, record)
+
+    def failure(self) -> dict[str, Any] | None:
+        """The last failure record, or None."""
+        try:
+            return json.loads(self.failure_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def clear_failure(self) -> None:
+        self.failure_path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Artifact(UnitRecords):
+    """One stage output folder. Pure path logic plus the completion protocol."""
+
+    run_dir: Path
+    stage: str
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / self.stage / self.key
+
+    @property
+    def records_dir(self) -> Path:
+        return self.path / SHARDS
+
+    @property
+    def failure_path(self) -> Path:
+        return self.path / FAILED
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.parent / f".{self.key}.lock"
+
+    def describe(self) -> str:
+        return f"{self.stage} artifact {self.path}"
+
+    def lock_advice(self) -> str:
+        return "wait for that run to finish (or stop it) before starting another on the same run folder"
+
+    @property
+    def success_path(self) -> Path:
+        return self.path / SUCCESS
+
+    def is_complete(self) -> bool:
+        return self.success_path.is_file()
+
+    def success(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.success_path.read_text())
+        except FileNotFoundError as e:
+            raise ArtifactError(
+                f"{self.stage} artifact {self.path} is not complete (no {SUCCESS}); "
+                f"run `labelgen run {self.stage}` first"
+            ) from e
 
     def missing_outputs(self) -> list[tuple[str, Path]]:
         """(output name, path) of each file a finished artifact's `_SUCCESS.json` lists among its
@@ -173,16 +247,6 @@ class Artifact:
         name, path = gone[0]
         return missing_output(self, name, path)
 
-    def failure(self) -> dict[str, Any] | None:
-        """The last failure record of this artifact, or None."""
-        try:
-            return json.loads((self.path / FAILED).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def clear_failure(self) -> None:
-        (self.path / FAILED).unlink(missing_ok=True)
-
     def write_success(self, params: dict[str, Any], inputs: dict[str, str], info: dict[str, Any]) -> None:
         record = {
             "stage": self.stage,
@@ -197,15 +261,16 @@ class Artifact:
 
 
 class ArtifactLock:
-    """An exclusive lock on one artifact, held by the process that computes it.
+    """An exclusive lock on one artifact (or other `UnitRecords` folder), held by the process that
+    writes it.
 
     `flock` is released by the kernel when the holder dies, so a SIGKILLed run never leaves a
     stale lock behind; a live holder makes the second writer fail at once with its pid and host.
     """
 
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: UnitRecords):
         self.artifact = artifact
-        self.path = artifact.path.parent / f".{artifact.key}.lock"
+        self.path = artifact.lock_path
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -217,8 +282,7 @@ class ArtifactLock:
             holder = _holder_of(fd)
             os.close(fd)
             raise LockHeldError(
-                f"{self.artifact.stage} artifact {self.artifact.path} is being written by {holder}; "
-                "wait for that run to finish (or stop it) before starting another on the same run folder"
+                f"{self.artifact.describe()} is being written by {holder}; {self.artifact.lock_advice()}"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())

@@ -13,18 +13,15 @@ from typing import Any
 import torch
 
 from labelgen.errors import ArtifactError
+from labelgen.store.artifact import write_atomic
 
 log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file, fsync, rename: a crash leaves the old checkpoint or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save, atomically (`write_atomic`): a crash leaves the old checkpoint or the new one, and
+    a failed save no temp file."""
+    write_atomic(path, lambda f: torch.save(state, f), "wb")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
