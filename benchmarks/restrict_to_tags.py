@@ -27,9 +27,9 @@ from _common import REPO, print_table, use_shared_weights, write_result
 from labelgen.config import load_recipe
 from labelgen.pipeline.cluster import open_client
 from labelgen.pipeline.dag import STAGES
+from labelgen.pipeline.indexing import load_manifest
 from labelgen.pipeline.runner import run_pipeline
 from labelgen.pipeline.stage import output_path
-from labelgen.pipeline.indexing import load_manifest
 from labelgen.store.sharded import ImageArrays
 
 

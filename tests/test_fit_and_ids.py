@@ -19,10 +19,10 @@ from pycocotools.cocoeval import COCOeval
 from labelgen.cli import main
 from labelgen.config import DatasetParams
 from labelgen.data.coco_gt import rle_run_total
+from labelgen.data.index import NoUsableImages
 from labelgen.data.masks import gt_mask, read_mask, voc_palette
 from labelgen.data.problems import describe
 from labelgen.formats.write import export_masks
-from labelgen.data.index import NoUsableImages
 from labelgen.pipeline.indexing import index_dataset
 from tests.conftest import SHARED
 from tests.realdata import coco_json, coco_photo, write_coco_root

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from labelgen.config import PredictParams
-from labelgen.pipeline.runner import plan_run
 from labelgen.pipeline.indexing import load_manifest
+from labelgen.pipeline.runner import plan_run
 from labelgen.stages.predict import restricted_splits, within_tags
 from labelgen.store.sharded import ImageArrays
 from tests.conftest import tiny_recipe
