@@ -124,6 +124,19 @@ def test_shape_that_disagrees_with_its_bbox_is_not_drawn(tmp_path, case):
     assert f"(annotations {DOG})" in not_scored["reason"]
 
 
+def test_shape_running_past_the_border_with_its_bbox_clipped_is_drawn(tmp_path):
+    """A tool that clips the bbox to the image but not the polygon: the two agree inside the image."""
+    data = coco_json()
+    dog = _ann(data, DOG)
+    x, y, w, h = dog["bbox"]
+    dx = 640 - x - 0.3 * w  # 70 % of the dog beyond the right border
+    dog["segmentation"] = _moved(dog["segmentation"], dx=dx)
+    dog["bbox"] = [x + dx, y, 640 - (x + dx), h]
+    by_id, problems = _index(tmp_path, data)
+    assert by_id[74].mask is not None and (read_mask(by_id[74].mask) == DOG_LABEL).any()
+    assert not [p for p in problems if f"annotation {DOG} " in p["reason"]]
+
+
 def test_shape_and_bbox_both_outside_the_image_are_skipped_whole(tmp_path):
     data = coco_json()
     dog = _ann(data, DOG)

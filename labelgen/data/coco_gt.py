@@ -192,8 +192,9 @@ def _pixel_count(shape: dict[str, Any], height: int, width: int) -> int:
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
-# A shape and its own bbox describe one object when their boxes, each grown by BOX_SLACK pixels on
-# every side (rounding: an exporter's bbox may be the pixel-grid extent of the polygon), overlap
+# A shape and its own bbox describe one object when their boxes, clipped to the image and each grown
+# by BOX_SLACK pixels on every side (rounding: an exporter's bbox may be the pixel-grid extent of the
+# polygon), overlap
 # with an intersection over union of at least BOX_AGREEMENT. On coco128's 939 annotations the
 # lowest is 0.97 (crowd RLEs); a polygon moved by half its size, or drawn in 0..1 normalised
 # coordinates against a pixel bbox, is far below.
@@ -233,8 +234,20 @@ def _extent(shape: dict[str, Any], height: int, width: int) -> Box:
     return x, y, x + w, y + h
 
 
-def boxes_agree(a: Box, b: Box) -> bool:
-    """Whether two boxes describe one object (`BOX_AGREEMENT`, `BOX_SLACK`)."""
+def _clip(box: Box, height: int, width: int) -> Box | None:
+    """The part of a box inside the image, or None when it has none."""
+    x0, y0, x1, y1 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(width)), min(box[3], float(height))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def boxes_agree(a: Box, b: Box, height: int, width: int) -> bool:
+    """Whether a shape's extent and its bbox describe one object in a height × width image: their parts
+    inside the image, each grown by BOX_SLACK, overlap with an IoU ≥ BOX_AGREEMENT (a shape running
+    past the border with its bbox clipped to the image agrees). One in the image and the other not:
+    they disagree; neither in it: nothing to compare (the shape has no pixel there)."""
+    a, b = _clip(a, height, width), _clip(b, height, width)
+    if a is None or b is None:
+        return a is None and b is None
     a = (a[0] - BOX_SLACK, a[1] - BOX_SLACK, a[2] + BOX_SLACK, a[3] + BOX_SLACK)
     b = (b[0] - BOX_SLACK, b[1] - BOX_SLACK, b[2] + BOX_SLACK, b[3] + BOX_SLACK)
     inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -259,7 +272,8 @@ def check_coco(annotations: tuple[dict, ...], height: int, width: int) -> CocoGt
         faults: list[str] = []
         shape = _usable_shape(ann, height, width, faults)
         box = _bbox(ann)
-        if shape is not None and box is not None and not boxes_agree(extent := _extent(shape, height, width), box):
+        extent = _extent(shape, height, width) if shape is not None and box is not None else None
+        if extent is not None and not boxes_agree(extent, box, height, width):
             faults.append(
                 f"its shape spans x0,y0,x1,y1 {_box_text(extent)} but its bbox {_box_text(box)}: they do not "
                 "describe one object (shifted or normalised coordinates?)"
