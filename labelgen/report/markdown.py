@@ -110,8 +110,14 @@ def sweep_table(metrics: dict[str, Any]) -> Table:
     return Table(["threshold", *(f"{e['threshold']:.2f}" for e in sweep)], [["mIoU", *(pct(e["miou"]) for e in sweep)]])
 
 
+def _per_class_sources(sources: list[str]) -> list[str]:
+    """The sources of the per-class tables: a restricted split's raw masks are in the summaries only
+    (its per-class numbers are the restricted masks' but for the excluded classes)."""
+    return [s for s in sources if not s.endswith(UNRESTRICTED_SUFFIX)]
+
+
 def gt_class_table(metrics: dict[str, Any]) -> Table:
-    sources = gt_sources(metrics)
+    sources = _per_class_sources(gt_sources(metrics))
     rows = []
     for c, name in enumerate(metrics["classes"]):
         cells = [" / ".join(pct(metrics[s][k][c]) for k in ("iou", "precision", "recall")) for s in sources]
@@ -159,7 +165,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
 def gt_free_class_table(metrics: dict[str, Any], split: str) -> Table:
     """One row per foreground class: tagged images, confidence, found / area / spurious per source, agreement."""
     m = metrics["gt_free"][split]
-    sources = list(m["sources"])
+    sources = _per_class_sources(list(m["sources"]))
     header = ["class", "tagged images", "confidence"]
     for s in sources:
         header += [f"{s}: found", "area %", "untagged"]
@@ -197,12 +203,13 @@ def write_charts(metrics: dict[str, Any], out: Path) -> dict[str, Chart]:
     charts = {}
     names = metrics["classes"]
     if sum(metrics["gt"]["scored"].values()):
-        bar_chart(names, {source_title(s): metrics[s]["iou"] for s in gt_sources(metrics)}, out / "per_class_iou.png")
+        ious = {source_title(s): metrics[s]["iou"] for s in _per_class_sources(gt_sources(metrics))}
+        bar_chart(names, ious, out / "per_class_iou.png")
         charts["gt"] = Chart("per-class IoU against GT", "per_class_iou.png")
     series: dict[str, list] = {}
     for split, m in metrics["gt_free"].items():
-        for s, src in m["sources"].items():
-            series[f"found: {source_title(s)}"] = src["found_share"][1:]
+        for s in _per_class_sources(list(m["sources"])):
+            series[f"found: {source_title(s)}"] = m["sources"][s]["found_share"][1:]
         if m.get("agreement"):
             series[f"agreement IoU ({split})"] = m["agreement"]["iou"][1:]
         if m["confidence"]:
