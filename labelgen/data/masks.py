@@ -147,7 +147,8 @@ def _check_palette_order(img: Image.Image, path: Path, num_labels: int) -> None:
     packed = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
     voc = _voc_colours(num_labels)
     used = np.flatnonzero(np.bincount(np.asarray(img).ravel(), minlength=256))
-    moved = [(int(i), voc[int(packed[i])]) for i in used if voc.get(int(packed[i]), i) != i]
+    # black is also what an unset palette entry reads as: only another class's colour is evidence
+    moved = [(int(i), voc[int(packed[i])]) for i in used if packed[i] and voc.get(int(packed[i]), i) != i]
     if moved:
         i, k = moved[0]
         raise DataError(
