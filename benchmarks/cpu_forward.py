@@ -44,14 +44,15 @@ def probe(case: dict) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = WeakTr(WeakTrConfig("deit_tiny_patch16_224", 20), None).eval()
-    x = torch.randn(case["views"], 3, 480, 640)
+    x = torch.randint(0, 256, (case["views"], 3, 480, 640), dtype=torch.uint8)
     cpu = torch.device("cpu")
 
     with torch.no_grad(), autocast(cpu, case["precision"]):
         cache = ExportCamsParams().attention_cache_mb * 2**20  # as export_cams runs by default
         total = seconds_per_call(lambda: model.cams(x, "fine", cache), REPEATS)
-        backbone = seconds_per_call(lambda: model.backbone.forward_features(x, trace=True), REPEATS)
-        maps = model.backbone.forward_features(x, trace=True).attn_maps
+        normalised = model.normalise(x)
+        backbone = seconds_per_call(lambda: model.backbone.forward_features(normalised, trace=True), REPEATS)
+        maps = model.backbone.forward_features(normalised, trace=True).attn_maps
         fusion = seconds_per_call(lambda: fuse_attention(maps, None), REPEATS)
     return {"s_per_view": total / case["views"], "vit_share": backbone / total, "fusion_share": fusion / total}
 
@@ -66,7 +67,7 @@ def train_step(precision: str) -> float:
     torch.manual_seed(0)
     model = WeakTr(WeakTrConfig("deit_tiny_patch16_224", 80), None).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    x, y = torch.randn(16, 3, 224, 224), (torch.rand(16, 80) < 0.04).float()
+    x, y = torch.randint(0, 256, (16, 3, 224, 224), dtype=torch.uint8), (torch.rand(16, 80) < 0.04).float()
     return seconds_per_call(lambda: cam_step(model, optimizer, x, y, precision), 3)
 
 

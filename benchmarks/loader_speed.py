@@ -25,7 +25,7 @@ from PIL import Image
 from labelgen.config import load_recipe, recipe_path
 from labelgen.data.manifest import ImageRecord
 from labelgen.data.training import TaggedImages, loader_workers, start_epoch, training_loader
-from labelgen.models.pixels import normalisation
+from labelgen.models.pixels import pixel_stats
 from labelgen.stages.train_cam import training_transform
 from labelgen.stages.train_decoder import PseudoMaskImages
 
@@ -74,7 +74,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         records = voc_sized_photos(Path(tmp), args.images)
         datasets = {
-            "train_cam": TaggedImages(records, 20, training_transform(cam, *normalisation(cam.backbone)), MAX_PIXELS),
+            "train_cam": TaggedImages(
+                records, 20, training_transform(cam, *pixel_stats(cam.backbone, cam.weights)), MAX_PIXELS
+            ),
             "train_decoder": PseudoMaskImages(records, tmp, dec, MAX_PIXELS),
         }
         for stage, data in datasets.items():

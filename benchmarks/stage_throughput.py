@@ -80,7 +80,9 @@ def pure_cam_export(args, device, recipe) -> float:
     seconds = 0.0
     cache = recipe["export_cams"].attention_cache_mb * 2**20
     for scale in recipe["export_cams"].scales:
-        x = torch.randn(args.cam_batch, 3, round(h * scale), round(w * scale), device=device)
+        x = torch.randint(
+            0, 256, (args.cam_batch, 3, round(h * scale), round(w * scale)), dtype=torch.uint8, device=device
+        )
         with torch.no_grad(), autocast(device, args.precision):
             per_pass = timed(lambda x=x: model.cams(x, "fine", cache), device, args.repeats)
         seconds += 2 * per_pass / args.cam_batch  # the image and its flip
@@ -90,7 +92,7 @@ def pure_cam_export(args, device, recipe) -> float:
 def pure_cam_training(args, device) -> float:
     model = WeakTr(WeakTrConfig(args.backbone, 20), None).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    x = torch.randn(args.cam_train_batch, 3, 224, 224, device=device)
+    x = torch.randint(0, 256, (args.cam_train_batch, 3, 224, 224), dtype=torch.uint8, device=device)
     y = (torch.rand(args.cam_train_batch, 20, device=device) < 0.1).float()
 
     step = lambda: cam_step(model, optimizer, x, y, args.precision)  # noqa: E731  the stage's own step
@@ -102,7 +104,7 @@ def pure_decoder_training(args, device) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
     criterion = GradientClippingLoss(args.decoder_crop // 4, 1.2)
     crop = args.decoder_crop
-    x = torch.randn(4, 3, crop, crop, device=device)
+    x = torch.randint(0, 256, (4, 3, crop, crop), dtype=torch.uint8, device=device)
     y = torch.randint(0, 21, (4, crop, crop), device=device)
 
     step = lambda: decoder_step(model, optimizer, criterion, x, y, args.precision)  # noqa: E731
@@ -113,7 +115,7 @@ def pure_predict(args, device, recipe) -> float:
     """Images/s of the Segmenter's window forwards alone for the recipe's scales, flips and windows."""
     p = recipe["predict"]
     model = Segmenter(SegmenterConfig(args.backbone, 21), None).to(device).eval()
-    x = torch.randn(1, 3, p.window, p.window, device=device)
+    x = torch.randint(0, 256, (1, 3, p.window, p.window), dtype=torch.uint8, device=device)
     with torch.no_grad(), autocast(device, args.precision):
         per_window = timed(lambda: model(x), device, args.repeats)
     w, h = args.size

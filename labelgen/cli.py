@@ -169,6 +169,10 @@ def _print_plan(recipe, run_path: Path, target: str, plan: list, forced: set[str
     click.echo("settings that differ from the shipped recipe:" if changed else "settings: the shipped recipe")
     for line in changed:
         click.echo(line)
+    if recipe.dataset_defaults:  # set by the data set, not by a recipe: say so, with the values
+        dataset = recipe["dataset"]
+        values = ", ".join(f"dataset.{k} = {getattr(dataset, k)!r}" for k in recipe.dataset_defaults)
+        click.echo(f"the {dataset.name} data set's own defaults (no recipe or --set gave them): {values}")
 
 
 def _dry_run_checks(recipe, run_path: Path, plan: list, todo: list) -> None:
@@ -324,21 +328,23 @@ def data_check(dataset, data_root, splits, overrides, workers) -> None:
     required=True,
     help="CRF pseudo-labels of the train split, or the Segmenter's predictions of every split.",
 )
-@click.option("--format", "fmt", type=click.Choice(["voc", "mmseg", "coco"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["voc", "mmseg", "coco", "yolo", "yolo-seg"]), required=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
 @click.option(
     "--image-format",
     type=click.Choice(["auto", "jpg", "png"]),
     default="auto",
     show_default=True,
-    help="mmseg: the one suffix of img_dir; auto = the format most images have (png lossless, jpg quality 95).",
+    help="mmseg, yolo, yolo-seg: the one suffix of the images; auto = the format most images have "
+    "(png lossless, jpg quality 95).",
 )
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running dask scheduler.")
 @click.option("--workers", type=int, help="Worker processes of the local cluster.")
 @_user_errors
 def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
-    """Export masks for another segmenter: VOC palette PNGs, mmsegmentation layout, or COCO JSON
-    (a dataset file and a results file for COCO.loadRes/COCOeval, with the source's ids).
+    """Export masks for another segmenter: VOC palette PNGs, mmsegmentation layout, COCO JSON
+    (a dataset file and a results file for COCO.loadRes/COCOeval, with the source's ids), or
+    Ultralytics data sets: semantic masks (yolo) or instance polygons (yolo-seg).
 
     \b
     Example:

@@ -34,6 +34,13 @@ Precision = Literal["auto", "bf16", "fp32"]
 # "bilinear" the reference stage 2's (segm/model/utils.py:resize_pos_embed), "timm" timm's antialiased
 # bicubic to the target size (resample_abs_pos_embed; labelgen before)
 PosEmbedResample = Literal["dino", "bilinear", "timm"]
+# the pixel statistics a backbone normalises with (labelgen/models/pixels.py): "from_weights" is the
+# pretrained config of the weights named (a hub tag's; a file's or "none": the architecture's default
+# tag), or a named set: "imagenet" (DeiT, DINOv2), "inception" (0.5/0.5: AugReg ViT), "clip" (CLIP, EVA-02)
+Normalisation = Literal["from_weights", "imagenet", "inception", "clip"]
+CamKind = Literal["fine", "fused", "coarse"]  # AAF + patch affinity, no affinity step, conv head only
+Fusion = Literal["aaf", "mean"]  # adaptive attention fusion, or a plain mean of the attention maps (ablation)
+HeadInit = Literal["pytorch_default", "trunc_normal"]  # the CAM head's initial weights: see train_cam.head_init
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ class DatasetParams:
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
     # images without tags: "keep" them as negatives (all-zero training targets; their pseudo-label and
     # prediction are all background, no CAM is computed for them), or "leave_out" (VOC/COCO reference:
-    # COCO images without annotations are not in its 82,081-image list). pipelines/folder.toml keeps them.
+    # COCO images without annotations are not in its 82,081-image list). A folder set keeps them
+    # (DATASET_DEFAULTS).
     untagged: Literal["keep", "leave_out"] = "leave_out"
     index_slice: int = _not_in_key(256, "images per index task")
     # demo only: a procedural data set generated from `demo_seed`
@@ -58,6 +66,21 @@ class DatasetParams:
     demo_image_size: int = 192  # pixels, square
     demo_seed: int = 0
 
+
+# A data set's own defaults, where they differ from the dataclass's: they belong to the data set, so
+# every recipe that names it gets them (the shipped one and a user's own `[dataset] name = "folder"`)
+# unless the recipe or a --set gives the key; the resolved recipe (--dry-run, <run>/recipe.json)
+# records the value. Settings a shipped recipe changes for its benchmark (VOC's train_aug split, COCO's
+# train2014/val2014, base_lr, bg_threshold and CRF weights) are recipe choices, not the layout's.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "folder": {
+        # untagged rows are the set's negatives: without them a single-class set gives the classifier
+        # nothing to contrast (a real single-class set: pseudo-label mIoU 84 with them, 70 without)
+        "untagged": "keep",
+        # a tags file's rows without a split are train; a val split exists only where the user names one
+        "val_split": "",
+    },
+}
 
 # dataset settings that only some layouts read. `--dry-run` leaves them out of its list of changed
 # settings for the others; they stay in the index's cache key all the same (taking them out would
@@ -81,8 +104,17 @@ def read_by_layout(params: DatasetParams, key: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainCamParams:
-    backbone: str = "deit_small_patch16_224"  # timm model name (weaktr-method.md §1.1)
-    weights: str = "hub:deit_small_patch16_224.fb_in1k"  # "hub:<timm name>", a file path, or "none"
+    # timm model name of a supported family (vit: DeiT/AugReg/CLIP/ViT, dinov2, eva02; README
+    # "Backbones"); weaktr-method.md §1.1
+    backbone: str = "deit_small_patch16_224"
+    # "hub:<timm name[.tag]>", a file path (.safetensors/.pth/.pt timm, DINOv2 or original EVA-02
+    # layout; .npz AugReg), or "none" (random)
+    weights: str = "hub:deit_small_patch16_224.fb_in1k"
+    # pixels; 0 keeps the architecture's own patch (16 DeiT/ViT, 14 DINOv2/EVA-02); another size
+    # resizes the pretrained kernel bicubically, as the reference does 14 -> 16 for DINOv2 and EVA-02
+    # (OnlineRetraining/segm/model/utils.py:checkpoint_filter_fn)
+    patch_size: int = 0
+    normalisation: Normalisation = "from_weights"
     input_size: int = 224  # training crop, pixels
     epochs: int = 60
     batch_size: int = 64
@@ -95,13 +127,13 @@ class TrainCamParams:
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; "" for none
     random_erasing: float = 0.25
     min_crop_scale: float = 0.08  # RandomResizedCrop lower scale bound
-    fusion: Literal["aaf", "mean"] = "aaf"  # adaptive attention fusion, or a plain mean (ablation)
+    fusion: Fusion = "aaf"  # adaptive attention fusion, or a plain mean (ablation)
     aaf_reduction: int = 8  # SE bottleneck over head-layers: K -> K // reduction
     aaf_feat_reduction: int = 8  # per-head feature squeeze: head_dim -> head_dim // reduction
     # the 3×3 conv CAM head's initial weights: "pytorch_default" (reference: models.py:WeakTr._init_weights
     # touches only Linear and LayerNorm, so nn.Conv2d's own init: weight std ≈ 0.014, a small non-zero
     # bias) or "trunc_normal" (std 0.02, zero bias)
-    head_init: Literal["pytorch_default", "trunc_normal"] = "pytorch_default"
+    head_init: HeadInit = "pytorch_default"
     # patch position resampling, in training (input_size ≠ 224) and in export_cams/evaluate, which use
     # the trained model's setting; reference "dino" (models.py:WeakTr.interpolate_pos_encoding)
     pos_embed_resample: PosEmbedResample = "dino"
@@ -114,7 +146,7 @@ class TrainCamParams:
 
 @dataclass(frozen=True)
 class ExportCamsParams:
-    cam: Literal["fine", "fused", "coarse"] = "fine"  # AAF + patch affinity, no affinity step, conv head only
+    cam: CamKind = "fine"  # AAF + patch affinity, no affinity step, conv head only
     scales: tuple[float, ...] = (1.0, 1.2)  # first must be 1.0 (weaktr-method.md §1.7)
     flip: bool = True
     stride: int = 1  # stored resolution = full size // stride (rounded up), long side capped at max_side
@@ -155,8 +187,10 @@ class PseudoLabelsParams:
 
 @dataclass(frozen=True)
 class TrainDecoderParams:
-    backbone: str = "deit_small_patch16_224"
-    weights: str = "hub:deit_small_patch16_224.fb_in1k"
+    backbone: str = "deit_small_patch16_224"  # as train_cam.backbone (weaktr-method.md §3.1)
+    weights: str = "hub:deit_small_patch16_224.fb_in1k"  # as train_cam.weights
+    patch_size: int = 0  # as train_cam.patch_size; the reference's DINOv2-S/EVA-02-S recipes: 16
+    normalisation: Normalisation = "from_weights"  # as train_cam.normalisation
     masks: str = "pseudo_labels"  # "pseudo_labels" artifact, or a folder of PNG masks named <id>.png
     crop_size: int = 480
     epochs: int = 100
@@ -250,6 +284,7 @@ class Recipe:
 
     sections: dict[str, Any]
     source: str
+    dataset_defaults: tuple[str, ...] = ()  # dataset keys set by the data set's own defaults, not the recipe
 
     def __getitem__(self, section: str) -> Any:
         return self.sections[section]
@@ -295,6 +330,7 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
             raise ConfigError(f"--set {override!r}: [{section}] is not a table in {path}")
         raw[section][key] = value
         origin[section, key] = f"--set {override}"
+    from_dataset = _apply_dataset_defaults(raw)
     wrong: list[str] = []  # every wrong setting, one line each, all reported at once
     for section in raw:
         if section not in STAGE_PARAMS:
@@ -317,7 +353,7 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
         sections[name] = build_params(cls, good, f"{path} [{name}]")
     # The rules between settings run on the settings that parsed (a wrong one at its default); a rule
     # about a setting already named wrong is left out, as it would only repeat it.
-    recipe = Recipe(sections=sections, source=str(path))
+    recipe = Recipe(sections=sections, source=str(path), dataset_defaults=from_dataset)
     rules = [e for e in recipe_errors(recipe) if e.key not in wrong_keys]
     bad = wrong_keys | {e.key for e in rules}
     # nor one that only follows from another wrong setting ("warmup_epochs 0 must be 0..epochs=-1")
@@ -326,6 +362,19 @@ def load_recipe(path: Path | str, overrides: typing.Sequence[str] = ()) -> Recip
     if wrong:
         raise ConfigError("\n".join(wrong))
     return recipe
+
+
+def _apply_dataset_defaults(raw: dict[str, Any]) -> tuple[str, ...]:
+    """Fill in the named data set's own defaults (`DATASET_DEFAULTS`) that the recipe and the
+    overrides leave unset; returns the keys filled in."""
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, dict):
+        return ()
+    name = dataset.get("name", DatasetParams.name)
+    own = DATASET_DEFAULTS.get(name, {}) if isinstance(name, str) else {}  # a wrong name: the loader names it
+    filled = tuple(key for key in own if key not in dataset)
+    dataset.update({key: own[key] for key in filled})
+    return filled
 
 
 def _origin(origin: dict[tuple[str, str], str], key: str, path: Path) -> str:
@@ -445,6 +494,9 @@ def recipe_errors(recipe: Recipe) -> list[SettingError]:
         f"must be 0..train_cam.epochs={cam.epochs}",
         ("train_cam.epochs",),
     )
+    for key in ("train_cam.patch_size", "train_decoder.patch_size"):
+        section, _, name = key.partition(".")
+        need(getattr(recipe[section], name) >= 0, key, "must be ≥ 0 pixels (0: the architecture's own)")
     need(0 < cam.min_crop_scale <= 1, "train_cam.min_crop_scale", "must be in (0, 1]")
     need(0 <= cam.random_erasing <= 1, "train_cam.random_erasing", "is a probability: 0..1")
     for key in ("train_cam.num_workers", "train_decoder.num_workers"):
@@ -477,8 +529,14 @@ def recipe_errors(recipe: Recipe) -> list[SettingError]:
         ("predict.window",),
     )
     need(pred.depth_blend >= 0, "predict.depth_blend", "must be ≥ 0")
+    need(exp.attention_cache_mb >= 0, "export_cams.attention_cache_mb", "must be ≥ 0 MiB (0: keep no attention maps)")
     ev = recipe["evaluate"]
     need(all(0 <= t <= 1 for t in ev.sweep_thresholds), "evaluate.sweep_thresholds", "thresholds must be in 0..1")
+    need(ev.shard_size > 0, "evaluate.shard_size", "must be > 0")
+    need(ev.thumbnail >= 16, "evaluate.thumbnail", "must be ≥ 16 pixels (the gallery's pictures would be unreadable)")
+    need(ev.gallery_page > 0, "evaluate.gallery_page", "must be > 0 rows")
+    need(ev.gallery_inline >= 0, "evaluate.gallery_inline", "must be ≥ 0 images")
+    need(ev.overlays >= 0, "evaluate.overlays", "must be ≥ 0 images")
     return errors
 
 

@@ -100,3 +100,28 @@ def test_several_wrong_settings_are_all_named():
         )
     lines = str(e.value).splitlines()
     assert len(lines) == 4 and all(line.startswith("--set ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("export_cams.attention_cache_mb=-1", "--set export_cams.attention_cache_mb=-1: -1: must be ≥ 0 MiB"),
+        ("evaluate.shard_size=0", "--set evaluate.shard_size=0: 0: must be > 0"),
+        ("evaluate.thumbnail=8", "--set evaluate.thumbnail=8: 8: must be ≥ 16 pixels"),
+        ("evaluate.gallery_page=0", "--set evaluate.gallery_page=0: 0: must be > 0 rows"),
+    ],
+)
+def test_rules_once_checked_inside_a_stage_refuse_a_dry_run_before_any_work(tmp_path, override, message):
+    """Settings that export_cams and evaluate checked only when they planned their units (after the
+    stages before them had run, minutes or hours in) are refused with the rest when the recipe
+    loads: `run --dry-run` names them, and a run starts no cluster."""
+    from click.testing import CliRunner
+
+    from labelgen.cli import main
+
+    args = ["run", "full", "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(tmp_path)]
+    for extra in (["--dry-run"], []):
+        result = CliRunner().invoke(main, [*args, "--set", override, *extra])
+        assert result.exit_code == 2
+        assert result.output.startswith(f"error: {message}") and len(result.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing run, nothing written

@@ -118,3 +118,32 @@ def test_data_index_keeps_a_record_per_slice_and_a_rerun_redoes_none(coco2014_ro
         again = index_dataset(params, coco2014_root, tmp_path / "index", workers=1)
     assert any("running 0 of 3 unit(s) (3 already done)" in r.message for r in caplog.records)
     assert [r.id for r in again.records] == [r.id for r in first.records] and len(first.records) == 6
+
+
+def _write_rows(folder: Path, index: int, rows: range) -> tuple[list[Path], dict]:
+    path = folder / f"part{index}.txt"
+    path.write_text(",".join(map(str, rows)))
+    return [path], {"images": len(rows)}
+
+
+def test_a_record_counts_only_for_the_same_unit(tmp_path):
+    """In this process (no client): unit records resume work; a record left by a cut into other
+    pieces (same index, other images) is redone, not trusted."""
+    from labelgen.pipeline.executor import run_units
+    from labelgen.pipeline.stage import Unit
+
+    folder = WorkFolder(tmp_path, "k", "index")
+
+    def units(size: int) -> list[Unit]:
+        cuts = [range(s, min(s + size, 6)) for s in range(0, 6, size)]
+        return [
+            Unit(i, _write_rows, (tmp_path, i, r), f"slice {i} (images {r.start}-{r.stop - 1})")
+            for i, r in enumerate(cuts)
+        ]
+
+    assert [r["images"] for r in run_units(folder, units(3), None, "index")] == [3, 3]
+    before = _stamp(tmp_path, ["part0.txt", "part1.txt"])
+    run_units(folder, units(3), None, "index")
+    assert _stamp(tmp_path, ["part0.txt", "part1.txt"]) == before  # resumed: nothing redone
+    records = run_units(folder, units(2), None, "index")  # same indices 0, 1, other images
+    assert [r["images"] for r in records] == [2, 2, 2] and (tmp_path / "part0.txt").read_text() == "0,1"

@@ -27,14 +27,14 @@ from pycocotools.cocoeval import COCOeval
 
 from labelgen.data.classes import coco_label_space, official_coco_categories
 from labelgen.data.coco_gt import check_coco, rasterise
-from labelgen.data.index import MANIFEST
+from labelgen.data.index import MANIFEST, dataset_splits
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import read_mask, write_mask
 from labelgen.formats.coco import coco_image_ids
 from labelgen.formats.write import export_masks
+from labelgen.pipeline.dag import STAGES
 from labelgen.pipeline.indexing import load_manifest
 from labelgen.pipeline.runner import plan_run, run_pipeline
-from labelgen.stages.pseudo_labels import MASKS
 from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_shard
 from tests.conftest import COCO128, tiny_recipe
 
@@ -49,8 +49,9 @@ def coco128():
     return json.loads(COCO128_JSON.read_text())
 
 
-def gt_run(run_dir: Path, client, overrides: tuple[str, ...], edit=None) -> Manifest:
-    """Index a data set for real, then store the index's GT masks as the run's finished pseudo_labels.
+def gt_run(run_dir: Path, client, overrides: tuple[str, ...], edit=None, stage: str = "pseudo_labels") -> Manifest:
+    """Index a data set for real, then store the index's GT masks as the run's finished `stage`:
+    pseudo_labels (the train split) or predict (every split, `export --what predictions`).
     `edit(manifest) -> manifest` rewrites the manifest first (an orientation the index does not choose)."""
     recipe = tiny_recipe(*overrides)
     run_pipeline(recipe, run_dir, "index", client)
@@ -59,14 +60,18 @@ def gt_run(run_dir: Path, client, overrides: tuple[str, ...], edit=None) -> Mani
     if edit is not None:
         manifest = edit(manifest)
         manifest.save(plan["index"].path / MANIFEST)
-    records = manifest.split(recipe["dataset"].train_split)
-    layout = StoreLayout(tuple(r.id for r in records), tuple((r.height, r.width) for r in records), 4)
-    store = plan["pseudo_labels"].path / MASKS
-    store.parent.mkdir(parents=True)
-    create_mask_store(store, layout, {"classes": list(manifest.classes), "split": records[0].split})
-    for shard in range(layout.num_shards):
-        write_mask_shard(store, layout, shard, [read_mask(records[i].mask) for i in layout.shard_range(shard)])
-    plan["pseudo_labels"].write_success({}, {}, {"note": "GT masks stored by tests/test_export.py"})
+    dataset = recipe["dataset"]
+    splits = [dataset.train_split] if stage == "pseudo_labels" else dataset_splits(dataset)
+    for split in splits:
+        records = manifest.split(split)
+        layout = StoreLayout(tuple(r.id for r in records), tuple((r.height, r.width) for r in records), 4)
+        output = STAGES[stage].output("masks")
+        store = plan[stage].path / output.filename(**({output.param: split} if output.param else {}))
+        store.parent.mkdir(parents=True, exist_ok=True)
+        create_mask_store(store, layout, {"classes": list(manifest.classes), "split": split})
+        for shard in range(layout.num_shards):
+            write_mask_shard(store, layout, shard, [read_mask(records[i].mask) for i in layout.shard_range(shard)])
+    plan[stage].write_success({}, {}, {"note": "GT masks stored by tests/test_export.py"})
     return manifest
 
 

@@ -39,9 +39,9 @@ def test_loader_batches_reach_the_device_normalised(device):
     assert images.is_pinned() == (device == "cuda")  # pinned host memory makes the copy asynchronous
     model = PixelNormalised()
     model.set_normalisation(MEAN, STD)
-    on_device = model.to(device).preprocess(images.to(device, non_blocking=True))
+    on_device = model.to(device).normalise(images.to(device, non_blocking=True))
     assert on_device.device.type == device
-    assert torch.allclose(on_device.cpu(), model.cpu().preprocess(images))
+    assert torch.allclose(on_device.cpu(), model.cpu().normalise(images))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -20,14 +20,21 @@ from labelgen.data.sources import SourceItem
 from labelgen.data.training import TaggedImages
 from labelgen.data.validate import index_items
 from labelgen.models.cam_inference import save_cam_model
-from labelgen.models.pixels import normalisation
+from labelgen.models.pixels import pixel_stats
 from labelgen.models.segmenter import Segmenter, SegmenterConfig
 from labelgen.models.weaktr import WeakTr, WeakTrConfig
 from labelgen.numerics.crf import CrfParams, crf_on_probs
 from labelgen.numerics.maps_to_labels import resize_maps, resized_argmax
 from labelgen.stages import predict as predict_module
 from labelgen.stages.export_cams import export_shard, stored_size
-from labelgen.stages.predict import pass_size, predict_probs, probs_to_mask, sliding_logits, working_size
+from labelgen.stages.predict import (
+    pass_size,
+    predict_probs,
+    probs_to_mask,
+    resize_pixels,
+    sliding_logits,
+    working_size,
+)
 from labelgen.stages.pseudo_labels import pseudo_label
 from labelgen.stages.train_cam import training_transform
 from labelgen.stages.train_decoder import PseudoMaskImages
@@ -162,7 +169,9 @@ def test_pseudo_labels_of_every_size(records, exported, crf):
 
 def test_cam_training_transform_of_every_size(records):
     params = TrainCamParams(input_size=64)
-    data = TaggedImages(records, 3, training_transform(params, *normalisation(params.backbone)), MAX_PIXELS)
+    data = TaggedImages(
+        records, 3, training_transform(params, *pixel_stats(params.backbone, params.weights)), MAX_PIXELS
+    )
     torch.manual_seed(0)
     for i, r in enumerate(records):
         image, target = data[i]
@@ -198,12 +207,12 @@ PREDICT = PredictParams(
 def reference_predict_probs(model, image: np.ndarray, p: PredictParams) -> np.ndarray:
     """predict_probs as before max_side (commit c24ab19): every pass upsampled to full size and summed."""
     h, w = image.shape[:2]
-    x = model.preprocess(torch.from_numpy(image).permute(2, 0, 1)[None])
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
     total = None
     for ratio in p.scales:
         scale = max(p.resize_short * ratio, p.window) / min(h, w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        scaled = resize_pixels(x, size)
         for flip in (False, True):
             probs = sliding_logits(model, scaled.flip(-1) if flip else scaled, p.window, p.window_stride, 0.0)
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)

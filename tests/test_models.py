@@ -9,13 +9,20 @@ from PIL import Image
 from labelgen.models import vit
 from labelgen.models import weaktr as weaktr_module
 from labelgen.models.cam_inference import fit_factor, multiscale_cams, view_sizes
-from labelgen.models.vit import ViTBackbone
+from labelgen.models.vit import Backbone
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, fuse_attention, pool_head_features, stack_pooled, weaktr_loss
 from labelgen.models.weights import create_vit
 from tests.conftest import COCO128
 from tests.conftest import WEIGHTS as WEIGHTS_DIR
 
 ARCH = "deit_tiny_patch16_224"
+
+
+def pixels(b: int, h: int, w: int) -> torch.Tensor:
+    """Random uint8 images B, 3, H, W: what the models take."""
+    return torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8)
+
+
 WEIGHTS = "hub:deit_tiny_patch16_224.fb_in1k"
 
 
@@ -29,7 +36,7 @@ def test_backbone_equals_timm_forward_on_real_weights():
     vit = create_vit(ARCH, WEIGHTS).eval()
     reference = timm.create_model(ARCH, num_classes=0).eval()
     reference.load_state_dict(vit.state_dict())
-    backbone = ViTBackbone(vit, num_prefix=1).eval()
+    backbone = Backbone(vit, num_prefix=1).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected = reference.forward_features(x)
@@ -51,7 +58,7 @@ def test_class_tokens_copy_the_pretrained_cls_token(weaktr):
 
 
 def test_any_input_size_and_grid(weaktr):
-    out = weaktr(torch.randn(1, 3, 100, 170))  # not multiples of 16: remainder pixels dropped
+    out = weaktr(pixels(1, 100, 170))  # not multiples of 16: remainder pixels dropped
     assert out.fine_cam.shape == (1, 4, 6, 10)
 
 
@@ -79,26 +86,26 @@ def test_fused_attention_is_the_weighted_mean_over_head_layers():
 
 def test_gradient_paths(weaktr):
     weaktr.zero_grad()
-    out = weaktr(torch.randn(2, 3, 64, 64))
+    out = weaktr(pixels(2, 64, 64))
     targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.float32)
     assert not out.coarse_cam.requires_grad
     torch.nn.functional.multilabel_soft_margin_loss(out.fine_logits, targets).backward()
     with_grad = {n for n, p in weaktr.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad and all(n.startswith("fusion.") for n in with_grad)  # fine loss reaches AAF only
     weaktr.zero_grad()
-    out = weaktr(torch.randn(2, 3, 64, 64))
+    out = weaktr(pixels(2, 64, 64))
     torch.nn.functional.multilabel_soft_margin_loss(out.coarse_logits, targets).backward()
     with_grad = {n for n, p in weaktr.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert "head.weight" in with_grad and "blocks.0.attn.qkv.weight" in {n.removeprefix("backbone.") for n in with_grad}
     assert not any(n.startswith("fusion.") for n in with_grad)
-    loss, parts = weaktr_loss(weaktr(torch.randn(2, 3, 64, 64)), targets)
+    loss, parts = weaktr_loss(weaktr(pixels(2, 64, 64)), targets)
     assert set(parts) == {"cls", "coarse", "fine"} and loss.item() == pytest.approx(sum(parts.values()), rel=1e-5)
 
 
 def test_mean_fusion_ablation_has_no_fusion_parameters():
     model = WeakTr(WeakTrConfig(ARCH, num_fg_classes=3, fusion="mean"), WEIGHTS)
     assert not any(n.startswith("fusion.") for n, _ in model.named_parameters())
-    assert model(torch.randn(1, 3, 64, 64)).fine_cam.shape == (1, 3, 4, 4)
+    assert model(pixels(1, 64, 64)).fine_cam.shape == (1, 3, 4, 4)
 
 
 def test_multiscale_cams_are_normalised_per_tag(weaktr):
@@ -135,7 +142,7 @@ def naive_multiscale_cams(model, image, tags, scales, out_size) -> np.ndarray:
         x = (x.float() / 255 - mean) / std
         for flip in (False, True):
             with torch.no_grad():
-                cam = model(x.flip(-1) if flip else x).fine_cam
+                cam = model._forward(x.flip(-1) if flip else x).fine_cam  # normalised above, as the reference
             cam = torch.nn.functional.interpolate(cam, size=out_size, mode="bilinear", align_corners=False)
             total = total + (cam.flip(-1) if flip else cam)
     maps = total[0, [t - 1 for t in tags]]
@@ -229,14 +236,14 @@ def test_lean_cams_are_bit_identical_to_the_maps_of_every_layer(trained_head):
     """The inference path (two passes, maps kept within a budget or recomputed) gives the very bits of
     the computation that keeps every layer's maps, for every budget; so does the training forward."""
     images = torch.from_numpy(np.stack([photo(0, (240, 320)), photo(1, (240, 320))])).permute(0, 3, 1, 2)
-    x = trained_head.preprocess(images)
+    x = trained_head.normalise(images)
     with torch.no_grad():
         expected = reference_cams(trained_head, x)
-        out = trained_head(x)
+        out = trained_head(images)
     layer_bytes = 2 * 3 * (5 + 300) ** 2 * 4  # B·H·N² float32
     for budget in (0, 5 * layer_bytes, 12 * layer_bytes):
         for kind, want in expected.items():
-            assert torch.equal(trained_head.cams(x, kind, budget), want), (kind, budget)
+            assert torch.equal(trained_head.cams(images, kind, budget), want), (kind, budget)
     assert expected["fine"].abs().max() > 0
     assert torch.equal(out.fine_cam, expected["fine"]) and torch.equal(out.fused_cam, expected["fused"])
 
@@ -258,7 +265,7 @@ def test_lean_cams_hold_one_layers_attention_maps_at_a_time(trained_head, monkey
     for module in (vit, weaktr_module):  # the traced forward's and the lean path's
         monkeypatch.setattr(module, "block_with_attention", block)
     monkeypatch.setattr(weaktr_module, "attention_weights", tracked(vit.attention_weights))
-    x = torch.randn(1, 3, 96, 128)
+    x = pixels(1, 96, 128)
     layer_bytes = 3 * (5 + 48) ** 2 * 4
     for budget, most in ((0, 1), (3 * layer_bytes, 4), (12 * layer_bytes, 12)):
         made.clear(), peak.clear()
@@ -306,7 +313,7 @@ def test_cam_checkpoints_record_the_normalisation_outside_the_state_dict(weaktr,
     loaded = load_cam_model(tmp_path / "model.pt", torch.device("cpu"))
     x = torch.tensor([255, 0, 128], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     expected = torch.tensor([(1 - 0.5) / 0.5, (0 - 0.25) / 0.5, (128 / 255 - 0.125) / 2.0]).view(1, 3, 1, 1)
-    assert torch.allclose(loaded.preprocess(x), expected.expand(1, 3, 2, 2))
+    assert torch.allclose(loaded.normalise(x), expected.expand(1, 3, 2, 2))
 
 
 def test_cam_checkpoints_from_before_num_fg_classes_load(weaktr, tmp_path):

@@ -137,3 +137,35 @@ def test_a_coco_export_with_one_category_is_refused_once_the_index_has_read_it(t
     assert result.exit_code == 2 and "clip_start=1.2 is not below 0.69" in result.output, result.output
     result = run_pipeline(tiny_recipe(*overrides, "train_decoder.clip_start=0.27"), tmp_path / "run", "index", client)
     assert load_manifest(result["index"]).num_labels == 2
+
+
+def test_a_users_own_folder_recipe_keeps_the_negatives(tmp_path):
+    """Issue 18 §8: `untagged = "keep"` belongs to the folder data set, not to its shipped recipe: a
+    person's own recipe naming the data set keeps every negative, --dry-run says where the value came
+    from, and a value the recipe gives wins."""
+    from click.testing import CliRunner
+
+    from labelgen.cli import main
+    from labelgen.config import load_recipe, recipe_path
+    from labelgen.pipeline.indexing import index_dataset
+
+    root = _single_class_folder(tmp_path / "data")
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[dataset]\nname = "folder"\n\n[train_cam]\nepochs = 30\n')
+    recipe = load_recipe(mine, [f'dataset.root="{root}"'])
+    assert (recipe["dataset"].untagged, recipe["dataset"].val_split) == ("keep", "")
+    manifest = index_dataset(recipe["dataset"], root, tmp_path / "index", workers=1)
+    assert {r.id: r.tags for r in manifest.records} == {"74": (1,), "9": (), "472": ()}  # label 1: person
+    # the shipped recipe resolves the same values (so existing runs keep their cache keys)
+    shipped = load_recipe(recipe_path("folder"), [f'dataset.root="{root}"'])["dataset"]
+    assert (shipped.untagged, shipped.val_split) == ("keep", "")
+
+    args = ["run", "index", "--dataset", "folder", "--recipe", str(mine), "--data-root", str(root), "--dry-run"]
+    result = CliRunner().invoke(main, [*args, "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    own = "the folder data set's own defaults (no recipe or --set gave them): "
+    assert own + "dataset.untagged = 'keep', dataset.val_split = ''" in result.output
+
+    mine.write_text('[dataset]\nname = "folder"\nuntagged = "leave_out"\n')
+    recipe = load_recipe(mine, [f'dataset.root="{root}"'])
+    assert recipe["dataset"].untagged == "leave_out" and recipe.dataset_defaults == ("val_split",)

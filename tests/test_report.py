@@ -107,7 +107,7 @@ def expected_confidence(run: Path, manifest: Manifest) -> dict[str, list[float]]
     with torch.no_grad():
         for r in manifest.split("train"):
             square = np.array(Image.fromarray(read_image(r.image)).resize((size, size), Image.BICUBIC))
-            logits = net(net.preprocess(torch.from_numpy(square).permute(2, 0, 1)[None])).coarse_logits[0]
+            logits = net(torch.from_numpy(square).permute(2, 0, 1)[None]).coarse_logits[0]
             out[r.id] = [float(torch.sigmoid(logits[t - 1])) for t in r.tags]
     return out
 

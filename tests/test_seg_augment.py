@@ -46,13 +46,13 @@ def test_photometric_distortion_equals_its_per_pixel_definition():
     assert changed > 50
 
 
-def test_preprocess_is_the_float32_normalisation_of_timm():
+def test_normalise_is_the_float32_normalisation_of_timm():
     images = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = (images.numpy().transpose(0, 2, 3, 1).astype(np.float32) / 255 - np.float32(mean)) / np.float32(std)
     model = PixelNormalised()
     model.set_normalisation(mean, std)
-    got = model.preprocess(images)
+    got = model.normalise(images)
     assert got.dtype == torch.float32
     assert np.array_equal(got.numpy(), expected.transpose(0, 3, 1, 2))
 

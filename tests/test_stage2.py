@@ -27,7 +27,7 @@ def test_window_starts_cover_and_align_to_the_border():
 
 def test_segmenter_pads_to_patches_and_crops_back():
     model = Segmenter(SegmenterConfig("deit_tiny_patch16_224", num_labels=4), "hub:deit_tiny_patch16_224.fb_in1k")
-    outs = model(torch.randn(2, 3, 50, 70), all_depths=True)
+    outs = model(torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8), all_depths=True)
     assert len(outs) == 2 and outs[-1].shape == (2, 4, 50, 70)
     encoder, decoder = model.param_groups()
     assert len(encoder) + len(decoder) == len(list(model.parameters()))

@@ -13,7 +13,7 @@ from labelgen.data.training import (
     start_epoch,
     training_loader,
 )
-from labelgen.models.pixels import normalisation
+from labelgen.models.pixels import pixel_stats
 from labelgen.stages.train_cam import MODEL, training_transform
 from labelgen.store.checkpoint import load_checkpoint
 from tests.conftest import COCO128
@@ -27,7 +27,7 @@ def _photos(n: int) -> TaggedImages:
     paths = sorted((COCO128 / "images" / "train2017").glob("*.jpg"))[:n]
     records = [ImageRecord(p.stem, str(p), 0, 0, (1 + i % 3,), None, "train", "") for i, p in enumerate(paths)]
     params = TrainCamParams(input_size=64)
-    return TaggedImages(records, 3, training_transform(params, *normalisation(params.backbone)), 10**8)
+    return TaggedImages(records, 3, training_transform(params, *pixel_stats(params.backbone, params.weights)), 10**8)
 
 
 def _batches(num_workers: str, epochs: tuple[int, ...]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from distributed import Client
 
 from labelgen.data.masks import IGNORE_INDEX, voc_palette, write_mask
-from labelgen.formats.images import export_image, image_format
-from labelgen.formats.source import ExportSource, Frame, export_units
-from labelgen.pipeline.executor import run_units
-from labelgen.store.sharded import ImageArrays
+from labelgen.formats.images import masks_and_images, write_with_images
+from labelgen.formats.source import ExportSource
 from labelgen.store.workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
@@ -26,65 +23,22 @@ SEG_MAP_SUFFIX = ".png"
 MMSEG_CONFIG = "mmseg_dataset.py"
 
 
-def _mmseg_task(
-    store: Path, rows: range, frames: dict[str, Frame], mask_dir: Path, image_dir: Path, fmt: str, max_pixels: int
-) -> tuple[list[Path], dict[str, dict[str, int]]]:
-    """Write one shard's masks and images; return them and the counts of images copied and
-    re-encoded (by reason)."""
-    arrays = ImageArrays(store)
-    counts: Counter[str] = Counter()
-    files = []
-    for i, mask in zip(rows, arrays.rows(rows.start, rows.stop), strict=True):
-        image_id = arrays.ids[i]
-        path, orientation = frames[image_id]
-        files += [mask_dir / f"{image_id}{SEG_MAP_SUFFIX}", image_dir / f"{image_id}.{fmt}"]
-        write_mask(files[-2], mask)
-        why = export_image(Path(path), orientation, files[-1], fmt, max_pixels)
-        counts[why or "copied"] += 1
-    return files, {"written": dict(counts)}
-
-
 def export_mmseg(source: ExportSource, what: str, folder: WorkFolder, client: Client, choice: str) -> dict[str, int]:
     """mmsegmentation's BaseSegDataset layout: `img_dir/<split>/<id>.<fmt>` (one suffix),
-    `ann_dir/<split>/<id>.png`, `splits/<split>.txt`, plus the dataset settings to use them."""
+    `ann_dir/<split>/<id>.png` (VOC palette), `splits/<split>.txt`, plus the dataset settings to use them."""
     out = folder.path
-    fmt = image_format([r for split in source.stores for r in source.records(split)], choice)
-    for split in source.stores:
-        (out / "ann_dir" / split).mkdir(parents=True, exist_ok=True)
-        (out / "img_dir" / split).mkdir(parents=True, exist_ok=True)
-    units = export_units(
-        source,
-        _mmseg_task,
-        lambda split, shard, rows: (out / "ann_dir" / split, out / "img_dir" / split, fmt, source.max_pixels),
+    mask_dir, image_dir = (lambda split: out / "ann_dir" / split), (lambda split: out / "img_dir" / split)
+    fmt, counts = write_with_images(
+        source, what, folder, mask_dir, image_dir, choice, client, masks_and_images, write_mask
     )
-    done = run_units(folder, [u for _, u in units], client, "export")
-    counts = {}
-    for split in source.stores:
-        records = source.records(split)
-        mask_dir, image_dir = out / "ann_dir" / split, out / "img_dir" / split
-        written = sum((Counter(r["written"]) for (s, _), r in zip(units, done, strict=True) if s == split), Counter())
-        (out / "splits").mkdir(exist_ok=True)
-        (out / "splits" / f"{split}.txt").write_text("".join(f"{r.id}\n" for r in records))
-        counts[split] = len(records)
-        log.info(
-            "export: %d %s masks of split %s -> %s; images -> %s as .%s: %d copied, %d re-encoded "
-            "(%d for their format, %d for their EXIF orientation)",
-            len(records),
-            what,
-            split,
-            mask_dir,
-            image_dir,
-            fmt,
-            written["copied"],
-            written["format"] + written["orientation"],
-            written["format"],
-            written["orientation"],
-        )
+    (out / "splits").mkdir(exist_ok=True)
+    for split in counts:
+        (out / "splits" / f"{split}.txt").write_text("".join(f"{r.id}\n" for r in source.records(split)))
     settings = mmseg_settings(source, out, fmt)
     (out / "classes.json").write_text(json.dumps(settings["metainfo"] | _suffixes(fmt), indent=1))
     (out / MMSEG_CONFIG).write_text(mmseg_config_text(settings, out / MMSEG_CONFIG))
     log.info("export: mmsegmentation dataset settings -> %s", out / MMSEG_CONFIG)
-    return counts
+    return {split: c["images"] for split, c in counts.items()}
 
 
 def _suffixes(fmt: str) -> dict[str, Any]:

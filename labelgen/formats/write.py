@@ -20,10 +20,12 @@ from labelgen.formats.images import IMAGE_FORMATS
 from labelgen.formats.mmseg import export_mmseg
 from labelgen.formats.source import ExportSource, export_source
 from labelgen.formats.voc import export_voc
+from labelgen.formats.yolo import export_yolo
+from labelgen.formats.yolo_seg import export_yolo_seg
 from labelgen.store.artifact import ArtifactLock
 from labelgen.store.workfolder import WorkFolder, work_key
 
-FORMATS = ("voc", "mmseg", "coco")
+FORMATS = ("voc", "mmseg", "coco", "yolo", "yolo-seg")
 # bump when a format's files or its shards (formats/source.py SHARD) change for the same masks: the
 # records of an export folder then belong to another key and are not resumed from
 EXPORT_VERSION = 1
@@ -33,7 +35,8 @@ def export_masks(
     run_dir: Path, what: str, fmt: str, out: Path, client: Client, image_format: str = "auto"
 ) -> dict[str, int]:
     """Write the masks of `what` (pseudo_labels | predictions) of a run in format `fmt` under `out`;
-    return the image count per split. `image_format` (auto | jpg | png) is the mmseg image suffix."""
+    return the image count per split. `image_format` (auto | jpg | png) is the one image suffix of
+    the formats that write images (mmseg, yolo, yolo-seg)."""
     with export_folder(run_dir, what, fmt, out, image_format) as (source, folder):
         return write_export(source, what, fmt, folder, client, image_format)
 
@@ -79,4 +82,8 @@ def write_export(
         return export_voc(source, what, folder, client)
     if fmt == "mmseg":
         return export_mmseg(source, what, folder, client, image_format)
+    if fmt == "yolo":
+        return export_yolo(source, what, folder, client, image_format)
+    if fmt == "yolo-seg":
+        return export_yolo_seg(source, what, folder, client, image_format)
     return export_coco(source, what, folder, client)

@@ -65,11 +65,11 @@ def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return up.expand(cams.shape[0], *size)
 
 
-def _to_batch(model: WeakTr, images: list[np.ndarray], size: tuple[int, int], device) -> torch.Tensor:
-    """Same-size H×W×3 uint8 images resized (PIL bicubic) to size (h, w) -> preprocessed B, 3, h, w."""
+def _to_batch(images: list[np.ndarray], size: tuple[int, int], device) -> torch.Tensor:
+    """Same-size H×W×3 uint8 images resized (PIL bicubic) to size (h, w) -> uint8 B, 3, h, w."""
     if images[0].shape[:2] != size:
         images = [np.asarray(Image.fromarray(im).resize(size[::-1], Image.BICUBIC)) for im in images]
-    return model.preprocess(torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2))
+    return torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -109,7 +109,7 @@ def multiscale_cams(
     channels = [torch.tensor([c - 1 for c in t], device=device) for t in tags]
     totals: list[torch.Tensor | None] = [None] * n
     for size in view_sizes(h, w, scales, model.backbone.patch_size, max_side):
-        x = _to_batch(model, images, size, device)
+        x = _to_batch(images, size, device)
         views = torch.cat([x, x.flip(-1)]) if flip else x
         with autocast(device, precision):
             cams = torch.cat([model.cams(v, kind, cache_bytes).float() for v in views.split(views_per_pass)])

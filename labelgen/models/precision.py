@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import typing
 
 import torch
 
+from labelgen.config import Precision
 from labelgen.errors import ConfigError
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = typing.get_args(Precision)  # labelgen.config.Precision, spelled there once
 
 log = logging.getLogger(__name__)
 

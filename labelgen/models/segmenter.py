@@ -13,8 +13,8 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from labelgen.models.pixels import PixelNormalised, normalisation
-from labelgen.models.vit import ViTBackbone, set_layer_norm_eps
+from labelgen.models.pixels import PixelNormalised, pixel_stats
+from labelgen.models.vit import Backbone, set_layer_norm_eps
 from labelgen.models.weights import create_vit
 from labelgen.store.checkpoint import load_checkpoint, save_checkpoint
 
@@ -39,6 +39,10 @@ class SegmenterConfig:
     # resampled once from the pretrained grid, as the reference Segmenter's `image_size`; None keeps
     # the pretrained grid
     image_size: int | None = None
+    # pixels; 0: the architecture's own patch (see TrainDecoderParams.patch_size)
+    patch_size: int = 0
+    # pixel statistics: "from_weights" or a named set (labelgen.models.pixels.pixel_stats)
+    normalisation: str = "from_weights"
 
 
 class MaskTransformer(nn.Module):
@@ -82,12 +86,12 @@ class Segmenter(PixelNormalised):
     def __init__(self, config: SegmenterConfig, weights: str | None):
         super().__init__()
         self.config = config
-        self.set_normalisation(*normalisation(config.backbone))
-        vit = create_vit(config.backbone, weights, config.drop_path)
+        self.set_normalisation(*pixel_stats(config.backbone, weights, config.normalisation))
+        vit = create_vit(config.backbone, weights, config.drop_path, config.patch_size)
         set_layer_norm_eps(vit, config.layer_norm_eps)
         p = vit.patch_embed.patch_size[0]
         grid = None if config.image_size is None else (max(1, config.image_size // p),) * 2
-        self.encoder = ViTBackbone(vit, num_prefix=1, pos_resample=config.pos_embed_resample, grid=grid)
+        self.encoder = Backbone(vit, num_prefix=1, pos_resample=config.pos_embed_resample, grid=grid)
         self.decoder = MaskTransformer(
             self.encoder.embed_dim,
             self.encoder.num_heads,
@@ -99,14 +103,19 @@ class Segmenter(PixelNormalised):
         self.decoder.apply(_init_linear)
 
     def forward(self, images: Tensor, all_depths: bool = False) -> list[Tensor]:
-        """`preprocess`ed images B, 3, H, W -> per-pixel logits B, n_labels, H, W (one per decoder depth asked for).
+        """uint8 images B, 3, H, W (`PixelNormalised.normalise` checks and normalises them) -> per-pixel
+        logits B, n_labels, H, W (one per decoder depth asked for).
 
-        The input is zero-padded to a multiple of the patch size and the padding cropped back."""
+        The normalised input is zero-padded to a multiple of the patch size and the padding cropped back."""
+        return self._forward(self.normalise(images), all_depths)
+
+    def _forward(self, images: Tensor, all_depths: bool = False) -> list[Tensor]:
+        """`forward` of already normalised images (float B, 3, H, W)."""
         h, w = images.shape[-2:]
         p = self.encoder.patch_size
         padded = F.pad(images, (0, -w % p, 0, -h % p))
         out = self.encoder.forward_features(padded)
-        tokens = self.encoder.norm(out.tokens)[:, 1:]
+        tokens = self.encoder.norm(out.tokens)[:, self.encoder.patch_start :]
         masks = self.decoder(tokens, out.grid, all_depths)
         return [
             F.interpolate(m, size=padded.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w] for m in masks

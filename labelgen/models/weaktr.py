@@ -7,6 +7,7 @@ fused CAM, the fine CAM through patch affinity, and three multilabel soft-margin
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -16,18 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labelgen.models.pixels import PixelNormalised, normalisation
-from labelgen.models.vit import ViTBackbone, attention_weights, block_with_attention
+from labelgen.config import Fusion, HeadInit
+from labelgen.models.pixels import PixelNormalised, pixel_stats
+from labelgen.models.vit import Backbone, attention_weights, block_with_attention
 from labelgen.models.weights import create_vit
 
-FUSIONS = ("aaf", "mean")
-CAM_KINDS = ("fine", "fused", "coarse")
-HEAD_INITS = ("pytorch_default", "trunc_normal")
+FUSIONS = typing.get_args(Fusion)  # the config's allowed values, spelled there once
+HEAD_INITS = typing.get_args(HeadInit)
 
 
 @dataclass(frozen=True)
 class WeakTrConfig:
-    backbone: str  # timm model name
+    backbone: str  # timm model name of a supported family (labelgen.models.families)
     num_fg_classes: int  # foreground classes C (labels 1..C)
     fusion: str = "aaf"  # "aaf" or "mean" (ablation: plain mean of the attention maps)
     aaf_reduction: int = 8
@@ -39,6 +40,10 @@ class WeakTrConfig:
     head_init: str = "pytorch_default"
     # patch position resampling to an input's grid, see labelgen.models.vit.PosEmbedResample
     pos_embed_resample: str = "dino"
+    # pixels; 0: the architecture's own patch (see TrainCamParams.patch_size)
+    patch_size: int = 0
+    # pixel statistics: "from_weights" or a named set (labelgen.models.pixels.pixel_stats)
+    normalisation: str = "from_weights"
 
 
 class AdaptiveAttentionFusion(nn.Module):
@@ -118,9 +123,9 @@ class WeakTr(PixelNormalised):
         if config.head_init not in HEAD_INITS:
             raise ValueError(f"head_init {config.head_init!r}; allowed: {HEAD_INITS}")
         self.config = config
-        self.set_normalisation(*normalisation(config.backbone))
-        vit = create_vit(config.backbone, weights, config.drop_path)
-        self.backbone = ViTBackbone(vit, config.num_fg_classes, config.pos_embed_resample)
+        self.set_normalisation(*pixel_stats(config.backbone, weights, config.normalisation))
+        vit = create_vit(config.backbone, weights, config.drop_path, config.patch_size)
+        self.backbone = Backbone(vit, config.num_fg_classes, config.pos_embed_resample)
         dim, heads = self.backbone.embed_dim, self.backbone.num_heads
         self.head = nn.Conv2d(dim, config.num_fg_classes, kernel_size=3, stride=1, padding=1)  # PyTorch's init
         if config.head_init == "trunc_normal":
@@ -133,8 +138,13 @@ class WeakTr(PixelNormalised):
         )
 
     def forward(self, images: Tensor) -> WeakTrOutput:
-        """The training forward: every output, with the gradient paths of §1.5. Holds all L layers'
+        """The training forward of uint8 images B, 3, H, W (`PixelNormalised.normalise` checks and
+        normalises them): every output, with the gradient paths of §1.5. Holds all L layers'
         attention maps (B, H, N, N each) at once, which backward needs; inference uses `cams`."""
+        return self._forward(self.normalise(images))
+
+    def _forward(self, images: Tensor) -> WeakTrOutput:
+        """`forward` of already normalised images (float B, 3, H, W)."""
         out = self.backbone.forward_features(images, trace=True)
         heads = self.backbone.num_heads
         cam_logits = self._cam_logits(out.tokens, out.grid)
@@ -148,7 +158,7 @@ class WeakTr(PixelNormalised):
     @torch.no_grad()
     def cams(self, images: Tensor, kind: str, cache_bytes: int) -> Tensor:
         """B, C, h, w class activation maps (float, ≥ 0) of the chosen kind (fine, fused or coarse)
-        of `preprocess`ed images B, 3, H, W; (h, w) is the patch grid. Inference only (no gradients).
+        of uint8 images B, 3, H, W (normalised here); (h, w) is the patch grid. Inference only.
 
         Bit-identical to `forward`'s maps without holding all L layers' attention maps (B, H, N, N
         each) at once. The AAF weights need every layer's pooled attention outputs before any map can
@@ -160,12 +170,17 @@ class WeakTr(PixelNormalised):
         weights, the B·N² fused map, temporaries); each recomputed layer costs its attention-weight
         computation again (about 1.6× the time of keeping every layer, on a CPU).
         """
+        return self._cams(self.normalise(images), kind, cache_bytes)
+
+    def _cams(self, images: Tensor, kind: str, cache_bytes: int) -> Tensor:
+        """`cams` of already normalised images (float B, 3, H, W)."""
         x, grid = self.backbone.embed(images)
+        rope = self.backbone.rotary(grid)
         heads = self.backbone.num_heads
         kept, recompute, pooled = [], [], []
         for block in self.backbone.blocks:
             tokens = x
-            x, weights, attn_out = block_with_attention(block, x)
+            x, weights, attn_out = block_with_attention(block, x, rope)
             pooled.append(pool_head_features(attn_out, heads))
             if not recompute and (len(kept) + 1) * weights.numel() * weights.element_size() <= cache_bytes:
                 kept.append(weights)
@@ -175,14 +190,14 @@ class WeakTr(PixelNormalised):
         coarse = F.relu(self._cam_logits(x, grid))
         if kind == "coarse":
             return coarse
-        maps = chain(_drain(kept), (attention_weights(b.attn, b.norm1(t)) for b, t in _drain(recompute)))
+        maps = chain(_drain(kept), (attention_weights(b, t, rope) for b, t in _drain(recompute)))
         fused, fine = self._refine(coarse, fuse_attention(maps, self._fusion_weights(pooled)))
         return {"fine": fine, "fused": fused}[kind]
 
     def _cam_logits(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Last block's tokens B, C + P, D -> the coarse-CAM head's logits M, B, C, h, w."""
+        """Last block's tokens B, C + R + P, D -> the coarse-CAM head's logits M, B, C, h, w."""
         b, _, d = tokens.shape
-        patches = tokens[:, self.config.num_fg_classes :].transpose(1, 2).reshape(b, d, *grid)
+        patches = tokens[:, self.backbone.patch_start :].transpose(1, 2).reshape(b, d, *grid)
         return self.head(patches)
 
     def _fusion_weights(self, pooled: list[Tensor]) -> Tensor | None:
@@ -191,10 +206,12 @@ class WeakTr(PixelNormalised):
 
     def _refine(self, coarse: Tensor, fused_attn: Tensor) -> tuple[Tensor, Tensor]:
         """(fused CAM, fine CAM), B, C, h, w each, from the coarse CAM and the fused attention B, N, N:
-        class-to-patch attention ⊙ coarse CAM, then patch affinity · fused CAM."""
+        class-to-patch attention ⊙ coarse CAM, then patch affinity · fused CAM. Register tokens
+        (between the class and the patch tokens) are in neither."""
         b, c, h, w = coarse.shape
-        cross = fused_attn[:, :c, c:].reshape(b, c, h, w)
-        affinity = fused_attn[:, c:, c:]  # B, P, P
+        p0 = self.backbone.patch_start
+        cross = fused_attn[:, :c, p0:].reshape(b, c, h, w)
+        affinity = fused_attn[:, p0:, p0:]  # B, P, P
         fused = cross * coarse
         fine = (affinity @ fused.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
         return fused, fine

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
+import torch.nn.functional as F
 from torch import nn
 
 from labelgen.errors import ConfigError
+from labelgen.models.families import check_backbone, family_of
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +27,25 @@ WEIGHTS_DIR_ENV = "LABELGEN_WEIGHTS_DIR"
 _EXTENSIONS = (".safetensors", ".pth", ".pt", ".npz")
 
 
-def create_vit(arch: str, weights: str | None, drop_path: float = 0.0) -> nn.Module:
-    """A timm VisionTransformer without classifier (num_classes=0), with pretrained weights loaded.
+def create_vit(
+    arch: str, weights: str | None, drop_path: float = 0.0, patch_size: int = 0, **architecture: Any
+) -> nn.Module:
+    """A timm model of a supported family (`labelgen.models.families`) without classifier, with
+    pretrained weights loaded strictly (what was renamed or dropped is logged).
 
-    `weights=None` builds the bare architecture for a caller that loads its own checkpoint next.
+    `patch_size` 0 keeps the architecture's own; another size (16 for DINOv2/EVA-02 in the paper's
+    recipes) builds the model with that patch, on an input size that keeps the pretrained position
+    grid, and resizes the pretrained kernel to it (`resize_patch_kernel`, as the reference's
+    checkpoint filter). `weights=None` builds the bare architecture for a caller that loads its own
+    checkpoint next. `architecture`: timm model arguments (`depth=2`: a smaller model of the same
+    family, as tests build). Raises `ConfigError` for an unsupported architecture or unloadable weights.
     """
-    try:
-        model = timm.create_model(arch, pretrained=False, num_classes=0, drop_path_rate=drop_path)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown timm model {arch!r} ({e}); e.g. deit_small_patch16_224") from e
+    family = family_of(arch)
+    native = family.create(arch, device="meta", **architecture).patch_embed
+    kwargs = {"drop_path_rate": drop_path, **architecture}
+    if patch_size and patch_size != native.patch_size[0]:
+        kwargs.update(patch_size=patch_size, img_size=tuple(g * patch_size for g in native.grid_size))
+    model = family.create(arch, **kwargs)
     if weights is None:
         return model
     if weights == "none":
@@ -45,12 +57,15 @@ def create_vit(arch: str, weights: str | None, drop_path: float = 0.0) -> nn.Mod
         return model
     path = resolve_weights_file(weights, arch)
     if path is None:
-        return _from_hub(arch, weights.removeprefix("hub:"), drop_path)
-    log.info("loading %s weights from %s", arch, path)
-    if path.suffix == ".npz":
-        model.load_pretrained(str(path))  # timm's loader for Google's big_vision/AugReg checkpoints
-        return model
-    model.load_state_dict(adapt_state_dict(read_state_dict(path), model), strict=True)
+        source = _from_hub(arch, weights.removeprefix("hub:")).state_dict()
+        where = weights
+    elif path.suffix == ".npz":  # Google's big_vision/AugReg checkpoints: timm's reader, native patch size
+        native_model = family.create(arch, **architecture)
+        native_model.load_pretrained(str(path))
+        source, where = native_model.state_dict(), str(path)
+    else:
+        source, where = read_state_dict(path), str(path)
+    load_into(model, source, where)
     return model
 
 
@@ -98,9 +113,12 @@ def resolve_weights_file(weights: str, arch: str) -> Path | None:
 
 
 def check_weights(arch: str, weights: str, setting: str) -> None:
-    """Fail before any work when `weights` of `arch` cannot be had: a missing file, a weights folder
-    without the model, or a hub download that fails now (offline); a successful download lands in
-    the hub cache, which the stage then reads. Raises `ConfigError` naming `setting`."""
+    """Fail before any work when `arch` is not a supported backbone (named as the `.backbone` setting
+    beside `setting`, with the supported families) or `weights` of `arch` cannot be had: a missing
+    file, a weights folder without the model, or a hub download that fails now (offline); a
+    successful download lands in the hub cache, which the stage then reads. Raises `ConfigError`
+    naming `setting`."""
+    check_backbone(arch, setting.rpartition(".")[0] + ".backbone")
     if weights == "none":
         return
     if weights.startswith("hub:"):
@@ -140,9 +158,10 @@ def check_weights(arch: str, weights: str, setting: str) -> None:
     raise ConfigError(f"{setting}={weights}: the timm hub repository {cfg.hf_hub_id} holds no weights file. {offline}")
 
 
-def _from_hub(arch: str, name: str, drop_path: float) -> nn.Module:
+def _from_hub(arch: str, name: str) -> nn.Module:
+    """The timm model `name` with its hub weights, at the architecture's own patch size."""
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0, drop_path_rate=drop_path)
+        return timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as e:  # network errors come in many types (OSError, HTTP, hub errors)
         raise ConfigError(
             f"could not get pretrained weights {name!r} from the timm hub ({type(e).__name__}: {e}). "
@@ -169,11 +188,57 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def adapt_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Named filter for strict loading: drop the ImageNet classifier, resample the position grid."""
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "head_dist."))}
-    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
-        prefix = model.num_prefix_tokens if not getattr(model, "no_embed_class", False) else 0
-        grid = model.patch_embed.grid_size
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(grid), num_prefix_tokens=prefix)
-    return state
+def resize_patch_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """A patch-embedding kernel (D, 3, p, p) resized to (D, 3, size, size) as the reference does for
+    DINOv2 and EVA-02 (OnlineRetraining/segm/model/utils.py:checkpoint_filter_fn): bicubic
+    interpolation of the kernel itself (align_corners False), not timm's pseudo-inverse
+    `resample_patch_embed`."""
+    if kernel.shape[-1] == size and kernel.shape[-2] == size:
+        return kernel
+    return F.interpolate(kernel.float(), size=(size, size), mode="bicubic", align_corners=False).to(kernel.dtype)
+
+
+def to_timm_layout(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict in any layout timm's filter of the model's family reads (timm's own; DINOv2's
+    `.pth`: `register_tokens`, `mask_token`, `w12/w3`; the original EVA-02 files: `mlp.w12/w3`,
+    `rope.*`, `mask_token`, `lm_head`) in timm's names for `model`. The patch kernel is resized first
+    (`resize_patch_kernel`), so timm's filter only renames and resamples position grids."""
+    from timm.models import eva, vision_transformer
+
+    state = dict(state)
+    kernel = model.patch_embed.proj.weight
+    for key in [k for k in state if k.endswith("patch_embed.proj.weight")]:
+        state[key] = resize_patch_kernel(state[key], kernel.shape[-1])
+    fn = eva.checkpoint_filter_fn if isinstance(model, eva.Eva) else vision_transformer.checkpoint_filter_fn
+    return fn(state, model)
+
+
+# the ImageNet classifier of a pretrained file, never part of a backbone without classifier
+_CLASSIFIER = ("head.", "head_dist.", "fc_norm.")
+
+
+def load_into(model: nn.Module, source: dict[str, torch.Tensor], where: str) -> None:
+    """Load `source` (any layout `to_timm_layout` reads) into `model` strictly: every model tensor must
+    come from it, and of its tensors only a classifier (`head.*`, `fc_norm.*` where the model has
+    none) may be left out. Logs what was renamed and what was dropped. Raises `ConfigError`."""
+    state = to_timm_layout(source, model)
+    own = model.state_dict()
+    dropped = sorted(k for k in state if k not in own and k.startswith(_CLASSIFIER))
+    state = {k: v for k, v in state.items() if k not in dropped}
+    renamed_from = sorted(set(source) - set(state) - set(dropped))
+    log.info(
+        "%s: %d tensors loaded into %s; %d source keys renamed, converted or left out by timm's filter "
+        "(%s); classifier dropped (%s)",
+        where, len(state), type(model).__name__, len(renamed_from), ", ".join(renamed_from) or "none",
+        ", ".join(dropped) or "none",
+    )  # fmt: skip
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ConfigError(
+            f"{where}: not a {type(model).__name__} of this architecture: "
+            f"missing {missing[:8] or 'none'}, unexpected {unexpected[:8] or 'none'}, "
+            f"wrong shape {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:4]] or 'none'}"
+        )
+    model.load_state_dict(state, strict=True)

@@ -25,10 +25,10 @@ def _stage(name: str) -> Stage:
 
 
 class _Stages(Mapping[str, Stage]):
-    """The stages by name, each imported on first use. A dask worker imports this module with the
-    runner only to run a unit (`run_unit`); importing every stage there would load torch and timm
-    into every CPU worker (seconds per worker) whatever the unit needs; a run of `index` alone needs
-    no model stage either."""
+    """The stages by name, each imported on first use. A dask worker running a unit (the executor's
+    `run_unit`) imports only that unit's stage module; importing every stage there would load torch
+    and timm into every CPU worker (seconds per worker) whatever the unit needs; a run of `index`
+    alone needs no model stage either."""
 
     def __getitem__(self, name: str) -> Stage:
         if name not in ORDER:

@@ -4,7 +4,8 @@ A unit (`labelgen.pipeline.stage.Unit`) writes files into a folder that keeps un
 (`labelgen.store.artifact.UnitRecords`: a stage's `Artifact`, an export's or index's `WorkFolder`).
 `run_units` gives every kind of work the same guarantees:
 
-- resume: a unit whose record exists and whose files still match their checksums is not run again;
+- resume: a unit whose record exists, is the same unit's (its label) and whose files still match
+  their checksums is not run again;
 - records: each finished unit writes its record (checksums of the files it vouches for, its info,
   where a model unit ran and at which precision) before it counts as done;
 - failure: the unit that failed is recorded (`_FAILED.json`, read by `labelgen status`), the units
@@ -40,39 +41,55 @@ def run_units(
     client: Client | None,
     name: str,
     resources: dict[str, int] | None = None,
+    kind: str = "",
 ) -> list[dict[str, Any]]:
     """Run every unit of `units` not yet done in `place`: on `client`'s workers, one dask task each
     (with dask `resources`, e.g. {"GPU": 1}), or in this process, one after the other, when `client`
-    is None. Returns every unit's record, in the order of `units`. `name` labels log lines, task keys and
-    the progress bar ("train_cam", "export"). Raises the first failing unit's exception (an
-    `ArtifactError` for a full disk) after recording it in `place`."""
+    is None. Returns every unit's record, in the order of `units`. `name` labels log lines, task
+    keys and the progress bar ("train_cam", "export"); `kind` goes before it in log lines ("stage ").
+    Raises the first failing unit's exception (an `ArtifactError` for a full disk) after recording
+    it in `place`."""
     place.clear_failure()
-    missing = [u for u in units if not place.shard_is_valid(u.index)]
+    missing = [u for u in units if not _done(place, u)]
     done = len(units) - len(missing)
-    log.info("%-13s running %d of %d unit(s) (%d already done) -> %s", name, len(missing), len(units), done, place.path)
+    what = f"{kind}{name:13s}"
+    log.info("%s running %d of %d unit(s) (%d already done) -> %s", what, len(missing), len(units), done, place.path)
     if missing:
         with tqdm(total=len(missing), desc=name, unit="unit", disable=len(missing) < 2) as bar:
             if client is None:
-                _in_process(place, missing, name, bar)
+                _in_process(place, missing, name, what, bar)
             else:
-                _on_cluster(place, missing, client, name, resources, bar)
+                _on_cluster(place, missing, client, name, what, resources, bar)
     records = [place.shard_record(u.index) for u in units]
     assert all(r is not None for r in records), "every unit writes its record before returning"
     return records  # type: ignore[return-value]
 
 
-def _in_process(place: UnitRecords, units: list[Unit], name: str, bar: tqdm) -> None:
+def _done(place: UnitRecords, unit: Unit) -> bool:
+    """The unit's record exists, its files match their checksums, and it is a record of this very
+    unit: the same label, i.e. the same images ("shard 3 (images 96-127)"); a record left by a cut
+    into other pieces (another `dataset.index_slice`, say) is redone, not trusted."""
+    return place.shard_is_valid(unit.index) and (place.shard_record(unit.index) or {}).get("label") == unit.label
+
+
+def _in_process(place: UnitRecords, units: list[Unit], name: str, what: str, bar: tqdm) -> None:
     for unit in units:
         try:
             record = _disk_full_named(lambda unit=unit: _run_and_record(place, unit), name, place, unit)
         except Exception as e:
             place.record_failure(unit.label, e)
             raise
-        _finished(name, unit, record, bar)
+        _finished(what, unit, record, bar)
 
 
 def _on_cluster(
-    place: UnitRecords, units: list[Unit], client: Client, name: str, resources: dict[str, int] | None, bar: tqdm
+    place: UnitRecords,
+    units: list[Unit],
+    client: Client,
+    name: str,
+    what: str,
+    resources: dict[str, int] | None,
+    bar: tqdm,
 ) -> None:
     attempt = uuid.uuid4().hex[:8]  # fresh keys: a retry must not get an earlier attempt's (erred) result
     futures = {
@@ -95,13 +112,13 @@ def _on_cluster(
             except Exception as e:
                 place.record_failure(unit.label, e)
                 raise
-            _finished(name, unit, record, bar)
+            _finished(what, unit, record, bar)
     finally:
         client.cancel(list(futures))  # after a failure, stop the rest rather than let it write on
 
 
-def _finished(name: str, unit: Unit, record: dict[str, Any], bar: tqdm) -> None:
-    log.info("%-13s %s done in %.1fs", name, unit.label, record["seconds"])
+def _finished(what: str, unit: Unit, record: dict[str, Any], bar: tqdm) -> None:
+    log.info("%s %s done in %.1fs", what, unit.label, record["seconds"])
     bar.update()
 
 

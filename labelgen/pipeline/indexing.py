@@ -5,9 +5,10 @@ itself is pure data work, in labelgen/data/index.py."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 
-from labelgen.config import DatasetParams, Recipe, significant_params
+from labelgen.config import DatasetParams, Recipe
 from labelgen.data.fingerprint import data_fingerprint
 from labelgen.data.index import MANIFEST, assemble_index, declared_run_classes, index_slice, list_into_slices
 from labelgen.data.manifest import Manifest
@@ -33,7 +34,7 @@ def index_dataset(params: DatasetParams, root: Path, out_dir: Path, workers: int
     per available core), with a progress bar. Writes problems.json (always, also when nothing is
     usable: then raises `NoUsableImages`) and manifest.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    identity = {"params": significant_params(params), "root": str(root), "data": data_fingerprint(root)}
+    identity = {"params": dataclasses.asdict(params), "root": str(root), "data": data_fingerprint(root)}
     folder = WorkFolder(out_dir, work_key(identity), "index")
     with ArtifactLock(folder):
         folder.forget_other_keys()

@@ -241,7 +241,7 @@ def _run_stage(p: PlannedStage, recipe: Recipe, client: Client, replace: bool) -
     units = p.stage.plan(ctx)
     write_json_atomic(art.path / PLAN_FILE, {"units": len(units), "labels": [u.label for u in units]})
     resources = {"GPU": 1} if p.stage.gpu and workers_have_gpus(client) else None
-    records = run_units(art, units, client, p.stage.name, resources)
+    records = run_units(art, units, client, p.stage.name, resources, kind="stage ")
     compute = _one_precision(p.stage.name, art, records)
     info = p.stage.finalize(ctx, records)
     outputs = written_outputs(p.stage, art)

@@ -31,7 +31,6 @@ from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import gt_mask
 from labelgen.data.problems import NOT_SCORED
-from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import load_cam_model
 from labelgen.models.weaktr import WeakTr
 from labelgen.numerics.maps_to_labels import cam_to_labels, resize_maps
@@ -120,11 +119,6 @@ def gt_not_scored(problems: Path, manifest: Manifest) -> tuple[dict[str, str], l
 def _jobs(ctx: StageContext) -> list[ShardJob]:
     """Every task of this evaluation, in unit order; `finalize` rebuilds the same list to find the parts."""
     p: EvaluateParams = ctx.params
-    if p.shard_size < 1 or p.thumbnail < 16 or p.gallery_page < 1:
-        raise ConfigError(
-            f"evaluate.shard_size={p.shard_size}, thumbnail={p.thumbnail}, gallery_page={p.gallery_page}: "
-            "need shard_size >= 1, thumbnail >= 16 (pixels), gallery_page >= 1"
-        )
     manifest = Manifest.load(ctx.input_path("index", "manifest"))
     not_scored, _ = gt_not_scored(ctx.input_path("index", "problems"), manifest)
     train = ctx.recipe["dataset"].train_split
@@ -188,7 +182,7 @@ def tag_confidence(model: WeakTr, image: np.ndarray, tags: tuple[int, ...], size
     untagged classes ranked right 59% of the time by the class tokens, 96% by the CAM head)."""
     square = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC))
     x = torch.from_numpy(square).permute(2, 0, 1)[None].to(next(model.parameters()).device)
-    logits = model(model.preprocess(x)).coarse_logits[0].float()  # C
+    logits = model(x).coarse_logits[0].float()  # C
     return [float(torch.sigmoid(logits[t - 1])) for t in tags]
 
 

@@ -19,10 +19,7 @@ from labelgen.config import ExportCamsParams
 from labelgen.data.images import read_image
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.devices import pick_device
-from labelgen.errors import ConfigError
 from labelgen.models.cam_inference import fit_factor, load_cam_model, multiscale_cams
-from labelgen.models.precision import check_precision
-from labelgen.models.weaktr import CAM_KINDS
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult, shard_units, summarise_shards
 from labelgen.store.sharded import StoreLayout, create_cam_store, write_cam_shard
 
@@ -112,19 +109,6 @@ def _train_records(ctx: StageContext) -> tuple[Manifest, list[ImageRecord]]:
 
 def _plan(ctx: StageContext) -> list[Unit]:
     p: ExportCamsParams = ctx.params
-    if p.cam not in CAM_KINDS:
-        raise ConfigError(f"export_cams.cam={p.cam!r}; allowed: {', '.join(CAM_KINDS)}")
-    check_precision(p.precision, "export_cams.precision")
-    if not p.scales or p.scales[0] != 1.0:
-        raise ConfigError(f"export_cams.scales={list(p.scales)}: the first scale must be 1.0 (it sets the output size)")
-    if min(p.scales) <= 0:
-        raise ConfigError(f"export_cams.scales={list(p.scales)}: scales must be positive")
-    if p.max_side < 1:
-        raise ConfigError(
-            f"export_cams.max_side={p.max_side}: set a positive number of pixels (default {ExportCamsParams.max_side})"
-        )
-    if p.attention_cache_mb < 0:
-        raise ConfigError(f"export_cams.attention_cache_mb={p.attention_cache_mb}: set 0 MiB or more")
     manifest, records = _train_records(ctx)
     layout = StoreLayout(
         tuple(r.id for r in records), tuple(stored_size(r, p.stride, p.max_side) for r in records), p.shard_size

@@ -20,8 +20,7 @@ from labelgen.data.images import read_image
 from labelgen.data.index import dataset_splits
 from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.devices import pick_device
-from labelgen.errors import ConfigError
-from labelgen.models.precision import autocast, check_precision
+from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, load_segmenter
 from labelgen.numerics.crf import CrfParams, crf_on_probs
 from labelgen.numerics.maps_to_labels import resize_maps, resized_argmax
@@ -64,6 +63,15 @@ def sliding_logits(model: Segmenter, x: torch.Tensor, window: int, stride: int, 
     return total / count
 
 
+def resize_pixels(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 B, 3, H, W resized bilinearly (align_corners False) to size (h, w), rounded back to uint8
+    as the reference's mmseg resize of the uint8 photo does before normalising."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    out = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _pass_scale(h: int, w: int, ratio: float, p: PredictParams) -> float:
     return max(p.resize_short * ratio, p.window) / min(h, w)
 
@@ -103,10 +111,10 @@ def predict_probs(model: Segmenter, image: np.ndarray, p: PredictParams) -> np.n
     device = next(model.parameters()).device
     h, w = image.shape[:2]
     size = working_size(h, w, p.max_side)
-    x = model.preprocess(torch.from_numpy(image).to(device).permute(2, 0, 1)[None])
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None]
     total = None
     for ratio in p.scales:
-        scaled = F.interpolate(x, size=pass_size(h, w, ratio, p), mode="bilinear", align_corners=False)
+        scaled = resize_pixels(x, pass_size(h, w, ratio, p))
         for flip in (False, True) if p.flip else (False,):
             inp = scaled.flip(-1) if flip else scaled
             with autocast(device, p.precision):
@@ -203,11 +211,6 @@ def predict_shard(
 
 def _plan(ctx: StageContext) -> list[Unit]:
     p: PredictParams = ctx.params
-    check_precision(p.precision, "predict.precision")
-    if p.max_side < 1:
-        raise ConfigError(
-            f"predict.max_side={p.max_side}: set a positive number of pixels (default {PredictParams.max_side})"
-        )
     manifest = Manifest.load(ctx.input_path("index", "manifest"))
     model = ctx.input_path("train_decoder", "model")
     max_pixels = ctx.recipe["dataset"].max_image_pixels

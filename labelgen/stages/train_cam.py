@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import timm.data
 import torch
+import torchvision
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -35,6 +36,7 @@ from labelgen.data.training import (
 from labelgen.devices import pick_device, use_every_core
 from labelgen.errors import DataError
 from labelgen.models.cam_inference import multiscale_cams, save_cam_model
+from labelgen.models.pixels import ToPixels
 from labelgen.models.precision import autocast
 from labelgen.models.weaktr import WeakTr, WeakTrConfig, weaktr_loss
 from labelgen.models.weights import check_weights
@@ -68,6 +70,8 @@ def build_state(params: TrainCamParams, num_fg_classes: int, device: torch.devic
         params.drop_path,
         head_init=params.head_init,
         pos_embed_resample=params.pos_embed_resample,
+        patch_size=params.patch_size,
+        normalisation=params.normalisation,
     )
     model = WeakTr(config, params.weights).to(device)
     peak_lr = params.base_lr * params.batch_size / 512  # linear scaling rule of the reference
@@ -149,8 +153,9 @@ def gt_miou(model: WeakTr, records, dataset: DatasetParams, num_labels: int, pre
 
 
 def training_transform(params: TrainCamParams, mean, std):
-    """The reference's DeiT training augmentation (weaktr-method.md §1.6) with the recipe's settings."""
-    return timm.data.create_transform(
+    """The reference's DeiT training augmentation (weaktr-method.md §1.6) with the recipe's settings,
+    ending in uint8 pixels (`ToPixels`: the model normalises its input itself)."""
+    timm_transform = timm.data.create_transform(
         params.input_size,
         is_training=True,
         scale=(params.min_crop_scale, 1.0),
@@ -163,6 +168,7 @@ def training_transform(params: TrainCamParams, mean, std):
         mean=mean,
         std=std,
     )
+    return torchvision.transforms.Compose([timm_transform, ToPixels(mean, std)])
 
 
 def train_cam(params: TrainCamParams, dataset: DatasetParams, manifest_path: Path, out: Path) -> UnitResult:

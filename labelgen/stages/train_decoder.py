@@ -133,6 +133,8 @@ def build_state(p: TrainDecoderParams, num_labels: int, device: torch.device) ->
         layer_norm_eps=p.layer_norm_eps,
         pos_embed_resample=p.pos_embed_resample,
         image_size=p.crop_size,
+        patch_size=p.patch_size,
+        normalisation=p.normalisation,
     )
     model = Segmenter(config, p.weights).to(device)
     encoder, decoder = model.param_groups()
@@ -162,7 +164,7 @@ def train_epoch(
         lr = poly_lr(epoch * steps_per_epoch + i, total, p.lr, p.min_lr, p.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        images = model.preprocess(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)  # uint8: the model normalises them
         targets = targets.to(device, non_blocking=True).long()
         loss, stats = decoder_step(model, optimizer, criterion, images, targets, p.precision)
         losses.append(loss)
