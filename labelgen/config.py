@@ -271,6 +271,13 @@ class PredictParams:
     shard_size: int = 32
     precision: Precision = "auto"  # see train_cam.precision
     device: Literal["auto", "cpu", "cuda"] = _not_in_key("auto", "auto, cpu or cuda")
+    # Which splits' masks never contradict their image's tags: every pixel of a class the tags exclude
+    # gets the most probable allowed label (background or a tagged class). "train" (default): the
+    # split the decoder trained on, whose tags labelgen trains with and whose masks people export
+    # as the refined pseudo-masks; "all": every split (val too, where its tags are known); "none":
+    # the raw predictions, as the paper's "pseudo-mask train mIoU". Where on, the raw predictions are
+    # kept beside them and evaluate scores both.
+    restrict_to_tags: Literal["train", "all", "none"] = "train"
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def broken_coco(tmp_path):
     data = coco_json()
     _ann(data, 74, 18, [[100, 50, 130, 60]], 9001)  # two points (4 numbers): the reported case
     _ann(data, 74, 18, [[100, 50, 130, 60, 120]], 9002)  # odd coordinate count
-    _ann(data, 73, 4, [[10, 10, 60, 10, 60, 60, 10, 60], [1, 2, 3, 4]], 9003)  # one good, one broken polygon
+    _ann(data, 73, 4, [[10, 10, 60, 10, 60, 60, 10, 60], [1, 2, 3, 4]], 9003, bbox=[10, 10, 50, 50])  # 1 good, 1 broken
     _ann(data, 636, 70, {"size": [10, 10], "counts": [100]}, 9004)  # RLE of another image's size
     _ann(data, 636, 2, [[700, 700, 800, 700, 800, 800]], 9005, bbox=[700, 700, 100, 100])  # wholly outside
     _ann(data, 73, 99, [[10, 10, 60, 10, 60, 60]], 9006)  # unknown category
@@ -241,7 +241,7 @@ def test_coco_format_with_its_own_categories(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="labelgen"):
         manifest = index_dataset(COCO, root, tmp_path / "out")
     assert manifest.classes == ("background", "dog", "giraffe")
-    assert manifest.category_ids == (0, 1, 2)
+    assert manifest.category_ids == (None, 1, 2)
     by_id = {r.source_id: r for r in manifest.records}
     assert by_id[74].tags == (1, 2) and by_id[73].tags == (2,)
     assert "the JSON's own 2 categories" in caplog.text

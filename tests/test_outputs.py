@@ -33,6 +33,7 @@ EXPECTED = {
     ("train_decoder", "log", ()): "log.jsonl",
     ("predict", "masks", (("split", "train"),)): "masks_train.zarr",
     ("predict", "masks", (("split", "val"),)): "masks_val.zarr",
+    ("predict", "unrestricted", (("split", "train"),)): "unrestricted_train.zarr",  # restrict_to_tags="train"
     ("evaluate", "metrics", ()): "metrics.json",
     ("evaluate", "report", ()): "report.md",
     ("evaluate", "report_html", ()): "report.html",

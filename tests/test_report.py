@@ -168,7 +168,7 @@ def test_every_row_shows_each_tagged_class_heat_map_and_the_masks(tiny_full_run)
             assert row["cams"] == [manifest.classes[t] for t in r.tags]
             for caption, value in zip(row["cam_captions"], confidence[r.id], strict=True):
                 assert caption.endswith(f"{value:.2f}")
-            assert row["masks"] == ["pseudo_labels", "predict_train", "gt"]
+            assert row["masks"] == ["pseudo_labels", "predict_train_unrestricted", "predict_train", "gt"]
         else:
             assert row["cams"] == [] and row["masks"] == ["predict_val", "gt"]
         assert row["html"].count("<img ") == 1 + len(row["cams"]) + len(row["masks"])

@@ -117,7 +117,7 @@ def index_slice(out: Path, index: int, max_pixels: int, keep_untagged: bool) -> 
         items = [_with_annotations(item, raw.get(k, []), listing.coco, problems) for k, item in enumerate(items)]
     gt = out / _GT / f"{index:06d}{GT_SUFFIX}"
     gt.unlink(missing_ok=True)  # a rerun writes it anew, or not at all
-    records, found = index_items(items, listing.classes, max_pixels, gt, keep_untagged)
+    records, found = index_items(items, listing.classes, max_pixels, gt, keep_untagged, set(listing.unannotated))
     path = out / _SLICES / f"{index:06d}.json"
     path.write_text(json.dumps({"records": [r.__dict__ for r in records], "problems": problems + found}))
     return [path, *([gt] if gt.is_file() else [])], {"images": len(items), "problems": len(problems + found)}

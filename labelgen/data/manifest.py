@@ -14,7 +14,8 @@ from typing import Any
 
 from labelgen.errors import DataError
 
-MANIFEST_SCHEMA = 3  # 2: orientation, source_id, category_ids; 3: `mask` may name COCO GT shapes
+MANIFEST_SCHEMA = 4  # 2: orientation, source_id, category_ids; 3: `mask` may name COCO GT shapes;
+# 4: category_ids hold null (not 0) for background, as 0 is a category id like any other
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,14 @@ class Manifest:
     dataset: str
     classes: tuple[str, ...]  # index = label; 0 is background
     records: tuple[ImageRecord, ...]
-    # the source's id of each label (COCO category ids; index 0, background, is 0), kept for export;
-    # None where the labels are the source's ids themselves (VOC, folder, demo)
-    category_ids: tuple[int, ...] | None = None
+    # the source's id of each label (COCO category ids, 0 a real id as any other; None for background
+    # and for labels no category has), kept for export; None where the labels are the source's ids
+    # themselves (VOC, folder, demo)
+    category_ids: tuple[int | None, ...] | None = None
 
-    def category_id(self, label: int) -> int:
-        """The source category id of `label` (the label itself where the source has no ids)."""
+    def category_id(self, label: int) -> int | None:
+        """The source category id of `label` (the label itself where the source has no ids; None for
+        background and labels of no source category)."""
         return label if self.category_ids is None else self.category_ids[label]
 
     @property
@@ -118,7 +121,7 @@ def write_manifest(
     path: Path,
     dataset: str,
     classes: tuple[str, ...],
-    category_ids: tuple[int, ...] | None,
+    category_ids: tuple[int | None, ...] | None,
     rows: Iterable[dict[str, Any]],
 ) -> int:
     """Write a manifest from its header and its rows (`ImageRecord` fields), one row a line, without

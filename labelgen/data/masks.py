@@ -48,8 +48,9 @@ def gt_mask(record: ImageRecord) -> np.ndarray:
 
 
 def read_mask(path: Path | str) -> np.ndarray:
-    """An H×W uint8 class-index mask from a palette, grayscale or 16-bit PNG, or from a manifest
-    row's COCO GT reference (`<file>.cocogt.json#<n>`: rasterised from its annotations)."""
+    """An H×W uint8 class-index mask from a palette, grayscale or 16-bit PNG, a colour PNG in VOC
+    palette colours, or from a manifest row's COCO GT reference (`<file>.cocogt.json#<n>`:
+    rasterised from its annotations)."""
     from labelgen.data.coco_gt import is_gt_reference, read_gt  # coco_gt imports this module
 
     if is_gt_reference(path):
@@ -60,6 +61,8 @@ def read_mask(path: Path | str) -> np.ndarray:
             img.load()
             if img.mode in ("P", "L"):
                 return np.asarray(img, dtype=np.uint8).copy()
+            if img.mode in ("RGB", "RGBA"):  # a colour mask the index accepted (`read_user_mask`)
+                return _decode_colours(np.asarray(img)[..., :3], path, IGNORE_INDEX)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 values = np.asarray(img)
                 if values.max() > 255:
@@ -73,6 +76,85 @@ def read_mask(path: Path | str) -> np.ndarray:
         raise DataError(f"{path}: mask file not found") from e
     except OSError as e:
         raise DataError(f"{path}: unreadable mask ({e}); replace or remove it") from e
+
+
+# The first bytes of a JPEG file: masks saved as JPEG (lossy: values change along every edge) and
+# renamed, or written by a tool that ignores the extension.
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def read_user_mask(path: Path, num_labels: int) -> tuple[np.ndarray, str | None]:
+    """An H×W uint8 class-index mask from a file a person saved, and a note when it had to be
+    decoded (a colour mask). Read as people save masks:
+    - palette (P) or grayscale PNG: the values are class indices, unless the palette shows another
+      tool's class order (an index drawn in the VOC colour of another class): refused;
+    - colour (RGB/RGBA) PNG: decoded against the VOC palette (label k = VOC colour k, 255 = the VOC
+      ignore colour), where every colour is one of the `num_labels` labels' colours; else refused;
+    - JPEG bytes under any name: refused (lossy: class values change along every edge).
+    Raises `DataError` naming the file, what is wrong and the fix."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: mask file not found") from e
+    if head == JPEG_MAGIC:
+        raise DataError(
+            f"mask {path} holds JPEG bytes: lossy, it changes class values along every edge; save it as a PNG"
+        )
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGB", "RGBA"):
+                return _decode_colours(np.asarray(img)[..., :3], path, num_labels), (
+                    f"colour mask {path} decoded with the VOC palette"
+                )
+            if img.mode == "P":
+                _check_palette_order(img, path, num_labels)
+    except OSError as e:
+        raise DataError(f"{path}: unreadable mask ({e}); replace or remove it") from e
+    return read_mask(path), None
+
+
+def _voc_colours(num_labels: int) -> dict[int, int]:
+    """{packed RGB: label} of the VOC palette's colours for labels 0..num_labels-1 and ignore (255)."""
+    palette = np.array(voc_palette(), np.int64).reshape(256, 3)
+    packed = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    return {int(packed[k]): k for k in [*range(min(num_labels, IGNORE_INDEX)), IGNORE_INDEX]}
+
+
+def _decode_colours(rgb: np.ndarray, path: Path, num_labels: int) -> np.ndarray:
+    packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(packed, return_inverse=True)
+    known = _voc_colours(num_labels)
+    unknown = [c for c in colours.tolist() if c not in known]
+    if unknown:
+        shown = ", ".join(f"({c >> 16},{(c >> 8) & 255},{c & 255})" for c in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise DataError(
+            f"colour mask {path} has colours {shown}{more} that are no class's VOC palette colour; "
+            "save class indices (a palette or grayscale PNG)"
+        )
+    labels = np.array([known[c] for c in colours.tolist()], np.uint8)
+    return labels[inverse.reshape(packed.shape)]
+
+
+def _check_palette_order(img: Image.Image, path: Path, num_labels: int) -> None:
+    """Refuse a palette PNG whose used indices are drawn in the VOC colours of OTHER classes: its
+    indices follow another tool's class order (a palette of its own colours is fine: the indices count)."""
+    palette = img.getpalette() or []
+    palette = (palette + [0] * 768)[:768]
+    colours = np.array(palette, np.int64).reshape(256, 3)
+    packed = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
+    voc = _voc_colours(num_labels)
+    used = np.flatnonzero(np.bincount(np.asarray(img).ravel(), minlength=256))
+    # black is also what an unset palette entry reads as: only another class's colour is evidence
+    moved = [(int(i), voc[int(packed[i])]) for i in used if packed[i] and voc.get(int(packed[i]), i) != i]
+    if moved:
+        i, k = moved[0]
+        raise DataError(
+            f"palette mask {path}: index {i} is drawn in the VOC colour of label {k}: its indices follow "
+            "another class order; write class-list indices (1 = first class in classes.txt)"
+        )
 
 
 def write_mask(path: Path | str, mask: np.ndarray) -> None:

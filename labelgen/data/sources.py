@@ -25,7 +25,15 @@ from labelgen.data.classes import (
     voc_classes,
 )
 from labelgen.data.json_stream import JsonObjectStream
-from labelgen.data.problems import ANNOTATION_SKIPPED, NOT_INDEXED, problem
+from labelgen.data.problems import (
+    ANNOTATION_SKIPPED,
+    CATEGORY_NOT_A_CLASS,
+    FILE_NOT_READ,
+    LEFT_OUT,
+    NOT_INDEXED,
+    NOT_SCORED,
+    problem,
+)
 from labelgen.data.text import read_user_text
 from labelgen.errors import DataError
 
@@ -63,11 +71,13 @@ class Listing:
     """A data set's header, once its items are handed to a `SliceWriter`."""
 
     classes: tuple[str, ...]
-    category_ids: tuple[int, ...] | None = None  # source id of each label (COCO), see Manifest
+    category_ids: tuple[int | None, ...] | None = None  # source id of each label (COCO), see Manifest
     problems: list[dict[str, str]] = field(default_factory=list)  # {file, reason, action}
     coco: CocoLabels | None = None
     images: int = 0  # items listed
     slices: int = 0  # slices they were cut into
+    # splits whose COCO JSON holds no annotation at all: named once here, not once per untagged image
+    unannotated: list[str] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         coco = self.coco and {
@@ -143,16 +153,40 @@ def _list_voc(params: DatasetParams, root: Path, splits: list[str], sink: SliceW
         if not list_file.is_file():
             raise DataError(f"{list_file}: split list not found; VOC splits are train, val, trainval, train_aug")
         mask_dir = base / ("SegmentationClassAug" if aug else "SegmentationClass")
-        for image_id in read_user_text(list_file, "VOC split list", "check dataset.train_split").split():
-            mask = mask_dir / f"{image_id}.png"
+        for image_id, image, mask in _voc_list(list_file, base, mask_dir, listing):
             item_mask = mask if mask.is_file() else None
             tags = None
             if params.voc_tags_from == "xml" or item_mask is None:
                 tags = _voc_xml_tags(base / "Annotations" / f"{image_id}.xml", names, listing)
                 if tags is None:
                     continue
-            sink.add(SourceItem(image_id, base / "JPEGImages" / f"{image_id}.jpg", split, tags, item_mask))
+            sink.add(SourceItem(image_id, image, split, tags, item_mask))
     return listing
+
+
+def _voc_list(list_file: Path, base: Path, mask_dir: Path, listing: Listing) -> list[tuple[str, Path, Path]]:
+    """(image id, image, mask) of each line of a VOC split list: an image id a line (VOC's own
+    lists), or DeepLab's two columns `/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`, paths
+    under the VOC folder. Lines of any other shape are named once, with what a line must hold."""
+    text = read_user_text(list_file, "VOC split list", "check dataset.train_split")
+    entries, bad = [], []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if len(fields) == 1 and "/" not in fields[0]:
+            entries.append((fields[0], base / "JPEGImages" / f"{fields[0]}.jpg", mask_dir / f"{fields[0]}.png"))
+        elif len(fields) in (1, 2):  # a path (DeepLab's image column), with its mask's path
+            image = base / fields[0].lstrip("/")
+            mask = base / fields[1].lstrip("/") if len(fields) == 2 else mask_dir / f"{image.stem}.png"
+            entries.append((image.stem, image, mask))
+        elif fields:
+            bad.append(line_no)
+    if bad:
+        why = (
+            f"{len(bad)} line(s) (first: line {bad[0]}) are neither an image id nor two paths; a VOC list holds "
+            "an id a line (2007_000032) or DeepLab's `/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`"
+        )
+        listing.problems.append(problem(list_file, why, where=f"{list_file}:{bad[0]}"))
+    return entries
 
 
 def _voc_xml_tags(xml: Path, names: dict[str, int], listing: Listing) -> tuple[int, ...] | None:
@@ -176,9 +210,18 @@ def _list_coco(params: DatasetParams, root: Path, splits: list[str], sink: Slice
     files = {split: _coco_files(root, split) for split in splits}
     listing = Listing(classes=())
     categories: dict[int, str] = {}
+    used: set[Any] = set()  # category ids some annotation names
+    supercategories: dict[int, str] = {}
     for split in splits:
         ann_file, image_dir = files[split]
-        found = _list_coco_split(ann_file, image_dir, split, sink, listing)
+        found, state = _list_coco_split(ann_file, image_dir, split, sink, listing)
+        used |= state.used
+        supercategories.update(state.supercategories)
+        if not state.annotations:
+            listing.unannotated.append(split)
+            kept = "kept as a negative" if params.untagged == "keep" else "left out"
+            why = f"the JSON has no annotations: no image has a tag or GT, each is {kept}; export it with its labels"
+            listing.problems.append(problem(ann_file, why, LEFT_OUT if params.untagged != "keep" else NOT_SCORED))
         if split == splits[0]:
             categories = found
         elif found != categories:
@@ -188,6 +231,14 @@ def _list_coco(params: DatasetParams, root: Path, splits: list[str], sink: Slice
             )
     first = files[splits[0]][0]
     official = categories == official_coco_categories()
+    if not listing.unannotated:
+        for root_id in _root_categories(categories, supercategories, used):
+            why = (
+                f"category {root_id} {categories[root_id]!r} is used by no annotation and is the supercategory of "
+                "the others (a Roboflow export's root): not a class; the other categories keep their ids"
+            )
+            listing.problems.append(problem(first, why, CATEGORY_NOT_A_CLASS))
+            del categories[root_id]
     classes, label_of = coco_label_space(categories, params.coco_label_space, str(first))
     log.info(
         "index: COCO classes from %s: %s, %s label space (%d labels incl. background)",
@@ -196,7 +247,7 @@ def _list_coco(params: DatasetParams, root: Path, splits: list[str], sink: Slice
         params.coco_label_space,
         len(classes),
     )
-    category_ids = [0] * len(classes)
+    category_ids: list[int | None] = [None] * len(classes)
     for category_id, label in label_of.items():
         category_ids[label] = category_id
     listing.classes, listing.category_ids = classes, tuple(category_ids)
@@ -228,6 +279,9 @@ class _CocoSplit:
         self.images_read = False
         self.early, self.early_count = early, 0  # annotations met before the images, held in a temporary file
         self.orphans: list[tuple[str, Any, Any]] = []  # (where, category id, image id): no such image
+        self.annotations = 0  # entries of the annotations list
+        self.used: set[Any] = set()  # category ids the annotations name
+        self.supercategories: dict[int, str] = {}  # category id -> its supercategory, where declared
 
     def image(self, img: Any) -> None:
         item = _coco_item(img, self.split, self.image_dir, self.ann_file, self.listing)
@@ -275,9 +329,10 @@ class _CocoSplit:
 
 def _list_coco_split(
     ann_file: Path, image_dir: Path, split: str, sink: SliceWriter, listing: Listing
-) -> dict[int, str]:
-    """List one split's JSON into `sink`; returns its categories ({id: name}). Raises `DataError` for a
-    file that is not a COCO instances file."""
+) -> tuple[dict[int, str], _CocoSplit]:
+    """List one split's JSON into `sink`; returns its categories ({id: name}) and the listing's
+    state (how many annotations, the category ids they use, the supercategories). Raises
+    `DataError` for a file that is not a COCO instances file."""
     categories = None
     with (
         JsonObjectStream(ann_file, "COCO annotation file", "check dataset.train_split / val_split") as stream,
@@ -296,8 +351,15 @@ def _list_coco_split(
             elif key == "annotations":
                 for n, (ann, text) in enumerate(stream.elements(floats_as_text=True)):
                     state.annotation(n, ann, text)
+                    state.annotations += 1
+                    if isinstance(ann, dict) and _hashable(ann.get("category_id")):
+                        state.used.add(ann.get("category_id"))
             elif key == "categories":
-                categories = _categories(stream.value(), ann_file)
+                entries = stream.value()
+                categories = _categories(entries, ann_file)
+                state.supercategories = {
+                    c["id"]: c["supercategory"].strip() for c in entries if isinstance(c.get("supercategory"), str)
+                }
         for key, found in (("images", state.images_read), ("categories", categories is not None)):
             if not found:
                 raise DataError(
@@ -305,7 +367,18 @@ def _list_coco_split(
                 )
         state.route_early()
     state.report_orphans(categories)
-    return categories
+    return categories, state
+
+
+def _root_categories(categories: dict[int, str], supercategories: dict[int, str], used: set[Any]) -> list[int]:
+    """Categories that are a data set's root rather than a class: no annotation uses them and their
+    name is the supercategory of another category (Roboflow exports declare one, id 0, named after
+    the project, e.g. "objects"). Kept as a class, it would shift every label by one."""
+    return [
+        cid
+        for cid, name in categories.items()
+        if cid not in used and any(sup == name and other != cid for other, sup in supercategories.items())
+    ]
 
 
 _MISSING = object()
@@ -347,9 +420,12 @@ def _categories(entries: Any, ann_file: Path) -> dict[int, str]:
 
 
 def _unknown_category(where: str, category_id: Any, categories: dict[int, str], image_id: Any) -> dict[str, str]:
+    ids = sorted(categories)
+    declared = ", ".join(map(str, ids)) if len(ids) <= 8 else f"ids {ids[0]}..{ids[-1]}"
     return problem(
         where,
-        f"category_id {category_id!r} is not among the file's categories {sorted(categories)} (image {image_id})",
+        f"category_id {category_id!r} is not among the file's {len(ids)} categories ({declared}) (image "
+        f"{image_id}); fix its category_id or declare the category",
         ANNOTATION_SKIPPED,
     )
 
@@ -396,6 +472,7 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: Sli
     listing = Listing(classes=declared_classes(params, root))
     names = {n: i for i, n in enumerate(listing.classes) if i > 0}
     tags_path = root / params.tags_file
+    stems: set[str] = set()  # of every image the tags file names: their masks are accounted for
     for line_no, entry in _read_tags_file(tags_path):
         where = f"{tags_path}:{line_no}"
         if "error" in entry:
@@ -404,6 +481,7 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: Sli
         image = _inside(root, entry["image"], where, listing)
         if image is None:
             continue
+        stems.add(image.stem)
         tags_raw = entry["tags"]
         unknown = sorted({t for t in tags_raw if t not in names})
         if unknown:
@@ -423,7 +501,25 @@ def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: Sli
         mask = root / "masks" / f"{image.stem}.png"
         tags = tuple(sorted({names[t] for t in tags_raw}))
         sink.add(SourceItem(image.stem, image, split, tags, mask if mask.is_file() else None, where=where))
+    listing.problems += _unread_masks(root / "masks", stems)
     return listing
+
+
+def _unread_masks(folder: Path, stems: set[str]) -> list[dict[str, str]]:
+    """A problem for each file in the masks folder that no image reads (`masks/<image stem>.png`):
+    another extension, or no image of that name in the tags file. Never ignored silently."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if path.suffix != ".png" and path.stem in stems:
+            why = f"mask {path.name} is not read: masks are read as masks/<image stem>.png; save it so"
+        elif path.suffix != ".png" or path.stem not in stems:
+            why = f"mask {path.name} is not read: no image {path.stem!r} in the tags file; add its row or move it"
+        else:
+            continue
+        found.append(problem(path, why, FILE_NOT_READ))
+    return found
 
 
 def _tag_hint(unknown: list[str], names: dict[str, int]) -> str:

@@ -10,6 +10,7 @@ nothing is decided silently.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from labelgen.data.coco_gt import check_coco, gt_reference, write_gt_file
 from labelgen.data.fingerprint import file_digest
 from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.masks import IGNORE_INDEX, read_mask, tags_from_mask, value_counts
+from labelgen.data.masks import IGNORE_INDEX, read_user_mask, tags_from_mask, value_counts
 from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, problem
 from labelgen.data.sources import SourceItem
 from labelgen.errors import DataError
@@ -96,10 +97,17 @@ def _names(labels: list[int], classes: tuple[str, ...]) -> str:
 
 
 def index_items(
-    items: list[SourceItem], classes: tuple[str, ...], max_pixels: int, gt_file: Path, keep_untagged: bool = False
+    items: list[SourceItem],
+    classes: tuple[str, ...],
+    max_pixels: int,
+    gt_file: Path,
+    keep_untagged: bool = False,
+    unannotated: set[str] = frozenset(),
 ) -> tuple[list[ImageRecord], list[dict[str, str]]]:
     """Validate each item; return manifest rows for the good ones and a problem for each bad one
     (and a note for each image kept with a decision: conversion, orientation, GT not scored).
+    Items of the `unannotated` splits (a COCO JSON without annotations, named once by the lister)
+    get no line of their own for having no tags; they are kept or left out as the others.
     The usable COCO shapes of the rows with complete COCO GT go into `gt_file` (written only if
     there are any); their `mask` refers to their entry there."""
     records, problems, shapes = [], [], {}
@@ -113,9 +121,12 @@ def index_items(
             continue
         problems += [problem(item.image, reason, action, item.where) for reason, action in notes]
         if not record.tags and not keep_untagged:
-            why = "no image-level tags; set dataset.untagged=keep to train on untagged images as negatives"
-            problems.append(problem(item.image, why, where=item.where))
+            if item.split not in unannotated:
+                why = "no image-level tags; set dataset.untagged=keep to train on untagged images as negatives"
+                problems.append(problem(item.image, why, where=item.where))
             continue
+        if item.split in unannotated:  # no annotations is no GT, not an all-background GT
+            record, coco = replace(record, mask=None), None
         records.append(record)
         if coco is not None:
             shapes[n] = (record.height, record.width, coco)
@@ -140,18 +151,27 @@ def _index_one(
         notes += gt.notes
         tags = gt.tags
         coco = gt.shapes if gt.complete else None
-    elif mask_path is not None:
-        mask = read_mask(mask_path)
+    else:
+        if mask_path is not None:
+            try:
+                mask, decoded = read_user_mask(mask_path, len(classes))
+            except DataError as e:
+                if tags is None:  # the mask was the only source of tags
+                    raise
+                notes.append((f"{e}; the image is used without GT", NOT_SCORED))
+                mask_path = None
+            else:
+                if decoded:
+                    notes.append((decoded, CONVERTED))
         try:
-            orientation, note = choose_orientation(info, (mask.shape[1], mask.shape[0]), f"its mask {mask_path}")
+            annotated = None if mask is None else (mask.shape[1], mask.shape[0])
+            orientation, note = choose_orientation(info, annotated, f"its mask {mask_path}")
         except DataError as e:
             if tags is None:  # the mask was the only source of tags
                 raise
             orientation, note = choose_orientation(info, None, "")
             notes.append((f"{e}; the image is used without GT", NOT_SCORED))
             mask, mask_path = None, None
-    else:
-        orientation, note = choose_orientation(info, None, "")
     if note:
         notes.append((note, ORIENTED if orientation != 1 else NOT_ORIENTED))
     if mask is not None:

@@ -42,12 +42,13 @@ def coco_image_ids(records: list[ImageRecord]) -> tuple[dict[str, int], str]:
 
 
 def coco_categories(manifest: Manifest) -> list[dict[str, Any]]:
-    """One COCO category per foreground label that has a source id: {id: source category id, name}.
-    Labels with id 0 (COCO ids that no category uses) are left out."""
+    """One COCO category per foreground label that has a source id: {id: source category id, name}
+    (id 0 included: tools that number from 0 keep their ids). Labels of no category (the unused ids
+    of an "original" label space) are left out."""
     return [
         {"id": manifest.category_id(k), "name": name}
         for k, name in enumerate(manifest.classes)
-        if k > 0 and manifest.category_id(k) > 0
+        if k > 0 and manifest.category_id(k) is not None
     ]
 
 

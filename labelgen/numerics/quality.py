@@ -109,6 +109,7 @@ class SplitTally:
                 "share": np.zeros(n),
                 "spurious": np.zeros(n, np.int64),
                 "foreground": 0.0,
+                "negative_foreground": 0.0,  # summed over the untagged images only
                 "all_tags_found": 0,
             }
         return self.sources[name]
@@ -130,6 +131,8 @@ class SplitTally:
             s["share"][tags] += np.asarray(record["share"][name], np.float64)
             s["spurious"][np.asarray(record["spurious"][name], np.int64)] += 1
             s["foreground"] += record["foreground"][name]
+            if not len(tags):
+                s["negative_foreground"] += record["foreground"][name]
             s["all_tags_found"] += bool(found) and all(found)  # a negative has no tag to find
 
     def result(self, agreement_cm: np.ndarray | None) -> dict[str, Any]:
@@ -157,6 +160,10 @@ class SplitTally:
                 "area_share": _ratio(s["share"], self.tagged),
                 "spurious": s["spurious"].tolist(),
                 "foreground": s["foreground"] / self.images if self.images else None,
+                # the share of the negatives' pixels painted as some class (they hold none)
+                "negative_foreground": (
+                    s["negative_foreground"] / negatives if (negatives := self.images - self.tagged_images) else None
+                ),
                 "all_tags_found": s["all_tags_found"],
             }
         if agreement_cm is not None and self.agreement:

@@ -43,6 +43,7 @@ class Output:
     name: str  # what readers call it: ctx.input_path("pseudo_labels", "masks")
     pattern: str
     about: str = ""
+    optional: bool = False  # a pattern with a field the stage may write for no value (predict's raw masks)
 
     @property
     def param(self) -> str | None:
@@ -75,12 +76,12 @@ def output_path(stage: Stage, art: Artifact, name: str, **params: str) -> Path:
 
 def output_paths(stage: Stage, art: Artifact, name: str) -> dict[str, Path]:
     """Every file of a declared output with a field (predict's `masks_{split}.zarr`), by the field's
-    value; a one-line `ArtifactError` when there is none."""
+    value; a one-line `ArtifactError` when there is none (an optional output: empty)."""
     out = _declared(stage, art, name)
     if out.param is None:
         raise ArtifactError(f"{stage.name} output {name!r} is one file ({out.pattern}): read it with input_path")
     found = out.instances(art.path)
-    if not found:
+    if not found and not out.optional:
         raise ArtifactError(missing_output(art, name, art.path / out.pattern))
     return found
 
@@ -91,6 +92,9 @@ def written_outputs(stage: Stage, art: Artifact) -> dict[str, list[str]]:
     `ArtifactError` when the stage did not write one it declares."""
     written = {}
     for out in stage.outputs:
+        if out.optional:
+            written[out.name] = [p.name for p in out.instances(art.path).values()]
+            continue
         found = output_paths(stage, art, out.name).values() if out.param else [output_path(stage, art, out.name)]
         written[out.name] = [p.name for p in found]
     return written
@@ -187,13 +191,14 @@ def shard_units(
     max_pixels: int,
     first_index: int = 0,
     prefix: str = "",
+    extra: tuple = (),
 ) -> list[Unit]:
     """One unit per shard of `layout`, calling fn(params, source, shard's records, layout, shard, store,
-    max_pixels): the shape of every stage that maps images to a sharded zarr store."""
+    max_pixels, *extra): the shape of every stage that maps images to a sharded zarr store."""
     units = []
     for shard in range(layout.num_shards):
         rows = layout.shard_range(shard)
-        args = (params, source, records[rows.start : rows.stop], layout, shard, store, max_pixels)
+        args = (params, source, records[rows.start : rows.stop], layout, shard, store, max_pixels, *extra)
         label = f"{prefix}shard {shard} (images {rows.start}-{rows.stop - 1})"
         units.append(Unit(first_index + shard, fn, args, label))
     return units

@@ -13,11 +13,16 @@ from typing import Any, NamedTuple
 from labelgen.report.pictures import bar_chart
 
 SOURCE_TITLES = {"cams": "CAM labels", "pseudo_labels": "pseudo-label", "gt": "GT"}
+# a split's raw predictions, where predict.restrict_to_tags kept its masks within the tags
+UNRESTRICTED_SUFFIX = "_unrestricted"
 
 
 def source_title(name: str) -> str:
-    """What the gallery calls a source: `predict_val` -> `prediction (val)` (tables use the
+    """What the gallery calls a source: `predict_val` -> `prediction (val)`,
+    `predict_train_unrestricted` -> `prediction (train, not restricted to tags)` (tables use the
     metrics.json names)."""
+    if name.startswith("predict_") and name.endswith(UNRESTRICTED_SUFFIX):
+        return f"prediction ({name.removeprefix('predict_').removesuffix(UNRESTRICTED_SUFFIX)}, not restricted to tags)"
     if name.startswith("predict_"):
         return f"prediction ({name.removeprefix('predict_')})"
     return SOURCE_TITLES.get(name, name)
@@ -83,6 +88,9 @@ def coverage_paragraphs(metrics: dict[str, Any]) -> list[str]:
             )
     else:
         lines = [f"No image of this run has a GT mask ({per_split}): nothing is scored against GT."]
+    for source in gt_sources(metrics):
+        if metrics[source].get("not_scored"):
+            lines.append(f"{source_title(source)}: {metrics[source]['not_scored']}.")
     refused = gt["not_scored_by_index"]
     if refused:
         lines.append(
@@ -108,8 +116,14 @@ def sweep_table(metrics: dict[str, Any]) -> Table:
     return Table(["threshold", *(f"{e['threshold']:.2f}" for e in sweep)], [["mIoU", *(pct(e["miou"]) for e in sweep)]])
 
 
+def _per_class_sources(sources: list[str]) -> list[str]:
+    """The sources of the per-class tables: a restricted split's raw masks are in the summaries only
+    (its per-class numbers are the restricted masks' but for the excluded classes)."""
+    return [s for s in sources if not s.endswith(UNRESTRICTED_SUFFIX)]
+
+
 def gt_class_table(metrics: dict[str, Any]) -> Table:
-    sources = gt_sources(metrics)
+    sources = _per_class_sources(gt_sources(metrics))
     rows = []
     for c, name in enumerate(metrics["classes"]):
         cells = [" / ".join(pct(metrics[s][k][c]) for k in ("iou", "precision", "recall")) for s in sources]
@@ -132,6 +146,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
                 f"{src['all_tags_found']} of {m['tagged_images']}"
                 + (f" ({pct(src['all_tags_found'] / m['tagged_images'])}%)" if m["tagged_images"] else ""),
                 pct(src["foreground"]),
+                pct(src.get("negative_foreground")),
                 pct(m["mean_confidence"]),
                 "–" if m["mean_confidence"] is None else str(m["low_confidence_images"]),
                 pct(agreement["miou"]) if agreement else "–",
@@ -144,6 +159,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
         "final mask",
         "tagged images with every tag found",
         "foreground %",
+        "negatives painted %",
         "confidence on tags",
         "images with a tag below 0.5",
         "agreement mIoU",
@@ -155,7 +171,7 @@ def gt_free_summary(metrics: dict[str, Any]) -> Table:
 def gt_free_class_table(metrics: dict[str, Any], split: str) -> Table:
     """One row per foreground class: tagged images, confidence, found / area / spurious per source, agreement."""
     m = metrics["gt_free"][split]
-    sources = list(m["sources"])
+    sources = _per_class_sources(list(m["sources"]))
     header = ["class", "tagged images", "confidence"]
     for s in sources:
         header += [f"{s}: found", "area %", "untagged"]
@@ -193,12 +209,13 @@ def write_charts(metrics: dict[str, Any], out: Path) -> dict[str, Chart]:
     charts = {}
     names = metrics["classes"]
     if sum(metrics["gt"]["scored"].values()):
-        bar_chart(names, {source_title(s): metrics[s]["iou"] for s in gt_sources(metrics)}, out / "per_class_iou.png")
+        ious = {source_title(s): metrics[s]["iou"] for s in _per_class_sources(gt_sources(metrics))}
+        bar_chart(names, ious, out / "per_class_iou.png")
         charts["gt"] = Chart("per-class IoU against GT", "per_class_iou.png")
     series: dict[str, list] = {}
     for split, m in metrics["gt_free"].items():
-        for s, src in m["sources"].items():
-            series[f"found: {source_title(s)}"] = src["found_share"][1:]
+        for s in _per_class_sources(list(m["sources"])):
+            series[f"found: {source_title(s)}"] = m["sources"][s]["found_share"][1:]
         if m.get("agreement"):
             series[f"agreement IoU ({split})"] = m["agreement"]["iou"][1:]
         if m["confidence"]:

@@ -42,6 +42,7 @@ from labelgen.numerics.quality import SplitTally, image_quality, mean_confidence
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
 from labelgen.report.html import GalleryRow, gallery_row, write_html
 from labelgen.report.markdown import (
+    UNRESTRICTED_SUFFIX,
     RankEntry,
     gt_sources,
     per_image_row,
@@ -86,26 +87,23 @@ class ShardJob:
     out: Path  # parts/<unit>: the task writes <out>.npz, <out>.json and <out>.html
 
 
-def mask_sources(ctx: StageContext) -> dict[str, Path]:
-    """Every zarr store this run has to score, by source name."""
-    sources = {}
-    if "export_cams" in ctx.inputs:
-        sources["cams"] = ctx.input_path("export_cams", "cams")
-    if "pseudo_labels" in ctx.inputs:
-        sources["pseudo_labels"] = ctx.input_path("pseudo_labels", "masks")
-    if "predict" in ctx.inputs:
-        for split, store in ctx.input_paths("predict", "masks").items():
-            sources[f"predict_{split}"] = store
-    return sources
-
-
 def split_sources(ctx: StageContext) -> dict[str, dict[str, Path]]:
-    """{split: {source: store}}: CAMs and pseudo-labels hold the train split, `predict_<s>` split s."""
+    """{split: {source: store}}, every zarr store this run has to score, in pipeline order: `cams`
+    and `pseudo_labels` hold the train split; `predict_<s>` split s, preceded by
+    `predict_<s>_unrestricted` where predict.restrict_to_tags kept split s within its tags (so that
+    `predict_<s>`, the masks people export, is each image's final mask)."""
     train = ctx.recipe["dataset"].train_split
     out: dict[str, dict[str, Path]] = {}
-    for name, store in mask_sources(ctx).items():
-        split = name.removeprefix("predict_") if name.startswith("predict_") else train
-        out.setdefault(split, {})[name] = store
+    if "export_cams" in ctx.inputs:
+        out.setdefault(train, {})["cams"] = ctx.input_path("export_cams", "cams")
+    if "pseudo_labels" in ctx.inputs:
+        out.setdefault(train, {})["pseudo_labels"] = ctx.input_path("pseudo_labels", "masks")
+    if "predict" in ctx.inputs:
+        raw = ctx.input_paths("predict", "unrestricted")
+        for split, store in ctx.input_paths("predict", "masks").items():
+            if split in raw:
+                out.setdefault(split, {})[f"predict_{split}{UNRESTRICTED_SUFFIX}"] = raw[split]
+            out.setdefault(split, {})[f"predict_{split}"] = store
     return out
 
 
@@ -349,6 +347,24 @@ def reduce_parts(jobs: list[ShardJob], num_labels: int) -> Reduced:
     return out
 
 
+# Why a source gets no mIoU although images were scored: a GT with no object pixel at all (every
+# image untagged, e.g. a COCO export whose "annotations" list is empty, kept as negatives) gives
+# background IoU alone, which reads 100 % for an all-background prediction.
+NO_OBJECTS = (
+    "not scored: no scored image has a tagged object (every GT mask is all background), so an mIoU "
+    "would measure background alone; check the tags and the index's problems.json"
+)
+
+
+def gt_scores(cm: np.ndarray) -> dict[str, Any]:
+    """`scores` of an L×L confusion matrix (rows = GT), with `miou` None and `not_scored` saying
+    why when no GT pixel holds a foreground label."""
+    result = scores(cm)
+    if not cm[1:].sum():
+        result.update(miou=None, not_scored=NO_OBJECTS)
+    return result
+
+
 def build_metrics(
     manifest: Manifest, jobs: list[ShardJob], reduced: Reduced, not_scored: list[dict[str, str]], ctx: StageContext
 ) -> dict[str, Any]:
@@ -361,10 +377,10 @@ def build_metrics(
     for name, cm in reduced.cms.items():
         counts = {"images": reduced.scored.get(split_of[name], 0), "of": sizes[split_of[name]]}
         if name == "cams":
-            sweep = [{"threshold": float(t), "miou": scores(c)["miou"]} for t, c in zip(thresholds, cm, strict=True)]
-            metrics[name] = {**scores(cm[thresholds.index(bg)]), "threshold": bg, "sweep": sweep, **counts}
+            sweep = [{"threshold": float(t), "miou": gt_scores(c)["miou"]} for t, c in zip(thresholds, cm, strict=True)]
+            metrics[name] = {**gt_scores(cm[thresholds.index(bg)]), "threshold": bg, "sweep": sweep, **counts}
         else:
-            metrics[name] = {**scores(cm[0]), **counts}
+            metrics[name] = {**gt_scores(cm[0]), **counts}
     metrics["gt"] = {
         "images": sizes,
         "scored": {split: reduced.scored.get(split, 0) for split in sizes},
@@ -434,10 +450,17 @@ def _finalize(ctx: StageContext, records: list[dict[str, Any]]) -> dict[str, Any
         ctx.params.gallery_page,
         ctx.params.gallery_inline,
     )
-    summary = {k: round(metrics[k]["miou"], 4) for k in gt_sources(metrics) if metrics[k]["images"]}
+    summary = {
+        k: round(metrics[k]["miou"], 4)
+        for k in gt_sources(metrics)
+        if metrics[k]["images"] and metrics[k]["miou"] is not None
+    }
+    unscored = [k for k in gt_sources(metrics) if metrics[k].get("not_scored")]
+    if unscored:
+        log.warning("evaluate: %s %s", ", ".join(unscored), NO_OBJECTS)
     if summary:
         log.info("evaluate: mIoU %s -> %s", summary, out / REPORT_HTML)
-    else:  # a user's own set without masks: say so rather than log an mIoU of nan
+    elif not unscored:  # a user's own set without masks: say so rather than log an mIoU of nan
         log.info("evaluate: no image has GT, so no mIoU; the GT-free report -> %s", out / REPORT_HTML)
     return {"miou": summary, "images": len(reduced.ranking)}
 

@@ -56,7 +56,8 @@ def _key_extra(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
 STAGE = Stage(
     name="index",
-    version=2,  # 2: COCO GT kept as shapes (gt/*.cocogt.json), rasterised when read; manifest schema 3
+    version=3,  # 2: COCO GT kept as shapes (gt/*.cocogt.json), rasterised when read; 3: shapes checked
+    # against their image and bbox, manifest schema 4 (category id 0 kept)
     section="dataset",
     inputs=(),
     gpu=False,

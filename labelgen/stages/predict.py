@@ -30,6 +30,7 @@ from labelgen.store.sharded import StoreLayout, create_mask_store, write_mask_sh
 log = logging.getLogger(__name__)
 
 MASKS = "masks_{split}.zarr"
+UNRESTRICTED = "unrestricted_{split}.zarr"  # a restricted split's raw predictions (predict.restrict_to_tags)
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -161,6 +162,21 @@ def _log_resizing(record: ImageRecord, p: PredictParams) -> None:
         )
 
 
+def restricted_splits(p: PredictParams, train_split: str, splits: list[str]) -> list[str]:
+    """The splits whose masks `predict.restrict_to_tags` keeps within their tags."""
+    return {"all": list(splits), "train": [s for s in splits if s == train_split], "none": []}[p.restrict_to_tags]
+
+
+def within_tags(probs: np.ndarray, tags: tuple[int, ...]) -> np.ndarray:
+    """Probabilities (L, h, w) with every label the tags exclude (not background, not tagged) set to
+    0, so that the argmax (and the CRF, which runs over the labels the argmax holds) picks the most
+    probable allowed label at each pixel. A copy; `probs` is not changed."""
+    out = np.zeros_like(probs)
+    allowed = [0, *tags]
+    out[allowed] = probs[allowed]
+    return out
+
+
 def predict_shard(
     p: PredictParams,
     model_path: Path,
@@ -169,15 +185,28 @@ def predict_shard(
     shard: int,
     store: Path,
     max_pixels: int,
+    unrestricted: Path | None = None,
 ) -> UnitResult:
+    """One shard's masks into `store`; with `unrestricted` (a restricted split) the masks keep to
+    each image's tags (`within_tags`) and the raw predictions go to `unrestricted`."""
     device = pick_device(p.device)
     model = load_segmenter(model_path, device)
-    masks = []
+    masks, raw, changed = [], [], 0
     for r in records:
         _log_resizing(r, p)
         image = read_image(r.image, max_pixels, r.orientation)
-        masks.append(probs_to_mask(image, predict_probs(model, image, p), p))
-    return write_mask_shard(store, layout, shard, masks), {"images": len(records)}
+        probs = predict_probs(model, image, p)
+        mask = probs_to_mask(image, probs, p)
+        if unrestricted is not None:
+            raw.append(mask)
+            if np.isin(mask, [0, *r.tags], invert=True).any():  # a class the tags exclude: predict again within them
+                mask = probs_to_mask(image, within_tags(probs, r.tags), p)
+                changed += 1
+        masks.append(mask)
+    written = write_mask_shard(store, layout, shard, masks)
+    if unrestricted is not None:
+        written += write_mask_shard(unrestricted, layout, shard, raw)
+    return written, {"images": len(records), "restricted_to_tags": changed}
 
 
 def _plan(ctx: StageContext) -> list[Unit]:
@@ -186,23 +215,50 @@ def _plan(ctx: StageContext) -> list[Unit]:
     model = ctx.input_path("train_decoder", "model")
     max_pixels = ctx.recipe["dataset"].max_image_pixels
     units = []
-    for split in dataset_splits(ctx.recipe["dataset"]):
+    splits = dataset_splits(ctx.recipe["dataset"])
+    restricted = restricted_splits(p, ctx.recipe["dataset"].train_split, splits)
+    for split in splits:
         records = manifest.split(split)
         layout = StoreLayout(tuple(r.id for r in records), tuple((r.height, r.width) for r in records), p.shard_size)
         store = ctx.output_path("masks", split=split)
-        if not (store / "zarr.json").is_file():
-            create_mask_store(store, layout, {"classes": list(manifest.classes), "split": split})
-        units += shard_units(predict_shard, p, model, records, layout, store, max_pixels, len(units), f"{split} ")
+        raw = ctx.output_path("unrestricted", split=split) if split in restricted else None
+        for path in (store, raw):
+            if path is not None and not (path / "zarr.json").is_file():
+                create_mask_store(path, layout, {"classes": list(manifest.classes), "split": split})
+        units += shard_units(
+            predict_shard, p, model, records, layout, store, max_pixels, len(units), f"{split} ", (raw,)
+        )
     return units
+
+
+def _finalize(ctx: StageContext, records: list[dict]) -> dict:
+    info = summarise_shards(ctx, records)
+    info["restricted_to_tags"] = sum(r.get("restricted_to_tags", 0) for r in records)
+    if ctx.params.restrict_to_tags != "none":
+        log.info(
+            "predict: %d image(s) held a class their tags exclude: their masks keep within the tags "
+            "(predict.restrict_to_tags=%s; the raw masks are unrestricted_<split>.zarr, scored too)",
+            info["restricted_to_tags"],
+            ctx.params.restrict_to_tags,
+        )
+    return info
 
 
 STAGE = Stage(
     name="predict",
-    version=1,
+    version=2,  # 2: restrict_to_tags (masks within each image's tags), the raw masks kept beside them
     section="predict",
     inputs=("index", "train_decoder"),
     gpu=True,
     plan=_plan,
-    finalize=summarise_shards,
-    outputs=(Output("masks", MASKS, "one split's refined masks, one zarr row per image"),),
+    finalize=_finalize,
+    outputs=(
+        Output("masks", MASKS, "one split's refined masks, one zarr row per image"),
+        Output(
+            "unrestricted",
+            UNRESTRICTED,
+            "a split's masks before predict.restrict_to_tags kept them within the tags (restricted splits only)",
+            optional=True,
+        ),
+    ),
 )
