@@ -336,6 +336,9 @@ def label_studio(tmp_path_factory):
         server.stop()
 
 
+# Its set-up may build the Label Studio venv (pip, a few minutes on a fresh machine) and migrate a fresh
+# SQLite database: more than the suite's per-test 900 s on a loaded 2-core machine.
+@pytest.mark.timeout(2400)
 def test_push_edit_in_label_studio_pull_retrain(tiny_full_run, label_studio, tmp_path, client):
     """push -> a person's edit saved through Label Studio's API -> pull -> rerun: the corrected
     pixels are what train_decoder trains that image on, and the report scores it against them."""
