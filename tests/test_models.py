@@ -336,3 +336,24 @@ def test_a_weights_folder_that_does_not_exist_is_named_as_such(tmp_path, monkeyp
         resolve_weights_file(WEIGHTS, "deit_tiny_patch16_224")
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(WEIGHTS_DIR))  # the shared folder: its DeiT-Tiny file
     assert resolve_weights_file(WEIGHTS, "deit_tiny_patch16_224").parent == WEIGHTS_DIR
+
+
+def test_hub_weights_of_another_architecture_are_refused_before_any_work(tmp_path, monkeypatch):
+    """A hub name is "<architecture>.<tag>": one for another architecture than the backbone was found
+    by the backbone's name in the weights folder (the DeiT-Tiny file for an AugReg ViT-B tag, whose
+    0.5 statistics were then applied to it); a file of a longer architecture name that starts the
+    same (`deit_tiny_patch16_224_x.*`) is another model's."""
+    from labelgen.errors import ConfigError
+    from labelgen.models.weights import WEIGHTS_DIR_ENV, check_weights, resolve_weights_file
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(WEIGHTS_DIR))
+    with pytest.raises(
+        ConfigError,
+        match=r"^train_cam.weights: weights hub:vit_base_patch16_224.augreg_in21k are "
+        r"for architecture vit_base_patch16_224, not the backbone deit_tiny_patch16_224; set",
+    ):
+        check_weights("deit_tiny_patch16_224", "hub:vit_base_patch16_224.augreg_in21k", "train_cam.weights")
+    (tmp_path / "deit_tiny_patch16_224_x.in1k.safetensors").write_bytes(b"")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"has no weights file for deit_tiny_patch16_224 "):
+        resolve_weights_file(WEIGHTS, "deit_tiny_patch16_224")

@@ -86,7 +86,8 @@ def weights_folder() -> Path | None:
 def resolve_weights_file(weights: str, arch: str) -> Path | None:
     """The local file for a weights spec, or None when it must come from the hub.
 
-    A file path must exist. For "hub:<name>" with $LABELGEN_WEIGHTS_DIR set, the folder must hold a
+    A file path must exist. A hub name must name `arch` ("<arch>.<tag>"). For "hub:<name>" with
+    $LABELGEN_WEIGHTS_DIR set, the folder must hold a
     file for `arch` (`<arch>.safetensors`, `<arch>.<tag>.safetensors|pth|pt|npz`; the file named
     after the full hub name is preferred): a set folder without one is a mistake (the wrong model
     in the recipe, or the wrong folder), so it is an error naming what the folder holds, not a
@@ -96,11 +97,18 @@ def resolve_weights_file(weights: str, arch: str) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"weights file {path} not found; give a .safetensors/.pth/.npz file or hub:<timm name>")
         return path
+    name = weights.removeprefix("hub:")
+    named_arch = name.partition(".")[0]  # timm's "<architecture>.<pretrained tag>"
+    if named_arch != arch:  # else a folder's file (found by `arch`) or the tag's statistics would not match
+        raise ConfigError(
+            f"weights {weights} are for architecture {named_arch}, not the backbone {arch}; set the weights to "
+            f"hub:{arch}.<tag> (timm.list_pretrained('{arch}*') lists the tags), a file of {arch}, or none"
+        )
     folder = weights_folder()
     if folder is None:
         return None
-    name = weights.removeprefix("hub:")
-    candidates = [p for p in sorted(folder.glob(f"{arch}*")) if p.suffix in _EXTENSIONS]
+    # `<arch>.*` only: a longer architecture name that starts the same (vit_base_patch16_224_miil) is another model
+    candidates = [p for p in sorted(folder.glob(f"{arch}.*")) if p.suffix in _EXTENSIONS]
     exact = [p for p in candidates if p.name.startswith(name + ".")]
     if exact or candidates:
         return (exact or candidates)[0]
