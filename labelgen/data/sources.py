@@ -259,10 +259,14 @@ def _coco_files(root: Path, split: str) -> tuple[Path, Path]:
     ann_file = root / "annotations" / f"instances_{split}.json"
     image_dir = next((d for d in (root / "images" / split, root / split) if d.is_dir()), None)
     if not ann_file.is_file() or image_dir is None:
+        # the splits the root does have (COCO 2017 beside the 2014 default, an export's own names)
+        held = sorted(p.name.removeprefix("instances_").removesuffix(".json")
+                      for p in (root / "annotations").glob("instances_*.json"))  # fmt: skip
+        have = f"; it has {', '.join(held)}" if held else ""
         raise DataError(
             f"COCO split {split!r}: expected {ann_file} and images in {root / 'images' / split} "
-            f"or {root / split}; set dataset.train_split / dataset.val_split to the splits you have "
-            "(dataset.val_split='' for none)"
+            f"or {root / split}{have}; set dataset.train_split / dataset.val_split to the splits you have "
+            "(--split on `labelgen data`; dataset.val_split='' for none)"
         )
     return ann_file, image_dir
 

@@ -189,7 +189,10 @@ def _log_why_it_reruns(p: PlannedStage, run_dir: Path) -> None:
         return
     old = before.success().get("params", {})
     changed = sorted(k for k in {*old, *p.key_params} if old.get(k) != json.loads(json.dumps(p.key_params.get(k))))
-    what = ", ".join("its data" if k == "data" else k for k in changed) or "an upstream stage"
+    inputs_changed = before.success().get("inputs", {}) != {i: a.key for i, a in p.inputs.items()}
+    # neither settings nor inputs: the key's other parts, labelgen's version of the stage or artifact schema
+    cause = "an upstream stage" if inputs_changed else "labelgen's code for this stage (its version)"
+    what = ", ".join("its data" if k == "data" else k for k in changed) or cause
     log.info("stage %-13s reruns: %s changed since the last run in this folder (%s)", p.stage.name, what, before.key)
 
 
