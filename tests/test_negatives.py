@@ -122,7 +122,7 @@ def test_a_coco_export_with_one_category_is_refused_once_the_index_has_read_it(t
     args = ["--dataset", "coco", "--recipe", str(TINY_RECIPE), "--data-root", str(root)]
     args += ["--run-dir", str(tmp_path / "run")]
     args += ["--set", 'dataset.train_split="train2017"', "--set", 'dataset.val_split=""', "--dry-run"]
-    note = "note: the class list is read by the index"
+    note = "note: the class list of this coco data set is not known before its index has run"
     before_index = CliRunner().invoke(main, ["run", "full", *args])
     assert before_index.exit_code == 0 and note in before_index.output, before_index.output
     no_decoder = CliRunner().invoke(main, ["run", "pseudo_labels", *args])  # nothing to check against classes
