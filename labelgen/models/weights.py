@@ -65,6 +65,7 @@ def create_vit(
         source, where = native_model.state_dict(), str(path)
     else:
         source, where = read_state_dict(path), str(path)
+    log.info("loading %s weights from %s", arch, where)  # where a run's weights came from, in its log
     load_into(model, source, where)
     return model
 
