@@ -90,3 +90,13 @@ def test_only_devices_counts_cores_and_gpus():
         found += [f"{path.relative_to(PACKAGE.parent)}: {name}" for name in sorted(names & COUNTING)]
         found += [f"{path.relative_to(PACKAGE.parent)}: {s}" for s in strings if "/proc/driver/nvidia" in s]
     assert found == []
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject's explicit package list names every folder of labelgen/ with an __init__.py: an editable
+    install (CI's) finds a forgotten one anyway, a wheel leaves it out (labelgen.training was)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()
