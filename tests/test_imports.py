@@ -66,6 +66,17 @@ def test_nothing_outside_stages_imports_a_stage_module():
     assert [v for p in outside for v in violations(PACKAGE, p.name, (STAGES,))] == []
 
 
+def test_no_stage_imports_another_stage():
+    """A stage reads another stage's files through its declared outputs (`ctx.input_path`), never by
+    importing its module: train_decoder and evaluate imported the corrections stage for its reader."""
+    found = []
+    for path in sorted((PACKAGE / "stages").glob("*.py")):
+        own = f"{STAGES}.{path.stem}"
+        found += [f"{path.name} imports {m}" for m in sorted(imported_modules(path))
+                  if m.startswith(STAGES + ".") and not m.startswith(own)]  # fmt: skip
+    assert found == []
+
+
 def test_the_rule_sees_a_forbidden_import(tmp_path):
     """The checker itself: imports inside functions count, and so does the name after `from x import`."""
     (tmp_path / "data").mkdir()

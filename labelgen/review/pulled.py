@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from labelgen.data.manifest import ImageRecord, Manifest
 from labelgen.data.masks import IGNORE_INDEX, read_mask, write_mask
 from labelgen.errors import DataError
 from labelgen.store.artifact import write_json_atomic
+
+if TYPE_CHECKING:
+    from labelgen.pipeline.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +122,12 @@ def pulled_sets(run_dir: Path) -> list[Path]:
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def corrected_masks(ctx: StageContext) -> dict[str, Path]:
+    """{image id: corrected mask PNG} of a stage whose inputs hold the `corrections` stage; empty
+    without it. Read through the stage's declared output, as every stage reads another's."""
+    if "corrections" not in ctx.inputs:
+        return {}
+    folder = ctx.input_path("corrections", "masks")
+    return {p.stem: p for p in sorted(folder.glob("*.png"))}

@@ -64,21 +64,6 @@ def _present(recipe: Recipe, run_dir: Path) -> bool:
     return params.use and bool(pulled_sets(run_dir))
 
 
-def corrected_masks(ctx: StageContext) -> dict[str, Path]:
-    """{image id: corrected mask PNG} of a stage whose inputs hold `corrections`; empty without it."""
-    if "corrections" not in ctx.inputs:
-        return {}
-    folder = ctx.input_path("corrections", "masks")
-    return {p.stem: p for p in sorted(folder.glob("*.png"))}
-
-
-def correction_provenance(ctx: StageContext) -> dict[str, dict[str, str]]:
-    """{image id: {who, when, source, set}} of the corrections input; empty without it."""
-    if "corrections" not in ctx.inputs:
-        return {}
-    return json.loads(ctx.input_path("corrections", "provenance").read_text())
-
-
 STAGE = Stage(
     name="corrections",
     version=1,

@@ -53,7 +53,7 @@ from labelgen.report.markdown import (
     write_per_image_csv,
 )
 from labelgen.report.pictures import data_uri, heatmap, overlay, overlay_grid, shrink_image, shrink_mask, thumbnail_size
-from labelgen.stages.corrections import corrected_masks
+from labelgen.review.pulled import corrected_masks
 from labelgen.store.artifact import standard_json
 from labelgen.store.sharded import ImageArrays
 

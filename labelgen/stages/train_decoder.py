@@ -31,7 +31,7 @@ from labelgen.models.precision import autocast
 from labelgen.models.segmenter import Segmenter, SegmenterConfig, save_segmenter
 from labelgen.models.weights import check_weights
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
-from labelgen.stages.corrections import corrected_masks
+from labelgen.review.pulled import corrected_masks
 from labelgen.store.checkpoint import TrainingState
 from labelgen.store.sharded import ImageArrays
 from labelgen.training.loop import LAST, LOG, LoopSettings, train
