@@ -18,6 +18,7 @@ from pycocotools.cocoeval import COCOeval
 
 from labelgen.cli import main
 from labelgen.config import DatasetParams
+from labelgen.data.classes import voc_classes
 from labelgen.data.coco_gt import rle_run_total
 from labelgen.data.index import NoUsableImages
 from labelgen.data.masks import gt_mask, read_mask, voc_palette
@@ -381,7 +382,7 @@ def test_masks_as_people_save_them(tmp_path, saved_masks):
         assert f"masks/{name}.png" in entry["reason"] and _short(entry), entry
     reason = {n: next(p["reason"] for p in problems if Path(p["file"]).stem == n) for n in by_id}
     assert "(200,10,10)" in reason["colour_unknown"] and "no class's VOC palette colour" in reason["colour_unknown"]
-    assert "index 1 is drawn in the VOC colour of label 2" in reason["palette_order"]
+    assert "draws index 1 in the VOC colour of label 2" in reason["palette_order"]
     assert "holds JPEG bytes" in reason["jpeg"] and "save it as a PNG" in reason["jpeg"]
     decoded = next(p for p in problems if p["action"] == "converted when read" and "colour.png" in p["reason"])
     assert "decoded with the VOC palette" in decoded["reason"]
@@ -405,3 +406,82 @@ def test_voc_colour_mask_keeps_its_image(tmp_path):
     manifest = index_dataset(params, voc, tmp_path / "out")
     record = next(r for r in manifest.records if r.id == first.stem)
     assert np.array_equal(gt_mask(record), index) and record.tags
+
+
+def _cvat_colours(n: int) -> list[tuple[int, int, int]]:
+    """n distinct colours none of which is a VOC palette colour (as CVAT picks its own)."""
+    voc = {tuple(voc_palette()[3 * k : 3 * k + 3]) for k in range(256)}
+    rng = np.random.default_rng(7)
+    out: list[tuple[int, int, int]] = []
+    while len(out) < n:
+        c = tuple(int(v) for v in rng.integers(1, 255, 3))
+        if c not in voc and c not in out:
+            out.append(c)
+    return out
+
+
+def _paint(mask: np.ndarray, colour_of: dict[int, tuple[int, int, int]]) -> np.ndarray:
+    rgb = np.zeros((*mask.shape, 3), np.uint8)
+    for value, colour in colour_of.items():
+        rgb[mask == value] = colour
+    return rgb
+
+
+def _cvat_voc(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray], dict[int, tuple[int, int, int]], list[str]]:
+    """voc2012-mini as CVAT's "Segmentation mask 1.1" writes it: labelmap.txt at the root (its own
+    colours, CVAT's label order), SegmentationClass/*.png in those colours."""
+    voc = tmp_path / "voc"
+    shutil.copytree(SHARED / "data" / "voc2012-mini", voc)
+    base = voc / "VOC2012"
+    names = list(voc_classes())
+    colours = _cvat_colours(len(names) + 1)
+    colour_of = {k: colours[k] for k in range(len(names))} | {255: colours[-1]}
+    order = [0, *reversed(range(1, len(names)))]  # CVAT lists labels in its own order
+    lines = ["# label:color_rgb:parts:actions"]
+    lines += [f"{names[k]}:{','.join(map(str, colour_of[k]))}::" for k in order]
+    lines.append(f"ignore:{','.join(map(str, colour_of[255]))}::")
+    (base / "labelmap.txt").write_text("\n".join(lines) + "\n")
+    truth = {}
+    for path in sorted((base / "SegmentationClass").glob("*.png")):
+        truth[path.stem] = read_mask(path)
+        Image.fromarray(_paint(truth[path.stem], colour_of)).save(path)
+    return voc, truth, colour_of, names
+
+
+def test_colour_masks_decode_against_the_data_sets_declared_labelmap(tmp_path):
+    """Issue 21, colour masks of a data set's own colours (CVAT's labelmap.txt): every GT pixel is
+    the class its colour declares, not refused as "no VOC palette colour" (today's code)."""
+    voc, truth, colour_of, _ = _cvat_voc(tmp_path)
+    params = DatasetParams(name="voc", train_split="train", val_split="val")
+    manifest = index_dataset(params, voc, tmp_path / "out")
+    assert {r.id for r in manifest.records} == set(truth)
+    for record in manifest.records:
+        assert np.array_equal(gt_mask(record), truth[record.id]), record.id
+        assert record.tags == tuple(sorted({int(v) for v in np.unique(truth[record.id]) if 0 < v < 255}))
+    notes = [p for p in _problems(tmp_path / "out") if p["action"] == "converted when read"]
+    assert len(notes) == len(truth) and all("labelmap.txt" in p["reason"] for p in notes)
+
+
+def test_a_colour_the_labelmap_lacks_is_named_and_only_that_gt_is_left_out(tmp_path):
+    """A mask drawn with a colour its labelmap.txt does not list, and a labelmap name that is no class:
+    one short line each, naming the colour, the name and the fix; the other masks are decoded."""
+    voc, truth, colour_of, names = _cvat_voc(tmp_path)
+    base = voc / "VOC2012"
+    first, second = sorted(truth)[:2]
+    rgb = np.asarray(Image.open(base / "SegmentationClass" / f"{first}.png")).copy()
+    rgb[:5, :5] = (3, 2, 1)
+    Image.fromarray(rgb).save(base / "SegmentationClass" / f"{first}.png")
+    text = (base / "labelmap.txt").read_text()
+    label = int(next(v for v in np.unique(truth[second]) if 0 < v < 255))
+    (base / "labelmap.txt").write_text(text.replace(f"\n{names[label]}:", f"\n{names[label].upper()}X:"))
+    check = CliRunner().invoke(
+        main, ["data", "check", "--dataset", "voc", "--data-root", str(voc), "--set", "dataset.train_split=train"]
+    )
+    lines = check.output.splitlines()
+    assert any(first in line and "(3,2,1)" in line and "labelmap.txt" in line for line in lines), check.output
+    renamed = f"'{names[label].upper()}X'"
+    assert any(second in line and renamed in line and "under a class name" in line for line in lines), check.output
+    assert all(len(line) < 300 for line in lines), check.output
+    manifest = index_dataset(DatasetParams(name="voc", train_split="train", val_split="val"), voc, tmp_path / "out")
+    third = next(r for r in manifest.records if r.id not in (first, second))
+    assert np.array_equal(gt_mask(third), truth[third.id])

@@ -8,6 +8,7 @@ inputs, removed once the manifest is written: a COCO JSON is read element by ele
 annotation written to its image's slice, so neither the driver nor the tasks' arguments hold
 annotations), `slices/<i>.json` (each task's rows and problems), `gt/<i>.cocogt.json` (COCO: each
 image's usable annotation shapes, rasterised when a stage reads the GT: `labelgen.data.masks.gt_mask`),
+`gt/<i>.<n>.png` (colour masks decoded against the data set's labelmap.txt, as class indices),
 `manifest.json` (see data_manifests/manifest.schema.json), `problems.json` (every file left out or
 converted, with the reason).
 """
@@ -36,7 +37,7 @@ from labelgen.data.sources import (
     label_annotations,
     list_dataset,
 )
-from labelgen.data.validate import index_items
+from labelgen.data.validate import decoded_masks, index_items
 from labelgen.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,16 @@ def index_slice(out: Path, index: int, max_pixels: int, keep_untagged: bool) -> 
     if listing.coco is not None:
         items = [_with_annotations(item, raw.get(k, []), listing.coco, problems) for k, item in enumerate(items)]
     gt = out / _GT / f"{index:06d}{GT_SUFFIX}"
-    gt.unlink(missing_ok=True)  # a rerun writes it anew, or not at all
-    records, found = index_items(items, listing.classes, max_pixels, gt, keep_untagged, set(listing.unannotated))
+    for stale in [gt, *decoded_masks(gt)]:  # a rerun writes them anew, or not at all
+        stale.unlink(missing_ok=True)
+    labelmap = None if listing.labelmap is None else Path(listing.labelmap)
+    records, found = index_items(
+        items, listing.classes, max_pixels, gt, keep_untagged, set(listing.unannotated), labelmap
+    )
     path = out / _SLICES / f"{index:06d}.json"
     path.write_text(json.dumps({"records": [r.__dict__ for r in records], "problems": problems + found}))
-    return [path, *([gt] if gt.is_file() else [])], {"images": len(items), "problems": len(problems + found)}
+    written = [path, *([gt] if gt.is_file() else []), *decoded_masks(gt)]
+    return written, {"images": len(items), "problems": len(problems + found)}
 
 
 def _with_annotations(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from labelgen.data.colours import LABELMAP, colour_table, decode_colours, pack_rgb, read_labelmap
 from labelgen.data.manifest import ImageRecord
 from labelgen.errors import DataError
 
@@ -62,7 +63,7 @@ def read_mask(path: Path | str) -> np.ndarray:
             if img.mode in ("P", "L"):
                 return np.asarray(img, dtype=np.uint8).copy()
             if img.mode in ("RGB", "RGBA"):  # a colour mask the index accepted (`read_user_mask`)
-                return _decode_colours(np.asarray(img)[..., :3], path, IGNORE_INDEX)
+                return _decode_voc_colours(np.asarray(img)[..., :3], path, IGNORE_INDEX)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 values = np.asarray(img)
                 if values.max() > 255:
@@ -83,13 +84,16 @@ def read_mask(path: Path | str) -> np.ndarray:
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def read_user_mask(path: Path, num_labels: int) -> tuple[np.ndarray, str | None]:
+def read_user_mask(path: Path, classes: tuple[str, ...], labelmap: Path | None = None) -> tuple[np.ndarray, str | None]:
     """An H×W uint8 class-index mask from a file a person saved, and a note when it had to be
     decoded (a colour mask). Read as people save masks:
     - palette (P) or grayscale PNG: the values are class indices, unless the palette shows another
       tool's class order (an index drawn in the VOC colour of another class): refused;
-    - colour (RGB/RGBA) PNG: decoded against the VOC palette (label k = VOC colour k, 255 = the VOC
-      ignore colour), where every colour is one of the `num_labels` labels' colours; else refused;
+    - where the data set declares its colours (`labelmap`, a CVAT/Datumaro `labelmap.txt`:
+      `labelgen.data.colours.colour_table`), a colour or palette PNG is decoded by its colours;
+    - else a colour (RGB/RGBA) PNG is decoded against the VOC palette (label k = VOC colour k,
+      255 = the VOC ignore colour);
+    a colour that is no class's is refused, naming it;
     - JPEG bytes under any name: refused (lossy: class values change along every edge).
     Raises `DataError` naming the file, what is wrong and the fix."""
     try:
@@ -104,12 +108,21 @@ def read_user_mask(path: Path, num_labels: int) -> tuple[np.ndarray, str | None]
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGB", "RGBA"):
-                return _decode_colours(np.asarray(img)[..., :3], path, num_labels), (
-                    f"colour mask {path} decoded with the VOC palette"
+            if labelmap is not None and img.mode in ("RGB", "RGBA", "P"):  # the colours say the class
+                rgb = np.asarray(img.convert("RGB"))
+                table, unnamed = colour_table(read_labelmap(labelmap), classes, IGNORE_INDEX)
+                why = (
+                    f"of colour mask {path} are no class's colour in {labelmap}; list each there under a class "
+                    f"name (or background, ignore)"
                 )
+                return decode_colours(rgb, table, why, unnamed), f"colour mask {path.name} decoded with {labelmap}"
+            if img.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(img)[..., :3]
+                return _decode_voc_colours(
+                    rgb, path, len(classes)
+                ), f"colour mask {path.name} decoded with the VOC palette"
             if img.mode == "P":
-                _check_palette_order(img, path, num_labels)
+                _check_palette_order(img, path, len(classes))
     except OSError as e:
         raise DataError(f"{path}: unreadable mask ({e}); replace or remove it") from e
     return read_mask(path), None
@@ -117,25 +130,17 @@ def read_user_mask(path: Path, num_labels: int) -> tuple[np.ndarray, str | None]
 
 def _voc_colours(num_labels: int) -> dict[int, int]:
     """{packed RGB: label} of the VOC palette's colours for labels 0..num_labels-1 and ignore (255)."""
-    palette = np.array(voc_palette(), np.int64).reshape(256, 3)
-    packed = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    palette = np.array(voc_palette(), np.uint8).reshape(1, 256, 3)
+    packed = pack_rgb(palette)[0]
     return {int(packed[k]): k for k in [*range(min(num_labels, IGNORE_INDEX)), IGNORE_INDEX]}
 
 
-def _decode_colours(rgb: np.ndarray, path: Path, num_labels: int) -> np.ndarray:
-    packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-    colours, inverse = np.unique(packed, return_inverse=True)
-    known = _voc_colours(num_labels)
-    unknown = [c for c in colours.tolist() if c not in known]
-    if unknown:
-        shown = ", ".join(f"({c >> 16},{(c >> 8) & 255},{c & 255})" for c in unknown[:3])
-        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        raise DataError(
-            f"colour mask {path} has colours {shown}{more} that are no class's VOC palette colour; "
-            "save class indices (a palette or grayscale PNG)"
-        )
-    labels = np.array([known[c] for c in colours.tolist()], np.uint8)
-    return labels[inverse.reshape(packed.shape)]
+def _decode_voc_colours(rgb: np.ndarray, path: Path, num_labels: int) -> np.ndarray:
+    why = (
+        f"of colour mask {path} are no class's VOC palette colour; save class indices or declare the "
+        f"colours in a {LABELMAP} at the data set root"
+    )
+    return decode_colours(rgb, _voc_colours(num_labels), why)
 
 
 def _check_palette_order(img: Image.Image, path: Path, num_labels: int) -> None:
@@ -152,8 +157,8 @@ def _check_palette_order(img: Image.Image, path: Path, num_labels: int) -> None:
     if moved:
         i, k = moved[0]
         raise DataError(
-            f"palette mask {path}: index {i} is drawn in the VOC colour of label {k}: its indices follow "
-            "another class order; write class-list indices (1 = first class in classes.txt)"
+            f"palette mask {path} draws index {i} in the VOC colour of label {k}: another class order; "
+            "write class-list indices (1 = first class in classes.txt)"
         )
 
 

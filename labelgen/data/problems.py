@@ -3,8 +3,10 @@ print them."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 # What labelgen did about an entry (its `action`).
@@ -38,10 +40,35 @@ def is_problem(entry: dict[str, str]) -> bool:
     return entry["action"] not in NOTE_ACTIONS
 
 
+# an absolute path inside a reason: up to whitespace or the punctuation that ends one in our messages
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s:;,'\"()\[\]]+")
+
+
+def _relative_to(anchor: str) -> Callable[[re.Match[str]], str]:
+    """A path of the line shown from the folder it shares with the line's `anchor`, its first path
+    (the data set's folders are said once, not again for each image, mask or label map named)."""
+    folder = os.path.dirname(anchor)
+
+    def shorten(match: re.Match[str]) -> str:
+        path = match.group(0)
+        if not anchor.startswith("/") or path == anchor:
+            return path
+        common = os.path.commonpath([folder, path])
+        return path if common in ("/", "") else os.path.relpath(path, common)
+
+    return shorten
+
+
 def describe(entry: dict[str, str]) -> str:
-    """One line: `<tags file>:<line> <file>: <reason> [<action>]`."""
-    where = f"{entry['where']} " if entry.get("where") and entry["where"] != entry["file"] else ""
-    return f"{where}{entry['file']}: {entry['reason']} [{entry['action']}]"
+    """One line: `<tags file>:<line> <file>: <reason> [<action>]`. The line's first path is shown
+    whole; the others (the image after its tags-file row, masks, label maps in the reason) relative
+    to the folder they share with it, so a line stays short however deep the data set lies."""
+    where = entry.get("where") if entry.get("where") != entry["file"] else None
+    anchor = (where or entry["file"]).rsplit(":", 1)[0] if where else entry["file"]
+    shorten = _relative_to(anchor)
+    file = _ABSOLUTE_PATH.sub(shorten, entry["file"])
+    reason = _ABSOLUTE_PATH.sub(shorten, entry["reason"])
+    return f"{where} {file}: {reason} [{entry['action']}]" if where else f"{file}: {reason} [{entry['action']}]"
 
 
 def summary(usable: int, entries: list[dict[str, str]]) -> str:

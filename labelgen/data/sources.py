@@ -24,6 +24,7 @@ from labelgen.data.classes import (
     read_class_file,
     voc_classes,
 )
+from labelgen.data.colours import LABELMAP
 from labelgen.data.json_stream import JsonObjectStream
 from labelgen.data.problems import (
     ANNOTATION_SKIPPED,
@@ -78,6 +79,8 @@ class Listing:
     slices: int = 0  # slices they were cut into
     # splits whose COCO JSON holds no annotation at all: named once here, not once per untagged image
     unannotated: list[str] = field(default_factory=list)
+    # the data set's declared mask colours (a CVAT/Datumaro labelmap.txt; `declared_labelmap`)
+    labelmap: str | None = None
 
     def save(self, path: Path) -> None:
         coco = self.coco and {
@@ -141,9 +144,16 @@ def voc_root(root: Path) -> Path:
     raise DataError(f"{root}: no JPEGImages folder in it, in VOC2012/ or in VOCdevkit/VOC2012/")
 
 
+def declared_labelmap(*folders: Path) -> str | None:
+    """The first `labelmap.txt` in `folders` (a data set root, its masks folder): the colours its
+    colour masks are drawn in, as CVAT's "Segmentation mask 1.1" export declares them."""
+    found = next((f / LABELMAP for f in folders if (f / LABELMAP).is_file()), None)
+    return None if found is None else os.path.abspath(found)
+
+
 def _list_voc(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     base = voc_root(root)
-    listing = Listing(classes=declared_classes(params, root))
+    listing = Listing(classes=declared_classes(params, root), labelmap=declared_labelmap(base))
     names = {n: i for i, n in enumerate(listing.classes)}
     for split in splits:
         aug = split == "train_aug"
@@ -473,7 +483,7 @@ def _coco_item(img: Any, split: str, image_dir: Path, ann_file: Path, listing: L
 # ----------------------------------------------------------------------------------- folder and demo
 def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     """Every row of the tags file becomes an item or a problem naming its line."""
-    listing = Listing(classes=declared_classes(params, root))
+    listing = Listing(classes=declared_classes(params, root), labelmap=declared_labelmap(root, root / "masks"))
     names = {n: i for i, n in enumerate(listing.classes) if i > 0}
     tags_path = root / params.tags_file
     stems: set[str] = set()  # of every image the tags file names: their masks are accounted for
@@ -515,7 +525,7 @@ def _unread_masks(folder: Path, stems: set[str]) -> list[dict[str, str]]:
     if not folder.is_dir():
         return []
     found = []
-    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name != LABELMAP):
         if path.suffix != ".png" and path.stem in stems:
             why = f"mask {path.name} is not read: masks are read as masks/<image stem>.png; save it so"
         elif path.suffix != ".png" or path.stem not in stems:

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from labelgen.data.coco_gt import check_coco, gt_reference, write_gt_file
+from labelgen.data.coco_gt import GT_SUFFIX, check_coco, gt_reference, write_gt_file
 from labelgen.data.fingerprint import file_digest
 from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
-from labelgen.data.masks import IGNORE_INDEX, read_user_mask, tags_from_mask, value_counts
+from labelgen.data.masks import IGNORE_INDEX, read_user_mask, tags_from_mask, value_counts, write_mask
 from labelgen.data.problems import CONVERTED, NOT_ORIENTED, NOT_SCORED, ORIENTED, problem
 from labelgen.data.sources import SourceItem
 from labelgen.errors import DataError
@@ -103,19 +103,23 @@ def index_items(
     gt_file: Path,
     keep_untagged: bool = False,
     unannotated: set[str] = frozenset(),
+    labelmap: Path | None = None,
 ) -> tuple[list[ImageRecord], list[dict[str, str]]]:
     """Validate each item; return manifest rows for the good ones and a problem for each bad one
     (and a note for each image kept with a decision: conversion, orientation, GT not scored).
     Items of the `unannotated` splits (a COCO JSON without annotations, named once by the lister)
     get no line of their own for having no tags; they are kept or left out as the others.
     The usable COCO shapes of the rows with complete COCO GT go into `gt_file` (written only if
-    there are any); their `mask` refers to their entry there."""
+    there are any); their `mask` refers to their entry there. Colour masks are decoded against
+    `labelmap` (the data set's declared colours) where it is given, and written as class-index PNGs
+    beside `gt_file` (`decoded_masks`), which their rows' `mask` names."""
     records, problems, shapes = [], [], {}
     gt_file = gt_file.resolve()
     for n, item in enumerate(items):
         notes: list[tuple[str, str]] = []
         try:
-            record, coco = _index_one(item, classes, max_pixels, gt_reference(gt_file, n), notes)
+            decoded = decoded_mask_path(gt_file, n) if labelmap is not None else None
+            record, coco = _index_one(item, classes, max_pixels, gt_reference(gt_file, n), notes, labelmap, decoded)
         except DataError as e:
             problems.append(problem(item.image, str(e).removeprefix(f"{item.image}: "), where=item.where))
             continue
@@ -135,11 +139,28 @@ def index_items(
     return records, problems
 
 
+def decoded_mask_path(gt_file: Path, n: int) -> Path:
+    """Where item `n` of the slice whose COCO GT file is `gt_file` keeps its decoded colour mask."""
+    return gt_file.with_name(f"{gt_file.name.removesuffix(GT_SUFFIX)}.{n}.png")
+
+
+def decoded_masks(gt_file: Path) -> list[Path]:
+    """The decoded colour masks of the slice whose COCO GT file is `gt_file`."""
+    return sorted(gt_file.parent.glob(f"{gt_file.name.removesuffix(GT_SUFFIX)}.*.png"))
+
+
 def _index_one(
-    item: SourceItem, classes: tuple[str, ...], max_pixels: int, gt_ref: str, notes: list[tuple[str, str]]
+    item: SourceItem,
+    classes: tuple[str, ...],
+    max_pixels: int,
+    gt_ref: str,
+    notes: list[tuple[str, str]],
+    labelmap: Path | None,
+    decoded_path: Path | None,
 ) -> tuple[ImageRecord, list[dict[str, Any]] | None]:
     """The manifest row of one item, and its usable COCO shapes where its COCO GT is complete
-    (the row's `mask` is then `gt_ref`)."""
+    (the row's `mask` is then `gt_ref`; a colour mask decoded with `labelmap` is written to
+    `decoded_path`, and the row's `mask` names that file)."""
     info = inspect_image(item.image, max_pixels)
     if info.converted:
         notes.append((info.converted, CONVERTED))
@@ -154,15 +175,19 @@ def _index_one(
     else:
         if mask_path is not None:
             try:
-                mask, decoded = read_user_mask(mask_path, len(classes))
+                mask, decoded = read_user_mask(mask_path, classes, labelmap)
             except DataError as e:
                 if tags is None:  # the mask was the only source of tags
                     raise
-                notes.append((f"{e}; the image is used without GT", NOT_SCORED))
+                notes.append((str(e), NOT_SCORED))  # the action says the image trains without GT
                 mask_path = None
             else:
                 if decoded:
                     notes.append((decoded, CONVERTED))
+                    if labelmap is not None:  # later reads see class indices, not colours
+                        decoded_path.parent.mkdir(parents=True, exist_ok=True)
+                        write_mask(decoded_path, mask)
+                        mask_path = decoded_path
         try:
             annotated = None if mask is None else (mask.shape[1], mask.shape[0])
             orientation, note = choose_orientation(info, annotated, f"its mask {mask_path}")
@@ -170,7 +195,7 @@ def _index_one(
             if tags is None:  # the mask was the only source of tags
                 raise
             orientation, note = choose_orientation(info, None, "")
-            notes.append((f"{e}; the image is used without GT", NOT_SCORED))
+            notes.append((str(e), NOT_SCORED))  # the action says the image trains without GT
             mask, mask_path = None, None
     if note:
         notes.append((note, ORIENTED if orientation != 1 else NOT_ORIENTED))

@@ -29,7 +29,9 @@ import numpy as np
 from PIL import Image
 
 from labelgen.data.coco_gt import check_coco, rasterise
+from labelgen.data.colours import colour_table, decode_colours, parse_labelmap
 from labelgen.data.manifest import ImageRecord, Manifest
+from labelgen.data.masks import IGNORE_INDEX
 from labelgen.errors import DataError
 from labelgen.review.brush import results_to_mask
 from labelgen.review.pulled import Correction
@@ -137,21 +139,6 @@ def _tree(path: Path, fmt: str) -> _Tree:
         raise DataError(f"{path}: not a zip archive ({e}); pass the {fmt} export's .zip or its unpacked folder") from e
 
 
-def parse_labelmap(text: str, where: str) -> dict[tuple[int, int, int], str]:
-    """{(r, g, b): label name} of a CVAT/Datumaro `labelmap.txt` (`name:r,g,b:parts:actions`, `#` comments)."""
-    colours = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.partition(":")
-        rgb = rest.split(":")[0].split(",")
-        if len(rgb) != 3 or not all(v.strip().isdigit() for v in rgb):
-            raise DataError(f"{where} line {n}: {line!r} is not `name:r,g,b::`")
-        colours[tuple(int(v) for v in rgb)] = name
-    return colours
-
-
 def _cvat_mask(path: Path, manifest: Manifest) -> list[Correction]:
     tree = _tree(path, "Segmentation mask 1.1")
     names = tree.names()
@@ -159,12 +146,11 @@ def _cvat_mask(path: Path, manifest: Manifest) -> list[Correction]:
     if labelmap is None:
         raise DataError(f"{path}: no labelmap.txt; export the task as CVAT's 'Segmentation mask 1.1' (it writes one)")
     colours = parse_labelmap(tree.read(labelmap).decode("utf-8-sig"), f"{path}/{labelmap}")
-    label_of = {name: k for k, name in enumerate(manifest.classes)}
-    label_of.setdefault("background", 0)
-    unknown = sorted(n for n in colours.values() if n not in label_of)
-    if unknown:
+    table, unnamed = colour_table(colours, manifest.classes, IGNORE_INDEX)
+    if unnamed:
+        unknown = ", ".join(map(repr, sorted(set(unnamed.values()))))
         raise DataError(
-            f"{path}/{labelmap}: labels {', '.join(map(repr, unknown))} are not classes of this run "
+            f"{path}/{labelmap}: labels {unknown} are not classes of this run "
             f"({', '.join(manifest.classes[1:])}); name the task's labels as the run's classes"
         )
     masks = [n for n in names if "SegmentationClass/" in n and n.lower().endswith(".png")]
@@ -175,23 +161,9 @@ def _cvat_mask(path: Path, manifest: Manifest) -> list[Correction]:
         where = f"{path}/{name}"
         record = matcher.find(name.split("SegmentationClass/", 1)[1], where)
         rgb = np.asarray(Image.open(io.BytesIO(tree.read(name))).convert("RGB"))
-        mask = _colours_to_labels(rgb, colours, label_of, where)
+        mask = decode_colours(rgb, table, f"of {where} are not in {labelmap}")
         out.append(Correction(record.id, mask, "", "", where))
     return out
-
-
-def _colours_to_labels(
-    rgb: np.ndarray, colours: dict[tuple[int, int, int], str], label_of: dict[str, int], where: str
-) -> np.ndarray:
-    """H×W uint8 labels of an H×W×3 colour mask; `DataError` for a colour the label map lacks."""
-    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-    table = {(r << 16) | (g << 8) | b: label_of[name] for (r, g, b), name in colours.items()}
-    present, inverse = np.unique(codes, return_inverse=True)
-    missing = [int(c) for c in present if int(c) not in table]
-    if missing:
-        c = missing[0]
-        raise DataError(f"{where}: colour {(c >> 16, (c >> 8) & 255, c & 255)} is not in labelmap.txt")
-    return np.array([table[int(c)] for c in present], np.uint8)[inverse.reshape(codes.shape)]
 
 
 # ----------------------------------------------------------------------------- COCO
