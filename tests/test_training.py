@@ -20,7 +20,7 @@ import torch
 
 from labelgen.config import DatasetParams
 from labelgen.data.manifest import Manifest
-from labelgen.errors import ConfigError, RankLostError
+from labelgen.errors import ConfigError, LabelgenError, RankLostError
 from labelgen.stages.train_cam import CamTraining
 from labelgen.stages.train_decoder import DecoderTraining, train_decoder
 from labelgen.store.checkpoint import checkpoint_position, load_checkpoint
@@ -172,6 +172,23 @@ def test_more_ranks_than_workers_is_a_clear_error(tmp_path, demo, client):
     recipe = decoder_recipe(demo, "train_decoder.devices=4")
     with pytest.raises(ConfigError, match=r"train_decoder.devices=4 but the cluster has 2 training worker"):
         run_decoder(recipe, demo, tmp_path / "four", client)
+
+
+def test_more_ranks_than_workers_is_refused_by_a_run_before_any_stage_starts(tmp_path, client):
+    """Both trainings ask for 4 ranks on a cluster of 2 workers: one run refuses both at once, once the
+    cluster is up and before the index (the first stage) writes anything; its locks are freed."""
+    from labelgen.pipeline.runner import plan_run, prepare_run, run_pipeline
+
+    recipe = tiny_recipe("train_cam.devices=4", "train_decoder.devices=4")
+    with pytest.raises(LabelgenError) as refused:
+        run_pipeline(recipe, tmp_path / "run", "full", client)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2, lines
+    assert "train_cam.devices=4 but the cluster has 2 training worker(s)" in lines[0]
+    assert "train_decoder.devices=4 but the cluster has 2 training worker(s)" in lines[1]
+    for p in plan_run(recipe, tmp_path / "run", "full"):
+        assert not p.artifact.path.exists(), p.artifact.path
+    prepare_run(tiny_recipe(), tmp_path / "run", "full").release()  # no lock left behind
 
 
 def test_ranks_outside_a_cluster_is_a_clear_error(tmp_path, demo):

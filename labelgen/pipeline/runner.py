@@ -207,8 +207,14 @@ def record_run(run_dir: Path, recipe: Recipe, target: str, plan: list[PlannedSta
 
 
 def execute_run(run: PreparedRun, client: Client) -> dict[str, Artifact]:
-    """Compute every stage of a prepared run that is not done, on `client`; release its locks."""
+    """Compute every stage of a prepared run that is not done, on `client`; release its locks.
+    Raises the stages' cluster checks' problems (all at once) before any stage starts."""
     try:
+        problems: dict[str, LabelgenError] = {}
+        for p in run.todo:
+            for check in p.stage.cluster_checks:
+                _collect(problems, check, run.recipe, p.artifact.path, client)
+        raise_problems(list(problems.values()))
         for n, p in enumerate(run.plan):
             if p in run.todo:
                 replace = p.stage.name in run.forced and p.artifact.is_complete()

@@ -162,6 +162,10 @@ class Stage:
     # list is known before any work (VOC, demo, a folder's class file, a finished index), else right
     # after the index has read it (COCO's, from its JSON); each raises a LabelgenError
     class_checks: tuple[Callable[[Recipe, tuple[str, ...]], None], ...] = ()
+    # checks of settings against the cluster the run computes on (`check(recipe, artifact folder,
+    # client)`: a training's devices against its workers), run once the cluster is up and before any
+    # stage of the run starts; each raises a LabelgenError
+    cluster_checks: tuple[Callable[[Recipe, Path, Any], None], ...] = ()
     # an optional stage: part of a run only where present(recipe, run_dir) says its input is there
     # (corrections: only where people's corrections were pulled), so runs without it keep their keys
     present: Callable[[Recipe, Path], bool] | None = None

@@ -33,7 +33,7 @@ from labelgen.numerics.metrics import SELECTION_THRESHOLDS, cam_threshold_sweep,
 from labelgen.pipeline.stage import Output, Stage, StageContext, Unit, UnitResult
 from labelgen.store.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from labelgen.training.loop import LAST, LOG, LoopSettings, train
-from labelgen.training.ranks import Ranks, run_ranks
+from labelgen.training.ranks import Ranks, check_devices, run_ranks
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,11 @@ def _check_weights(recipe, run_dir: Path) -> None:
     check_weights(p.backbone, p.weights, "train_cam.weights")
 
 
+def _check_devices(recipe, out: Path, client) -> None:
+    p = recipe["train_cam"]
+    check_devices("train_cam", p.devices, p.batch_size, client, out / LAST)
+
+
 STAGE = Stage(
     name="train_cam",
     version=2,
@@ -259,4 +264,5 @@ STAGE = Stage(
         Output("log", LOG, "one JSON line per epoch"),
     ),
     checks=(_check_weights,),
+    cluster_checks=(_check_devices,),
 )

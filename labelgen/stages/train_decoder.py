@@ -35,7 +35,7 @@ from labelgen.review.pulled import corrected_masks
 from labelgen.store.checkpoint import TrainingState
 from labelgen.store.sharded import ImageArrays
 from labelgen.training.loop import LAST, LOG, LoopSettings, train
-from labelgen.training.ranks import Ranks, run_ranks
+from labelgen.training.ranks import Ranks, check_devices, run_ranks
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,11 @@ def _check_weights(recipe, run_dir: Path) -> None:
     check_weights(p.backbone, p.weights, "train_decoder.weights")
 
 
+def _check_devices(recipe, out: Path, client) -> None:
+    p = recipe["train_decoder"]
+    check_devices("train_decoder", p.devices, p.batch_size, client, out / LAST)
+
+
 def _check_clip_start(recipe, classes: tuple[str, ...]) -> None:
     p: TrainDecoderParams = recipe["train_decoder"]
     problem = clip_start_problem(p.clip_start, len(classes)) if p.gradient_clipping else None
@@ -278,5 +283,6 @@ STAGE = Stage(
     key_extra=_key_extra,
     used_inputs=_used_inputs,
     checks=(_check_weights,),
+    cluster_checks=(_check_devices,),
     class_checks=(_check_clip_start,),
 )

@@ -164,6 +164,22 @@ def run_ranks(
         return _watch(client, futures, chosen, name, last, timeout_s)
 
 
+def check_devices(name: str, devices: str, batch_size: int, client: Any, last: Path) -> None:
+    """Before any work of a run: `devices` against the training workers of `client`'s cluster
+    (`training_workers`), as `run_ranks` would find them. A training with a resume state (`last`)
+    is not checked: it continues on the workers there are, at the same global batch. Raises
+    `ConfigError` for more ranks than workers, or an "all" count that does not divide the batch."""
+    if devices == "1" or checkpoint_position(last) is not None:
+        return
+    workers = training_workers(client, "")
+    if devices != "all" and int(devices) > len(workers):
+        raise ConfigError(
+            f"{name}.devices={devices} but the cluster has {len(workers)} training worker(s); "
+            f"start more workers or lower {name}.devices"
+        )
+    _check_split(name, devices, batch_size, len(workers) if devices == "all" else int(devices))
+
+
 def _check_split(name: str, devices: str, batch_size: int, shards: int) -> None:
     if batch_size % shards:
         raise ConfigError(
