@@ -3,10 +3,12 @@ where the result went. Errors a user can cause are printed without a traceback."
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -130,6 +132,7 @@ def run(target, dataset, data_root, run_dir, recipe, overrides, scheduler, worke
     prepared = prepare_run(resolved, run_path, target, tuple(force))  # every refusal before a cluster starts
     try:
         with open_client(scheduler, workers, cluster) as client:
+            _quiet_exit_on_ctrl_c()
             artifacts = execute_run(prepared, client)
     except KeyboardInterrupt:
         prepared.release()
@@ -204,17 +207,29 @@ def _dry_run_checks(recipe, run_path: Path, plan: list, todo: list) -> None:
 
 
 def _interrupted(run_path: Path) -> None:
-    """Ctrl-C: one line saying what is finished and the command that resumes; exit 130 (128 + SIGINT)."""
+    """Ctrl-C in a run: one line saying what is finished and the command that resumes; exit 130."""
     from labelgen.pipeline.status import run_status
 
     states = {r.stage: r for r in run_status(run_path)}
     done = [s for s, r in states.items() if r.state == "done"]
     partial = [f"{s} ({r.detail.split()[0]} units)" for s, r in states.items() if r.state == "partial"]
     kept = f"done: {', '.join(done) or 'no stage'}" + (f"; partly done: {', '.join(partial)}" if partial else "")
+    _interrupted_with(f"finished work is kept ({kept})")
+
+
+def _interrupted_with(kept: str) -> None:
+    """Ctrl-C: one line saying what is kept and the command that resumes; exit 130 (128 + SIGINT)."""
     command = " ".join(shlex.quote(a) for a in ["labelgen", *sys.argv[1:]])
     # Starts on a line of its own: a worker's progress bar may have left the cursor mid-line.
-    click.echo(f"\ninterrupted; finished work is kept ({kept}); resume with: {command}", err=True)
+    click.echo(f"\ninterrupted; {kept}; resume with: {command}", err=True)
     sys.exit(130)
+
+
+def _quiet_exit_on_ctrl_c() -> None:
+    """From the end of this process on, ignore Ctrl-C: dask's exit handlers (registered when it was
+    imported; this one, registered later, runs before them) close what is left of the cluster, and a
+    Ctrl-C landing in one printed "Exception ignored in atexit callback ... KeyboardInterrupt"."""
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
 
 
 @main.command()
@@ -364,11 +379,17 @@ def export(run_dir, what, fmt, out, image_format, scheduler, workers) -> None:
     if scheduler:
         scheduler_security(scheduler)  # a tls:// address's certificate files: checked before any work
     # another export into the folder, a wrong format and a missing output are refused before a cluster starts
-    with (
-        export_folder(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), image_format) as (source, folder),
-        open_client(scheduler, workers) as client,
-    ):
-        counts = write_export(source, what, fmt, folder, client, image_format)
+    counts = None
+    try:
+        with (
+            export_folder(Path(run_dir).resolve(), what, fmt, Path(out).resolve(), image_format) as (source, folder),
+            open_client(scheduler, workers) as client,
+        ):
+            _quiet_exit_on_ctrl_c()
+            counts = write_export(source, what, fmt, folder, client, image_format)
+    except KeyboardInterrupt:
+        if counts is None:  # else Ctrl-C came while the cluster closed: the export is whole
+            _interrupted_with("finished shards are kept and not rewritten")
     click.echo(f"exported {counts} -> {Path(out).resolve()}")
 
 

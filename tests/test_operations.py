@@ -118,6 +118,26 @@ def test_ctrl_c_stops_quietly_and_says_how_to_resume(tmp_path):
     assert f"train_cam: epoch {after + 2}/100000" in err  # it went on from there
 
 
+def test_ctrl_c_in_an_export_stops_quietly_and_the_same_command_resumes(tmp_path, tiny_full_run):
+    """Ctrl-C as soon as the export's cluster is up (before any shard can finish): exit 130, one line
+    saying what is kept and the command that resumes; no traceback, no KeyboardInterrupt or
+    CancelledError from dask's exit handlers or workers. The same command then exports everything."""
+    out = tmp_path / "exported"
+    cmd = labelgen_cmd(
+        "export", "--run-dir", str(tiny_full_run), "--what", "pseudo_labels", "--format", "yolo", "--out", str(out)
+    )
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), start_new_session=True)
+    err = _interrupt_when(proc, lambda text: "started a LocalCluster" in text, "cluster start")
+    assert proc.returncode == 130, err[-2000:]
+    for noise in ("Traceback", "KeyboardInterrupt", "CancelledError", "Exception ignored", "still alive"):
+        assert noise not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted; finished shards are kept and not rewritten; resume with: labelgen export")
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    assert again.returncode == 0 and f"-> {out}" in again.stdout, again.stderr[-2000:]
+    assert len(list((out / "images" / "train").iterdir())) == 24
+
+
 def test_refused_second_run_leaves_the_run_folder_alone(tmp_path, client):
     from labelgen.pipeline.runner import plan_run, run_pipeline
     from tests.conftest import tiny_recipe

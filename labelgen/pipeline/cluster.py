@@ -17,6 +17,7 @@ from distributed.security import Security
 
 from labelgen.devices import available_cores, local_gpu_count
 from labelgen.errors import ConfigError
+from labelgen.pipeline.worker_process import QuietWorkerLogs
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def open_client(scheduler: str | None, workers: int | None, cluster: str = "loca
     _quiet_dask_logs()
     with _client(scheduler, workers, cluster) as client:
         client.forward_logging("labelgen", level=logging.INFO)
+        client.register_plugin(QuietWorkerLogs(), name="labelgen-quiet-worker-logs")
         yield client
 
 

@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
@@ -64,6 +66,15 @@ class _DropCancelledOnClose(logging.Filter):
 def _quiet_failed_tasks() -> None:  # once per process
     logging.getLogger("distributed.worker").addFilter(_DropComputeFailed())
     logging.getLogger("distributed.worker.state_machine").addFilter(_DropCancelledOnClose())
+
+
+class QuietWorkerLogs(WorkerPlugin):
+    """Installs the filters above on every worker as it joins (`Client.register_plugin`), before any
+    task: a unit cancelled by Ctrl-C before its body ran (`prepare_worker_process` installs them
+    too) would otherwise still warn."""
+
+    def setup(self, worker) -> None:
+        _quiet_failed_tasks()
 
 
 def prepare_worker_process(log_level: int = logging.INFO) -> None:
