@@ -485,3 +485,42 @@ def test_a_colour_the_labelmap_lacks_is_named_and_only_that_gt_is_left_out(tmp_p
     manifest = index_dataset(DatasetParams(name="voc", train_split="train", val_split="val"), voc, tmp_path / "out")
     third = next(r for r in manifest.records if r.id not in (first, second))
     assert np.array_equal(gt_mask(third), truth[third.id])
+
+
+def test_a_label_map_is_checked_once_for_the_whole_data_set(tmp_path):
+    """A malformed labelmap.txt is one error (exit 2) naming its line, not a line per image; two that
+    disagree (root and masks/ of a folder set) are refused naming both; a name that is no class and
+    colours no mask is one note."""
+    voc, truth, colour_of, names = _cvat_voc(tmp_path)
+    base = voc / "VOC2012"
+    labelmap = base / "labelmap.txt"
+    good = labelmap.read_text()
+    args = ["data", "check", "--dataset", "voc", "--data-root", str(voc), "--set", "dataset.train_split=train"]
+    labelmap.write_text(good + "zebra:5,6,7::\n")
+    noted = CliRunner().invoke(main, args)
+    assert noted.exit_code == 0, noted.output
+    zebra = [line for line in noted.output.splitlines() if "'zebra'" in line]
+    assert len(zebra) == 1 and zebra[0].endswith("[label not a class]") and "(5,6,7)" in zebra[0]
+    labelmap.write_text(good + "cat:12,34::\n")
+    malformed = CliRunner().invoke(main, args)
+    errors = [line for line in malformed.output.splitlines() if line.startswith("error:")]
+    assert malformed.exit_code == 2 and len(errors) == 1, malformed.output
+    assert f"{labelmap} line {len(good.splitlines()) + 1}: 'cat:12,34::'" in errors[0]
+    # a folder set with a label map at its root and another in masks/
+    root = tmp_path / "folder"
+    (root / "masks").mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(names[1:]) + "\n")
+    rows = ["image,tags"]
+    for stem in truth:
+        shutil.copy(base / "JPEGImages" / f"{stem}.jpg", root / f"{stem}.jpg")
+        shutil.copy(base / "SegmentationClass" / f"{stem}.png", root / "masks" / f"{stem}.png")
+        rows.append(f"{stem}.jpg,{';'.join(names[v] for v in np.unique(truth[stem]) if 0 < v < 255)}")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    (root / "labelmap.txt").write_text(good)
+    (root / "masks" / "labelmap.txt").write_text(good.replace(names[1], names[2] + "x"))
+    both = CliRunner().invoke(main, ["data", "check", "--dataset", "folder", "--data-root", str(root)])
+    assert both.exit_code == 2 and "declare different mask colours" in both.output, both.output
+    (root / "masks" / "labelmap.txt").unlink()
+    manifest = index_dataset(FOLDER_SET, root, tmp_path / "out")
+    for record in manifest.records:
+        assert np.array_equal(gt_mask(record), truth[record.id]), record.id

@@ -20,9 +20,10 @@ NOT_ORIENTED = "EXIF orientation not applied"
 NOT_INDEXED = "not indexed (split not used)"
 CATEGORY_NOT_A_CLASS = "category not made a class"  # a COCO root category (Roboflow's id 0)
 FILE_NOT_READ = "file not read"  # a file a person put among the data that no image uses
+LABEL_NOT_A_CLASS = "label not a class"  # a name in a data set's labelmap.txt that no class has
 
 # actions that record a decision about a usable image or an unused row: a note, not a problem
-NOTE_ACTIONS = (CONVERTED, ORIENTED, NOT_ORIENTED, NOT_INDEXED, CATEGORY_NOT_A_CLASS)
+NOTE_ACTIONS = (CONVERTED, ORIENTED, NOT_ORIENTED, NOT_INDEXED, CATEGORY_NOT_A_CLASS, LABEL_NOT_A_CLASS)
 
 
 def problem(file: Path | str, reason: str, action: str = LEFT_OUT, where: str | None = None) -> dict[str, str]:

@@ -24,12 +24,14 @@ from labelgen.data.classes import (
     read_class_file,
     voc_classes,
 )
-from labelgen.data.colours import LABELMAP
+from labelgen.data.colours import LABELMAP, colour_table, read_labelmap, rgb_text
 from labelgen.data.json_stream import JsonObjectStream
+from labelgen.data.masks import IGNORE_INDEX
 from labelgen.data.problems import (
     ANNOTATION_SKIPPED,
     CATEGORY_NOT_A_CLASS,
     FILE_NOT_READ,
+    LABEL_NOT_A_CLASS,
     LEFT_OUT,
     NOT_INDEXED,
     NOT_SCORED,
@@ -144,16 +146,34 @@ def voc_root(root: Path) -> Path:
     raise DataError(f"{root}: no JPEGImages folder in it, in VOC2012/ or in VOCdevkit/VOC2012/")
 
 
-def declared_labelmap(*folders: Path) -> str | None:
-    """The first `labelmap.txt` in `folders` (a data set root, its masks folder): the colours its
-    colour masks are drawn in, as CVAT's "Segmentation mask 1.1" export declares them."""
-    found = next((f / LABELMAP for f in folders if (f / LABELMAP).is_file()), None)
-    return None if found is None else os.path.abspath(found)
+def declared_labelmap(classes: tuple[str, ...], listing: Listing, *folders: Path) -> str | None:
+    """The `labelmap.txt` in `folders` (a data set root, its masks folder): the colours its colour
+    masks are drawn in, as CVAT's "Segmentation mask 1.1" export declares them. Checked once, here:
+    raises `DataError` for a malformed one, or for two that disagree; a name that is no class
+    (background and ignore aside) is named once in `listing.problems` (a mask drawn in its colour is
+    refused, naming it)."""
+    found = [f / LABELMAP for f in folders if (f / LABELMAP).is_file()]
+    if not found:
+        return None
+    maps = [read_labelmap(path) for path in found]  # DataError naming the file and line
+    if any(m != maps[0] for m in maps[1:]):
+        raise DataError(
+            f"{found[0]} and {found[1]} declare different mask colours; keep one label map (remove the other)"
+        )
+    _, unnamed = colour_table(maps[0], classes, IGNORE_INDEX)
+    for code, name in sorted(unnamed.items(), key=lambda kv: kv[1]):
+        why = (
+            f"label {name!r} (colour {rgb_text(code)}) is no class of the class list; masks drawn in it are refused: "
+            "rename it to its class"
+        )
+        listing.problems.append(problem(found[0], why, LABEL_NOT_A_CLASS))
+    return os.path.abspath(found[0])
 
 
 def _list_voc(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     base = voc_root(root)
-    listing = Listing(classes=declared_classes(params, root), labelmap=declared_labelmap(base))
+    listing = Listing(classes=declared_classes(params, root))
+    listing.labelmap = declared_labelmap(listing.classes, listing, base)
     names = {n: i for i, n in enumerate(listing.classes)}
     for split in splits:
         aug = split == "train_aug"
@@ -483,7 +503,8 @@ def _coco_item(img: Any, split: str, image_dir: Path, ann_file: Path, listing: L
 # ----------------------------------------------------------------------------------- folder and demo
 def _list_folder(params: DatasetParams, root: Path, splits: list[str], sink: SliceWriter) -> Listing:
     """Every row of the tags file becomes an item or a problem naming its line."""
-    listing = Listing(classes=declared_classes(params, root), labelmap=declared_labelmap(root, root / "masks"))
+    listing = Listing(classes=declared_classes(params, root))
+    listing.labelmap = declared_labelmap(listing.classes, listing, root, root / "masks")
     names = {n: i for i, n in enumerate(listing.classes) if i > 0}
     tags_path = root / params.tags_file
     stems: set[str] = set()  # of every image the tags file names: their masks are accounted for
