@@ -230,7 +230,7 @@ def test_duplicate_ids_and_absolute_paths_outside_the_root(tmp_path):
     manifest = index_dataset(DatasetParams(name="folder", val_split=""), root, tmp_path / "out")
     problems = json.loads((tmp_path / "out" / "problems.json").read_text())
     assert [r.image for r in manifest.records] == [str((root / "a" / "good.jpg").resolve())]
-    assert any("duplicate image id 'good'" in p["reason"] for p in problems)
+    assert any("image id 'good' is also the id of" in p["reason"] and "rename one" in p["reason"] for p in problems)
     assert any("outside the data root" in p["reason"] for p in problems)
 
 

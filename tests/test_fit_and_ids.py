@@ -524,3 +524,31 @@ def test_a_label_map_is_checked_once_for_the_whole_data_set(tmp_path):
     manifest = index_dataset(FOLDER_SET, root, tmp_path / "out")
     for record in manifest.records:
         assert np.array_equal(gt_mask(record), truth[record.id]), record.id
+
+
+def test_a_deeplab_list_line_naming_a_missing_file_is_named_with_its_line(tmp_path):
+    """A two-column train_aug.txt whose line names an image or mask that is not there: one short
+    line naming the list's line and the missing path, not a missing XML annotation; a line naming an
+    image already listed says so, with the fix."""
+    voc = tmp_path / "voc"
+    shutil.copytree(SHARED / "data" / "voc2012-mini", voc)
+    base = voc / "VOC2012"
+    (base / "SegmentationClassAug").mkdir()
+    stems = sorted(p.stem for p in (base / "SegmentationClass").glob("*.png"))
+    for stem in stems:
+        shutil.copy(base / "SegmentationClass" / f"{stem}.png", base / "SegmentationClassAug" / f"{stem}.png")
+    lines = [f"/JPEGImages/{s}.jpg /SegmentationClassAug/{s}.png" for s in stems]
+    lines.append("/JPEGImages/2011_999999.jpg /SegmentationClassAug/2011_999999.png")
+    lines.append(f"/JPEGImages/{stems[0]}.jpg")
+    (base / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(lines) + "\n")
+    check = CliRunner().invoke(
+        main, ["data", "check", "--dataset", "voc", "--data-root", str(voc), "--set", "dataset.train_split=train_aug"]
+    )
+    out = check.output.splitlines()
+    missing = [line for line in out if "2011_999999" in line]
+    assert len(missing) == 1 and f"train_aug.txt:{len(stems) + 1}:" in missing[0], check.output
+    assert "JPEGImages/2011_999999.jpg and SegmentationClassAug/2011_999999.png" in missing[0]
+    assert "fix the path or remove the line" in missing[0] and "xml" not in missing[0].lower()
+    twice = [line for line in out if "listed twice" in line]
+    assert len(twice) == 1 and "remove it" in twice[0], check.output
+    assert all(len(line) < 300 for line in out), check.output

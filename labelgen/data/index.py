@@ -27,7 +27,7 @@ from typing import Any
 from labelgen.config import DatasetParams, Recipe
 from labelgen.data.coco_gt import GT_SUFFIX
 from labelgen.data.manifest import write_manifest
-from labelgen.data.problems import grouped, is_problem, problem
+from labelgen.data.problems import describe, grouped, is_problem, problem
 from labelgen.data.slices import SliceWriter, read_slice
 from labelgen.data.sources import (
     CocoLabels,
@@ -144,7 +144,7 @@ def assemble_index(dataset: str, out: Path) -> dict[str, Any]:
     inputs; returns counts. Raises `NoUsableImages` (after writing problems.json) when no row is usable."""
     listing = Listing.load(out / _LISTING)
     problems, duplicates = list(listing.problems), []
-    seen: dict[str, str] = {}  # id -> image
+    seen: dict[str, tuple[str, str]] = {}  # id -> (image, split)
     splits: Counter[str] = Counter()
 
     def unique_rows() -> Iterator[dict[str, Any]]:
@@ -153,10 +153,15 @@ def assemble_index(dataset: str, out: Path) -> dict[str, Any]:
             problems.extend(data["problems"])
             for row in data["records"]:
                 if row["id"] in seen:
-                    why = f"duplicate image id {row['id']!r} (first: {seen[row['id']]})"
+                    first, split = seen[row["id"]]
+                    if first == row["image"]:
+                        again = f"split {split!r}, then split {row['split']!r}"
+                        why = f"listed twice ({again}); the second is left out: remove it"
+                    else:
+                        why = f"image id {row['id']!r} is also the id of {first}; rename one of the files"
                     duplicates.append(problem(row["image"], why))
                     continue
-                seen[row["id"]] = row["image"]
+                seen[row["id"]] = (row["image"], row["split"])
                 splits[row["split"]] += 1
                 yield row
 
@@ -174,12 +179,14 @@ def assemble_index(dataset: str, out: Path) -> dict[str, Any]:
 
 
 def log_problems(problems: list[dict[str, str]], path: Path) -> None:
-    """One log line per kind of problem, with its count and one example; the list is in `path`."""
-    for what, count, example in grouped(problems):
+    """One log line per kind of problem, with its count and one example (`describe`'s line, its
+    paths said once); then where the whole list is, once."""
+    kinds = grouped(problems)
+    for what, count, example in kinds:
         level = logging.WARNING if is_problem(example) else logging.INFO
         if count == 1:  # its own words: a kind's blanks ("N fields", "<file>") stand for several
-            log.log(
-                level, "index: 1 × %s [%s], %s; list in %s", example["reason"], example["action"], example["file"], path
-            )
+            log.log(level, "index: %s", describe(example))
         else:
-            log.log(level, "index: %d × %s, e.g. %s; list in %s", count, what, example["file"], path)
+            log.log(level, "index: %d × %s, e.g. %s", count, what, example["file"])
+    if kinds:
+        log.info("index: every problem, one line each: %s (or `labelgen data check`)", path)

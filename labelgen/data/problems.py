@@ -52,8 +52,10 @@ def _relative_to(anchor: str) -> Callable[[re.Match[str]], str]:
 
     def shorten(match: re.Match[str]) -> str:
         path = match.group(0)
-        if not anchor.startswith("/") or path == anchor:
+        if not anchor.startswith("/"):
             return path
+        if path == anchor:  # the line's own file, said again in its reason
+            return os.path.basename(path)
         common = os.path.commonpath([folder, path])
         return path if common in ("/", "") else os.path.relpath(path, common)
 
@@ -63,13 +65,18 @@ def _relative_to(anchor: str) -> Callable[[re.Match[str]], str]:
 def describe(entry: dict[str, str]) -> str:
     """One line: `<tags file>:<line> <file>: <reason> [<action>]`. The line's first path is shown
     whole; the others (the image after its tags-file row, masks, label maps in the reason) relative
-    to the folder they share with it, so a line stays short however deep the data set lies."""
-    where = entry.get("where") if entry.get("where") != entry["file"] else None
-    anchor = (where or entry["file"]).rsplit(":", 1)[0] if where else entry["file"]
+    to the folder they share with it, so a line stays short however deep the data set lies. A row
+    of the file itself (a list's line) names the file once, with its line."""
+    file, where = entry["file"], entry.get("where")
+    anchor = where.rsplit(":", 1)[0] if where else file
     shorten = _relative_to(anchor)
-    file = _ABSOLUTE_PATH.sub(shorten, entry["file"])
-    reason = _ABSOLUTE_PATH.sub(shorten, entry["reason"])
-    return f"{where} {file}: {reason} [{entry['action']}]" if where else f"{file}: {reason} [{entry['action']}]"
+    if not where:
+        head = file
+    elif anchor == file:
+        head = where
+    else:
+        head = f"{where} {_ABSOLUTE_PATH.sub(shorten, file)}"
+    return f"{head}: {_ABSOLUTE_PATH.sub(shorten, entry['reason'])} [{entry['action']}]"
 
 
 def summary(usable: int, entries: list[dict[str, str]]) -> str:

@@ -207,6 +207,13 @@ def _voc_list(list_file: Path, base: Path, mask_dir: Path, listing: Listing) -> 
         elif len(fields) in (1, 2):  # a path (DeepLab's image column), with its mask's path
             image = base / fields[0].lstrip("/")
             mask = base / fields[1].lstrip("/") if len(fields) == 2 else mask_dir / f"{image.stem}.png"
+            named = (image, mask) if len(fields) == 2 else (image,)
+            missing = [p for p in named if not p.is_file()]
+            if missing:  # named with its line: without this its image would ask for an XML annotation
+                what = " and ".join(f"{p.relative_to(base)}" for p in missing)
+                why = f"line {line_no} names {what}, not found under {base}; fix the path or remove the line"
+                listing.problems.append(problem(list_file, why, where=f"{list_file}:{line_no}"))
+                continue
             entries.append((image.stem, image, mask))
         elif fields:
             bad.append(line_no)
