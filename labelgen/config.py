@@ -597,4 +597,10 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
             f"cosine schedule rises towards min_lr instead of decaying; raise train_cam.base_lr (for batch_size="
             f"{cam.batch_size}, base_lr ≥ {cam.min_lr * 512 / cam.batch_size:.3g}) or lower train_cam.min_lr"
         )
+    for section in ("train_cam", "train_decoder"):
+        if recipe[section].weights == "none":
+            out.append(
+                f"{section}.weights = none: RANDOM initialisation; a ViT trained from scratch on a WSSS data set "
+                "does not localise (useful for speed tests only); set hub:<timm name> or a weights file"
+            )
     return out

@@ -323,3 +323,10 @@ def test_dasks_ctrl_c_race_in_sync_is_not_printed_other_errors_are():
         except NameError:
             records.append(logging.LogRecord(tornado.name, logging.ERROR, "", 0, "callback", None, sys.exc_info()))
     assert [bool(tornado.filter(r)) for r in records] == [False, True]
+
+
+def test_random_weights_are_warned_before_any_work():
+    """`run` and `--dry-run` log every recipe warning before any work (see `test_lr_below_min_lr_is_warned`)."""
+    (warned,) = recipe_warnings(load_recipe(TINY_RECIPE, ["train_cam.weights=none"]))
+    assert warned.startswith("train_cam.weights = none: RANDOM initialisation") and "hub:<timm name>" in warned
+    assert recipe_warnings(load_recipe(TINY_RECIPE)) == []
