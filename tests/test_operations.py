@@ -330,3 +330,15 @@ def test_random_weights_are_warned_before_any_work():
     (warned,) = recipe_warnings(load_recipe(TINY_RECIPE, ["train_cam.weights=none"]))
     assert warned.startswith("train_cam.weights = none: RANDOM initialisation") and "hub:<timm name>" in warned
     assert recipe_warnings(load_recipe(TINY_RECIPE)) == []
+
+
+def test_a_demo_runs_class_checks_refuse_before_its_data_is_generated(tmp_path):
+    """The demo's class list is fixed: a clip_start its 6 labels make useless is refused by --dry-run
+    in a fresh run folder (no data generated, no index yet), not deferred with a note."""
+    dry = CliRunner().invoke(
+        main,
+        ["run", "full", "--dataset", "demo", "--recipe", str(TINY_RECIPE), "--run-dir", str(tmp_path / "fresh"),
+         "--dry-run", "--set", "train_decoder.clip_start=5"],
+    )  # fmt: skip
+    assert dry.exit_code == 2 and "train_decoder.clip_start=5 is not below 1.79" in dry.output, dry.output
+    assert "not known before its index has run" not in dry.output

@@ -83,6 +83,8 @@ def declared_run_classes(recipe: Recipe, run_dir: Path) -> tuple[str, ...] | Non
     categories are in the JSON), and where the data root or the class file is missing (the data-root
     check and the index name those)."""
     params: DatasetParams = recipe["dataset"]
+    if params.name in ("voc", "demo"):  # fixed lists: known before the data root exists (the demo's is generated)
+        return declared_classes(params, run_dir)
     try:
         root = data_root(params, run_dir)
         return declared_classes(params, root) if root.is_dir() else None
