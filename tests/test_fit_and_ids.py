@@ -552,3 +552,13 @@ def test_a_deeplab_list_line_naming_a_missing_file_is_named_with_its_line(tmp_pa
     twice = [line for line in out if "listed twice" in line]
     assert len(twice) == 1 and "remove it" in twice[0], check.output
     assert all(len(line) < 300 for line in out), check.output
+
+
+def test_an_empty_split_list_is_named(tmp_path):
+    """voc2012-mini's val.txt lists no image: one note naming the list and the split, not silence."""
+    out = tmp_path / "out"
+    index_dataset(
+        DatasetParams(name="voc", train_split="train", val_split="val"), SHARED / "data" / "voc2012-mini", out
+    )
+    (entry,) = [p for p in _problems(out) if p["file"].endswith("val.txt")]
+    assert "split 'val' is empty" in entry["reason"] and entry["action"] == "not indexed (split not used)"

@@ -183,7 +183,11 @@ def _list_voc(params: DatasetParams, root: Path, splits: list[str], sink: SliceW
         if not list_file.is_file():
             raise DataError(f"{list_file}: split list not found; VOC splits are train, val, trainval, train_aug")
         mask_dir = base / ("SegmentationClassAug" if aug else "SegmentationClass")
-        for image_id, image, mask in _voc_list(list_file, base, mask_dir, listing):
+        entries = _voc_list(list_file, base, mask_dir, listing)
+        if not entries:
+            why = f"lists no images: split {split!r} is empty; add image ids or index another (dataset.val_split)"
+            listing.problems.append(problem(list_file, why, NOT_INDEXED))
+        for image_id, image, mask in entries:
             item_mask = mask if mask.is_file() else None
             tags = None
             if params.voc_tags_from == "xml" or item_mask is None:
