@@ -351,8 +351,10 @@ def test_index_logs_one_line_per_kind_of_problem(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="labelgen"):
         assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "m.json")]).exit_code == 0
     problems = _problems(tmp_path / "m_files")
-    lines = [r.message for r in caplog.records if r.name == "labelgen.data.index"]
+    lines = [r.message for r in caplog.records if r.name == "labelgen.data.index" and " × " in r.message]
     assert len(problems) == 16 and len(lines) == 2  # grouped, not one line per image or annotation
+    where = [r.message for r in caplog.records if r.name == "labelgen.data.index" and "every problem" in r.message]
+    assert len(where) == 1 and str(tmp_path / "m_files" / "problems.json") in where[0]  # said once
     broken = next(ln for ln in lines if "a polygon needs" in ln)
     assert broken.startswith(f"index: {len(data['annotations'])} × annotation: polygon N has N point(s)")
     assert lines[1].startswith("index: 4 × GT mask misses objects that have no usable shape [kept; GT not scored]")
@@ -369,4 +371,5 @@ def test_a_problem_of_its_own_kind_is_logged_in_its_own_words(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="labelgen"):
         assert CliRunner().invoke(main, args).exit_code == 0
     lines = [r.message for r in caplog.records if r.name == "labelgen.data.index" and " × " in r.message]
-    assert len(lines) == 1 and lines[0].startswith("index: 1 × 3 fields but the header names 2"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"index: 1 × {root / 'tags.csv'}:3 images/74.jpg: 3 fields"), lines
+    assert "but the header names 2" in lines[0]

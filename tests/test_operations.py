@@ -119,15 +119,30 @@ def test_ctrl_c_stops_quietly_and_says_how_to_resume(tmp_path):
 
 
 def test_ctrl_c_in_an_export_stops_quietly_and_the_same_command_resumes(tmp_path, tiny_full_run):
-    """Ctrl-C as soon as the export's cluster is up (before any shard can finish): exit 130, one line
-    saying what is kept and the command that resumes; no traceback, no KeyboardInterrupt or
-    CancelledError from dask's exit handlers or workers. The same command then exports everything."""
+    """Ctrl-C as soon as the export's cluster is up: exit 130, one line saying what is kept and the
+    command that resumes; no traceback, no KeyboardInterrupt or CancelledError from dask's exit
+    handlers or workers. The same command then exports everything.
+
+    The tiny export takes a tenth of a second once its cluster is up, less than a poll of stderr:
+    the driver is frozen (SIGSTOP) the moment its "started a LocalCluster" line is read, before it
+    has even registered its worker plugin (a round trip to the scheduler), then Ctrl-C is sent to
+    the process group and the driver thawed, so the signal lands before any shard is written."""
     out = tmp_path / "exported"
     cmd = labelgen_cmd(
         "export", "--run-dir", str(tiny_full_run), "--what", "pseudo_labels", "--format", "yolo", "--out", str(out)
     )
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), start_new_session=True)
-    err = _interrupt_when(proc, lambda text: "started a LocalCluster" in text, "cluster start")
+    lines = []
+    for line in proc.stderr:  # blocking reads: the line is acted on within a millisecond
+        lines.append(line)
+        if "started a LocalCluster" in line:
+            os.kill(proc.pid, signal.SIGSTOP)
+            os.killpg(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signal.SIGCONT)
+            break
+    lines.extend(proc.stderr)
+    proc.wait(timeout=300)
+    err = "".join(lines)
     assert proc.returncode == 130, err[-2000:]
     for noise in ("Traceback", "KeyboardInterrupt", "CancelledError", "Exception ignored", "still alive"):
         assert noise not in err, err[-2000:]

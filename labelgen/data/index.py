@@ -187,7 +187,7 @@ def log_problems(problems: list[dict[str, str]], path: Path) -> None:
     for what, count, example in kinds:
         level = logging.WARNING if is_problem(example) else logging.INFO
         if count == 1:  # its own words: a kind's blanks ("N fields", "<file>") stand for several
-            log.log(level, "index: %s", describe(example))
+            log.log(level, "index: 1 × %s", describe(example))
         else:
             log.log(level, "index: %d × %s, e.g. %s", count, what, example["file"])
     if kinds:
