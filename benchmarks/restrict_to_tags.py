@@ -10,7 +10,8 @@ with any class.
     python benchmarks/restrict_to_tags.py --recipe pipelines/demo.toml   # the demo recipe
     python benchmarks/restrict_to_tags.py --single-class                 # coco128 person + negatives, ~30 min
 
-Writes benchmarks/results/restrict_to_tags.json and prints a table.
+Writes benchmarks/results/restrict_to_tags_<recipe stem>.json (`_single_class` with --single-class) and
+prints a table.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def main() -> None:
         "negatives": sum(not r.tags for r in records),
         "images_restricted": changed,
     }
-    print(f"-> {write_result('restrict_to_tags', rows, extra)}")
+    name = "restrict_to_tags_single_class" if args.single_class else f"restrict_to_tags_{recipe_path.stem}"
+    print(f"-> {write_result(name, rows, extra)}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ against GT, the one fair train figure: a corrected image scores well for being c
 `--single-class` is the real set of benchmarks/single_class.py: coco128 photos tagged `person` or
 untagged negatives, GT from COCO's instances, no val split.
 
-Writes benchmarks/results/review_gain.json and prints a table.
+Writes benchmarks/results/review_gain_<recipe stem>.json (`review_gain_single_class.json` with
+--single-class) and prints a table.
 """
 
 from __future__ import annotations
