@@ -119,36 +119,38 @@ def test_ctrl_c_stops_quietly_and_says_how_to_resume(tmp_path):
 
 
 def test_ctrl_c_in_an_export_stops_quietly_and_the_same_command_resumes(tmp_path, tiny_full_run):
-    """Ctrl-C as soon as the export's cluster is up: exit 130, one line saying what is kept and the
+    """Ctrl-C while an export's shard is queued: exit 130, one line saying what is kept and the
     command that resumes; no traceback, no KeyboardInterrupt or CancelledError from dask's exit
-    handlers or workers. The same command then exports everything.
+    handlers. The same command then exports everything.
 
-    The tiny export takes a tenth of a second once its cluster is up, less than a poll of stderr:
-    the driver is frozen (SIGSTOP) the moment its "started a LocalCluster" line is read, before it
-    has even registered its worker plugin (a round trip to the scheduler), then Ctrl-C is sent to
-    the process group and the driver thawed, so the signal lands before any shard is written."""
+    The tiny export takes a tenth of a second once it has workers, less than it takes to react to
+    its log; so it runs on a scheduler of this test (`--scheduler`) whose one worker is held by a
+    task waiting on a dask Event: the shard cannot start until the test sets the event, and Ctrl-C
+    lands while the export waits for it, however busy the machine."""
+    from distributed import Client, Event, LocalCluster
+
     out = tmp_path / "exported"
-    cmd = labelgen_cmd(
-        "export", "--run-dir", str(tiny_full_run), "--what", "pseudo_labels", "--format", "yolo", "--out", str(out)
-    )
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), start_new_session=True)
-    lines = []
-    for line in proc.stderr:  # blocking reads: the line is acted on within a millisecond
-        lines.append(line)
-        if "started a LocalCluster" in line:
-            os.kill(proc.pid, signal.SIGSTOP)
-            os.killpg(proc.pid, signal.SIGINT)
-            os.kill(proc.pid, signal.SIGCONT)
-            break
-    lines.extend(proc.stderr)
-    proc.wait(timeout=300)
-    err = "".join(lines)
-    assert proc.returncode == 130, err[-2000:]
-    for noise in ("Traceback", "KeyboardInterrupt", "CancelledError", "Exception ignored", "still alive"):
-        assert noise not in err, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted; finished shards are kept and not rewritten; resume with: labelgen export")
-    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        release = Event("release-the-worker", client=client)
+        holder = client.submit(lambda: Event("release-the-worker").wait(600), pure=False)
+        cmd = labelgen_cmd(
+            "export", "--run-dir", str(tiny_full_run), "--what", "pseudo_labels", "--format", "yolo",
+            "--out", str(out), "--scheduler", cluster.scheduler_address,
+        )  # fmt: skip
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), start_new_session=True)
+        err = _interrupt_when(proc, lambda text: "running 1 of 1 unit(s)" in text, "export start")
+        assert not list(out.glob("masks/train/*.png"))  # nothing was exported before the signal
+        release.set()
+        assert holder.result(timeout=60) is True
+        assert proc.returncode == 130, err[-2000:]
+        for noise in ("Traceback", "KeyboardInterrupt", "CancelledError", "Exception ignored"):
+            assert noise not in err, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("interrupted; finished shards are kept and not rewritten; resume with: labelgen export")
+        again = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
     assert again.returncode == 0 and f"-> {out}" in again.stdout, again.stderr[-2000:]
     assert len(list((out / "images" / "train").iterdir())) == 24
 
