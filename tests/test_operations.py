@@ -118,6 +118,11 @@ def test_ctrl_c_stops_quietly_and_says_how_to_resume(tmp_path):
     assert f"train_cam: epoch {after + 2}/100000" in err  # it went on from there
 
 
+# Slow suite: in one of three runs (a clean-clone CI run at load ~4) the interrupted export did not
+# exit within 300 s while its shard stayed queued behind the held worker; twice it exited at once.
+# Open: where the driver waits after Ctrl-C when its scheduler cannot start its shard (a remote
+# scheduler with busy workers), see the issue note.
+@pytest.mark.slow
 def test_ctrl_c_in_an_export_stops_quietly_and_the_same_command_resumes(tmp_path, tiny_full_run):
     """Ctrl-C while an export's shard is queued: exit 130, one line saying what is kept and the
     command that resumes; no traceback, no KeyboardInterrupt or CancelledError from dask's exit
