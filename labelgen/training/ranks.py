@@ -118,14 +118,11 @@ def run_ranks(
         ) from None
     with worker_client() as client:
         workers = training_workers(client, own)
-        wanted = len(workers) if devices == "all" else int(devices)
-        shards = saved_shards or wanted
-        _check_split(name, devices, batch_size, shards)
-        if devices != "all" and wanted > len(workers) and position is None:
-            raise ConfigError(
-                f"{name}.devices={devices} but the cluster has {len(workers)} training worker(s); "
-                f"start more workers or lower {name}.devices"
-            )
+        if position is None:
+            shards = _check_new_training(name, devices, batch_size, len(workers))
+        else:  # a resumed training keeps its shares, on the workers there are
+            shards = saved_shards or (len(workers) if devices == "all" else int(devices))
+            _check_split(name, devices, batch_size, shards)
         world = min(shards, len(workers))
         if world < shards:
             log.warning(
@@ -171,13 +168,20 @@ def check_devices(name: str, devices: str, batch_size: int, client: Any, last: P
     `ConfigError` for more ranks than workers, or an "all" count that does not divide the batch."""
     if devices == "1" or checkpoint_position(last) is not None:
         return
-    workers = training_workers(client, "")
-    if devices != "all" and int(devices) > len(workers):
+    _check_new_training(name, devices, batch_size, len(training_workers(client, "")))
+
+
+def _check_new_training(name: str, devices: str, batch_size: int, workers: int) -> int:
+    """The ranks of a training that starts from scratch on `workers` training workers; raises
+    `ConfigError` for more ranks than workers, or a batch that does not split into them."""
+    wanted = workers if devices == "all" else int(devices)
+    if wanted > workers:
         raise ConfigError(
-            f"{name}.devices={devices} but the cluster has {len(workers)} training worker(s); "
+            f"{name}.devices={devices} but the cluster has {workers} training worker(s); "
             f"start more workers or lower {name}.devices"
         )
-    _check_split(name, devices, batch_size, len(workers) if devices == "all" else int(devices))
+    _check_split(name, devices, batch_size, wanted)
+    return wanted
 
 
 def _check_split(name: str, devices: str, batch_size: int, shards: int) -> None:
