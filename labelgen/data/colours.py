@@ -7,6 +7,7 @@ beside its `SegmentationClass/` folder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,17 @@ def decode_colours(
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DataError(f"colours {shown}{more} {unknown_why}")
     return np.array([table[int(c)] for c in present], np.uint8)[inverse.reshape(codes.shape)]
+
+
+@dataclass(frozen=True)
+class DeclaredColours:
+    """A data set's `labelmap.txt` read once (an index task reads it once for its slice, not once a
+    mask): its path, for messages, and `colour_table`'s two tables for the run's classes."""
+
+    path: Path
+    table: dict[int, int]
+    unnamed: dict[int, str]
+
+    @classmethod
+    def read(cls, path: Path, classes: tuple[str, ...], ignore_index: int) -> DeclaredColours:
+        return cls(path, *colour_table(read_labelmap(path), classes, ignore_index))

@@ -26,7 +26,9 @@ from typing import Any
 
 from labelgen.config import DatasetParams, Recipe
 from labelgen.data.coco_gt import GT_SUFFIX
+from labelgen.data.colours import DeclaredColours
 from labelgen.data.manifest import write_manifest
+from labelgen.data.masks import IGNORE_INDEX
 from labelgen.data.problems import describe, grouped, is_problem, problem
 from labelgen.data.slices import SliceWriter, read_slice
 from labelgen.data.sources import (
@@ -121,9 +123,13 @@ def index_slice(out: Path, index: int, max_pixels: int, keep_untagged: bool) -> 
     gt = out / _GT / f"{index:06d}{GT_SUFFIX}"
     for stale in [gt, *decoded_masks(gt)]:  # a rerun writes them anew, or not at all
         stale.unlink(missing_ok=True)
-    labelmap = None if listing.labelmap is None else Path(listing.labelmap)
+    declared = (
+        None
+        if listing.labelmap is None
+        else DeclaredColours.read(Path(listing.labelmap), listing.classes, IGNORE_INDEX)
+    )
     records, found = index_items(
-        items, listing.classes, max_pixels, gt, keep_untagged, set(listing.unannotated), labelmap
+        items, listing.classes, max_pixels, gt, keep_untagged, set(listing.unannotated), declared
     )
     path = out / _SLICES / f"{index:06d}.json"
     path.write_text(json.dumps({"records": [r.__dict__ for r in records], "problems": problems + found}))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from labelgen.data.colours import LABELMAP, colour_table, decode_colours, pack_rgb, read_labelmap
+from labelgen.data.colours import LABELMAP, DeclaredColours, decode_colours, pack_rgb
 from labelgen.data.manifest import ImageRecord
 from labelgen.errors import DataError
 
@@ -84,13 +84,15 @@ def read_mask(path: Path | str) -> np.ndarray:
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def read_user_mask(path: Path, classes: tuple[str, ...], labelmap: Path | None = None) -> tuple[np.ndarray, str | None]:
+def read_user_mask(
+    path: Path, classes: tuple[str, ...], declared: DeclaredColours | None = None
+) -> tuple[np.ndarray, str | None]:
     """An H×W uint8 class-index mask from a file a person saved, and a note when it had to be
     decoded (a colour mask). Read as people save masks:
     - palette (P) or grayscale PNG: the values are class indices, unless the palette shows another
       tool's class order (an index drawn in the VOC colour of another class): refused;
-    - where the data set declares its colours (`labelmap`, a CVAT/Datumaro `labelmap.txt`:
-      `labelgen.data.colours.colour_table`), a colour or palette PNG is decoded by its colours;
+    - where the data set declares its colours (`declared`, its CVAT/Datumaro `labelmap.txt` read by
+      `labelgen.data.colours.DeclaredColours.read`), a colour or palette PNG is decoded by its colours;
     - else a colour (RGB/RGBA) PNG is decoded against the VOC palette (label k = VOC colour k,
       255 = the VOC ignore colour);
     a colour that is no class's is refused, naming it;
@@ -108,14 +110,14 @@ def read_user_mask(path: Path, classes: tuple[str, ...], labelmap: Path | None =
     try:
         with Image.open(path) as img:
             img.load()
-            if labelmap is not None and img.mode in ("RGB", "RGBA", "P"):  # the colours say the class
+            if declared is not None and img.mode in ("RGB", "RGBA", "P"):  # the colours say the class
                 rgb = np.asarray(img.convert("RGB"))
-                table, unnamed = colour_table(read_labelmap(labelmap), classes, IGNORE_INDEX)
                 why = (
-                    f"of colour mask {path} are no class's colour in {labelmap}; list each there under a class "
-                    f"name (or background, ignore)"
+                    f"of colour mask {path} are no class's colour in {declared.path}; list each there under a "
+                    f"class name (or background, ignore)"
                 )
-                return decode_colours(rgb, table, why, unnamed), f"colour mask {path.name} decoded with {labelmap}"
+                mask = decode_colours(rgb, declared.table, why, declared.unnamed)
+                return mask, f"colour mask {path.name} decoded with {declared.path}"
             if img.mode in ("RGB", "RGBA"):
                 rgb = np.asarray(img)[..., :3]
                 return _decode_voc_colours(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from labelgen.data.coco_gt import GT_SUFFIX, check_coco, gt_reference, write_gt_file
+from labelgen.data.colours import DeclaredColours
 from labelgen.data.fingerprint import file_digest
 from labelgen.data.images import ImageInfo, inspect_image
 from labelgen.data.manifest import ImageRecord
@@ -103,7 +104,7 @@ def index_items(
     gt_file: Path,
     keep_untagged: bool = False,
     unannotated: set[str] = frozenset(),
-    labelmap: Path | None = None,
+    declared: DeclaredColours | None = None,
 ) -> tuple[list[ImageRecord], list[dict[str, str]]]:
     """Validate each item; return manifest rows for the good ones and a problem for each bad one
     (and a note for each image kept with a decision: conversion, orientation, GT not scored).
@@ -111,15 +112,15 @@ def index_items(
     get no line of their own for having no tags; they are kept or left out as the others.
     The usable COCO shapes of the rows with complete COCO GT go into `gt_file` (written only if
     there are any); their `mask` refers to their entry there. Colour masks are decoded against
-    `labelmap` (the data set's declared colours) where it is given, and written as class-index PNGs
+    `declared` (the data set's labelmap.txt) where it is given, and written as class-index PNGs
     beside `gt_file` (`decoded_masks`), which their rows' `mask` names."""
     records, problems, shapes = [], [], {}
     gt_file = gt_file.resolve()
     for n, item in enumerate(items):
         notes: list[tuple[str, str]] = []
         try:
-            decoded = decoded_mask_path(gt_file, n) if labelmap is not None else None
-            record, coco = _index_one(item, classes, max_pixels, gt_reference(gt_file, n), notes, labelmap, decoded)
+            decoded = decoded_mask_path(gt_file, n) if declared is not None else None
+            record, coco = _index_one(item, classes, max_pixels, gt_reference(gt_file, n), notes, declared, decoded)
         except DataError as e:
             problems.append(problem(item.image, str(e).removeprefix(f"{item.image}: "), where=item.where))
             continue
@@ -155,11 +156,11 @@ def _index_one(
     max_pixels: int,
     gt_ref: str,
     notes: list[tuple[str, str]],
-    labelmap: Path | None,
+    declared: DeclaredColours | None,
     decoded_path: Path | None,
 ) -> tuple[ImageRecord, list[dict[str, Any]] | None]:
     """The manifest row of one item, and its usable COCO shapes where its COCO GT is complete
-    (the row's `mask` is then `gt_ref`; a colour mask decoded with `labelmap` is written to
+    (the row's `mask` is then `gt_ref`; a colour mask decoded with `declared` is written to
     `decoded_path`, and the row's `mask` names that file)."""
     info = inspect_image(item.image, max_pixels)
     if info.converted:
@@ -175,7 +176,7 @@ def _index_one(
     else:
         if mask_path is not None:
             try:
-                mask, decoded = read_user_mask(mask_path, classes, labelmap)
+                mask, decoded = read_user_mask(mask_path, classes, declared)
             except DataError as e:
                 if tags is None:  # the mask was the only source of tags
                     raise
@@ -184,7 +185,7 @@ def _index_one(
             else:
                 if decoded:
                     notes.append((decoded, CONVERTED))
-                    if labelmap is not None:  # later reads see class indices, not colours
+                    if declared is not None:  # later reads see class indices, not colours
                         decoded_path.parent.mkdir(parents=True, exist_ok=True)
                         write_mask(decoded_path, mask)
                         mask_path = decoded_path
