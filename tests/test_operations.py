@@ -146,7 +146,12 @@ def test_ctrl_c_in_an_export_stops_quietly_and_the_same_command_resumes(tmp_path
             "--out", str(out), "--scheduler", cluster.scheduler_address,
         )  # fmt: skip
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), start_new_session=True)
-        err = _interrupt_when(proc, lambda text: "running 1 of 1 unit(s)" in text, "export start")
+        try:
+            err = _interrupt_when(proc, lambda text: "running 1 of 1 unit(s)" in text, "export start")
+        finally:  # an export that did not stop is killed with its group, by pid, even when the test fails
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
         assert not list(out.glob("masks/train/*.png"))  # nothing was exported before the signal
         release.set()
         assert holder.result(timeout=60) is True
